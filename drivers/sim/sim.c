@@ -1,0 +1,678 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The simulated device.
+ *
+ * Memory: a host pool (reserved, committed on use) that no application
+ * pointer reaches; device page N is pool + N * 4 KiB.
+ * Mirror: one device page table (sim_pt) per device, filled by
+ * hmm_range_fault on device faults and cleared by the interval notifier.
+ * Engines: threads that run commands and touch memory only through the page
+ * table.  Pool pages are accessed with the mirror lock held (they cannot
+ * fault); system pages are accessed through the application's address
+ * without the lock (they can fault, and the fault-service thread may need
+ * the lock meanwhile), announced in the engine's busy window so that a
+ * blockable invalidation waits for them to finish.
+ */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hmm/hmm_sim.h"
+#include "internal.h"
+#include "sim_pt.h"
+
+#define SIM_RUN_MAX HMM_BLOCK_SIZE
+#define SIM_FAULT_CHUNK 512	/* pages per hmm_range_fault call */
+#define SIM_RETRY_MS 5000	/* how long a command retries a range */
+
+enum sim_op { OP_READ, OP_WRITE, OP_FILL, OP_ADD, OP_CAS, OP_LAUNCH,
+	      OP_MEMCPY };
+
+struct sim_cmd {
+	enum sim_op op;
+	uintptr_t addr, addr2;
+	size_t len;
+	char *buf;		/* READ/WRITE: caller-side bounce */
+	uint64_t v1, v2, old;
+	hmm_sim_kernel_fn fn;
+	void *arg;
+	int write;
+	int ret;
+	struct hmm_sim_result res;
+	int done;		/* sim_dev.qlock */
+	struct sim_cmd *next;	/* sim_dev.qlock */
+};
+
+struct sim_dev;
+
+struct sim_engine {
+	struct sim_dev *sd;
+	pthread_t th;
+	/* The system-memory window this engine is accessing without the
+	 * mirror lock; 0 when none.  Written by the engine, read by
+	 * blockable invalidations. */
+	_Atomic uintptr_t busy_s, busy_e;
+};
+
+struct sim_dev {
+	hmm_device_t *dev;
+	char *pool;
+	size_t pool_size;
+
+	pthread_mutex_t qlock;	/* protects head, tail, stop, cmd->done */
+	pthread_cond_t qcond;	/* work queued, or stop */
+	pthread_cond_t dcond;	/* a command finished */
+	struct sim_cmd *head, *tail;
+	int stop;
+	unsigned nengines;
+	struct sim_engine *engines;
+
+	struct hmm_interval_notifier notifier;
+	pthread_mutex_t lock;	/* the mirror lock: protects pt */
+	struct sim_pt pt;
+};
+
+static const struct hmm_driver_ops sim_ops;
+
+/* ---- mirror -------------------------------------------------------------- */
+
+static bool overlaps(struct sim_engine *e, uintptr_t s, uintptr_t end)
+{
+	uintptr_t bs = atomic_load_explicit(&e->busy_s, memory_order_acquire);
+	uintptr_t be = atomic_load_explicit(&e->busy_e, memory_order_acquire);
+
+	return bs && bs < end && be > s;
+}
+
+static bool sim_invalidate(struct hmm_interval_notifier *sub,
+			   const struct hmm_notifier_range *r,
+			   unsigned long cur_seq)
+{
+	struct sim_dev *sd = (struct sim_dev *)((char *)sub -
+						offsetof(struct sim_dev,
+							 notifier));
+
+	pthread_mutex_lock(&sd->lock);
+	hmm_interval_set_seq(sub, cur_seq);
+	sim_pt_clear(&sd->pt, r->start >> HMM_PAGE_SHIFT,
+		     (r->end + HMM_PAGE_MASK) >> HMM_PAGE_SHIFT);
+	pthread_mutex_unlock(&sd->lock);
+	/*
+	 * Accesses to system memory that began before the clear finish on
+	 * their own (they do not need this thread).  A non-blockable caller
+	 * is the fault-service thread, which such an access may be waiting
+	 * for; it must not wait here.
+	 */
+	if (!(r->flags & HMM_NOTIFIER_RANGE_BLOCKABLE))
+		return true;
+	for (unsigned i = 0; i < sd->nengines; i++) {
+		struct sim_engine *e = &sd->engines[i];
+		if (pthread_equal(pthread_self(), e->th))
+			continue; /* an engine invalidating its own window */
+		while (overlaps(e, r->start, r->end))
+			sched_yield();
+	}
+	return true;
+}
+
+static const struct hmm_interval_notifier_ops sim_notifier_ops = {
+	.invalidate = sim_invalidate,
+};
+
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - t0->tv_sec) * 1000 +
+	       (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* A device fault: fill the page table for [s, e), page aligned. */
+static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
+{
+	uint64_t pfns[SIM_FAULT_CHUNK];
+	struct timespec t0;
+
+	hmm__stat_add(HMM_STAT_device_faults, 1);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (uintptr_t cs = s; cs < e;) {
+		uintptr_t ce = HMM_MIN(e, cs + SIM_FAULT_CHUNK * HMM_PAGE_SIZE);
+		struct hmm_range r = {
+			.notifier = &sd->notifier,
+			.start = cs, .end = ce, .hmm_pfns = pfns,
+			.default_flags = HMM_PFN_REQ_FAULT |
+					 (write ? HMM_PFN_REQ_WRITE : 0),
+			.dev_private_owner = hmm_device_owner(sd->dev),
+		};
+		int ret;
+
+		r.notifier_seq = hmm_interval_read_begin(&sd->notifier);
+		ret = hmm_range_fault(&r);
+		if (ret == -EBUSY && ms_since(&t0) < SIM_RETRY_MS)
+			continue;
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&sd->lock);
+		if (hmm_interval_read_retry(&sd->notifier, r.notifier_seq)) {
+			pthread_mutex_unlock(&sd->lock);
+			if (ms_since(&t0) >= SIM_RETRY_MS)
+				return -EBUSY;
+			continue;
+		}
+		for (uintptr_t p = cs; p < ce; p += HMM_PAGE_SIZE)
+			ret = ret ? ret
+				  : sim_pt_set(&sd->pt, p >> HMM_PAGE_SHIFT,
+					       pfns[(p - cs) >> HMM_PAGE_SHIFT]);
+		pthread_mutex_unlock(&sd->lock);
+		if (ret)
+			return ret;
+		cs = ce;
+	}
+	return 0;
+}
+
+/* ---- engines ------------------------------------------------------------- */
+
+typedef void (*walk_fn)(void *dptr, size_t off, size_t n, void *arg);
+
+static bool entry_ok(uint64_t ent, bool write)
+{
+	return (ent & HMM_PFN_VALID) && (!write || (ent & HMM_PFN_WRITE));
+}
+
+/* @fn on system memory, under a guard: returns 1 if it faulted. */
+static __attribute__((noinline)) int guarded_call(walk_fn fn, void *dptr,
+						  size_t off, size_t n,
+						  void *arg)
+{
+	struct hmm_guard g;
+
+	if (hmm__guard_begin(&g))
+		return 1;
+	fn(dptr, off, n, arg);
+	hmm__guard_end(&g);
+	return 0;
+}
+
+/*
+ * Run @fn over [addr, addr + len) through the page table, faulting as
+ * needed, in runs of contiguous device (or system) pages.
+ */
+static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
+		    bool write, walk_fn fn, void *arg,
+		    struct hmm_sim_result *res)
+{
+	struct sim_dev *sd = e->sd;
+	uintptr_t pos = addr, end = addr + len;
+	struct timespec t0;
+	bool timed = false;
+
+	if (end < addr)
+		return -EINVAL;
+	while (pos < end) {
+		uintptr_t page = pos & ~HMM_PAGE_MASK, run_end;
+		uint64_t ent;
+
+		pthread_mutex_lock(&sd->lock);
+		ent = sim_pt_lookup(&sd->pt, page >> HMM_PAGE_SHIFT);
+		if (!entry_ok(ent, write)) {
+			pthread_mutex_unlock(&sd->lock);
+			if (!timed) {
+				clock_gettime(CLOCK_MONOTONIC, &t0);
+				timed = true;
+			} else if (ms_since(&t0) > SIM_RETRY_MS) {
+				return -EBUSY;
+			}
+			int ret = sim_fault(sd, page,
+					    (end + HMM_PAGE_MASK) & ~HMM_PAGE_MASK,
+					    write);
+			res->faults++;
+			if (ret)
+				return ret;
+			continue;
+		}
+		/* Extend the run over contiguous translations. */
+		uint64_t kind = ent & HMM_PFN_DEVICE;
+		uint64_t frame = hmm_pfn_to_frame(ent);
+		run_end = page + HMM_PAGE_SIZE;
+		while (run_end < end && run_end - page < SIM_RUN_MAX) {
+			uint64_t e2 = sim_pt_lookup(&sd->pt,
+						    run_end >> HMM_PAGE_SHIFT);
+			if (!entry_ok(e2, write) ||
+			    (e2 & HMM_PFN_DEVICE) != kind ||
+			    hmm_pfn_to_frame(e2) !=
+				    frame + ((run_end - page) >> HMM_PAGE_SHIFT))
+				break;
+			run_end += HMM_PAGE_SIZE;
+		}
+		size_t n = HMM_MIN(run_end, end) - pos;
+		res->pages += (run_end - page) >> HMM_PAGE_SHIFT;
+		if (kind) {
+			/* Device memory: cannot fault, so under the lock. */
+			fn(sd->pool + (frame << HMM_PAGE_SHIFT) + (pos - page),
+			   pos - addr, n, arg);
+			pthread_mutex_unlock(&sd->lock);
+			pos += n;
+			continue;
+		}
+		/* System memory, at the application's address.  Announce the
+		 * window before dropping the lock: an invalidation that takes
+		 * the lock after this sees it and waits for it. */
+		atomic_store_explicit(&e->busy_e, run_end, memory_order_relaxed);
+		atomic_store_explicit(&e->busy_s, page, memory_order_release);
+		pthread_mutex_unlock(&sd->lock);
+		int tripped = guarded_call(fn, (void *)pos, pos - addr, n, arg);
+		atomic_store_explicit(&e->busy_s, 0, memory_order_release);
+		if (tripped) {
+			/* Unmapped or protected under us: forget these
+			 * translations and fault again (which reports why). */
+			pthread_mutex_lock(&sd->lock);
+			sim_pt_clear(&sd->pt, page >> HMM_PAGE_SHIFT,
+				     run_end >> HMM_PAGE_SHIFT);
+			pthread_mutex_unlock(&sd->lock);
+			continue;
+		}
+		pos += n;
+	}
+	return 0;
+}
+
+static void cb_read(void *dptr, size_t off, size_t n, void *arg)
+{
+	memcpy((char *)arg + off, dptr, n);
+}
+
+static void cb_write(void *dptr, size_t off, size_t n, void *arg)
+{
+	memcpy(dptr, (const char *)arg + off, n);
+}
+
+static void cb_fill(void *dptr, size_t off, size_t n, void *arg)
+{
+	uint64_t v = *(const uint64_t *)arg;
+	uint64_t *p = dptr;
+
+	(void)off;
+	for (size_t i = 0; i < n / 8; i++)
+		p[i] = v;
+}
+
+static void cb_add(void *dptr, size_t off, size_t n, void *arg)
+{
+	struct sim_cmd *c = arg;
+
+	(void)off;
+	(void)n;
+	c->old = __atomic_fetch_add((uint64_t *)dptr, c->v1, __ATOMIC_SEQ_CST);
+}
+
+static void cb_cas(void *dptr, size_t off, size_t n, void *arg)
+{
+	struct sim_cmd *c = arg;
+	uint64_t expected = c->v1;
+
+	(void)off;
+	(void)n;
+	__atomic_compare_exchange_n((uint64_t *)dptr, &expected, c->v2, false,
+				    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	c->old = expected;
+}
+
+struct launch_arg {
+	hmm_sim_kernel_fn fn;
+	void *arg;
+};
+
+static void cb_launch(void *dptr, size_t off, size_t n, void *arg)
+{
+	struct launch_arg *la = arg;
+
+	la->fn(dptr, off, n, la->arg);
+}
+
+static int run_memcpy(struct sim_engine *e, struct sim_cmd *c)
+{
+	size_t chunk = HMM_MIN(c->len, (size_t)(1 << 20));
+	char *tmp = malloc(chunk ? chunk : 1);
+	int ret = 0;
+
+	if (!tmp)
+		return -ENOMEM;
+	for (size_t off = 0; off < c->len && !ret; off += chunk) {
+		size_t n = HMM_MIN(chunk, c->len - off);
+		ret = sim_walk(e, c->addr2 + off, n, false, cb_read, tmp,
+			       &c->res);
+		if (!ret)
+			ret = sim_walk(e, c->addr + off, n, true, cb_write, tmp,
+				       &c->res);
+	}
+	free(tmp);
+	return ret;
+}
+
+static void run_cmd(struct sim_engine *e, struct sim_cmd *c)
+{
+	struct launch_arg la = { c->fn, c->arg };
+
+	switch (c->op) {
+	case OP_READ:
+		c->ret = sim_walk(e, c->addr, c->len, false, cb_read, c->buf,
+				  &c->res);
+		break;
+	case OP_WRITE:
+		c->ret = sim_walk(e, c->addr, c->len, true, cb_write, c->buf,
+				  &c->res);
+		break;
+	case OP_FILL:
+		c->ret = sim_walk(e, c->addr, c->len, true, cb_fill, &c->v1,
+				  &c->res);
+		break;
+	case OP_ADD:
+		c->ret = sim_walk(e, c->addr, 8, true, cb_add, c, &c->res);
+		break;
+	case OP_CAS:
+		c->ret = sim_walk(e, c->addr, 8, true, cb_cas, c, &c->res);
+		break;
+	case OP_LAUNCH:
+		c->ret = sim_walk(e, c->addr, c->len, c->write, cb_launch, &la,
+				  &c->res);
+		break;
+	case OP_MEMCPY:
+		c->ret = run_memcpy(e, c);
+		break;
+	}
+}
+
+static void *engine_main(void *arg)
+{
+	struct sim_engine *e = arg;
+	struct sim_dev *sd = e->sd;
+
+	hmm__block_signals();
+	pthread_mutex_lock(&sd->qlock);
+	for (;;) {
+		struct sim_cmd *c;
+		while (!sd->head && !sd->stop)
+			pthread_cond_wait(&sd->qcond, &sd->qlock);
+		if (!sd->head)
+			break; /* stopping, queue drained */
+		c = sd->head;
+		sd->head = c->next;
+		if (!sd->head)
+			sd->tail = NULL;
+		pthread_mutex_unlock(&sd->qlock);
+		run_cmd(e, c);
+		pthread_mutex_lock(&sd->qlock);
+		c->done = 1;
+		pthread_cond_broadcast(&sd->dcond);
+	}
+	pthread_mutex_unlock(&sd->qlock);
+	return NULL;
+}
+
+/* ---- driver ops ---------------------------------------------------------- */
+
+static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
+{
+	struct sim_dev *sd = calloc(1, sizeof(*sd));
+	size_t size = attr && attr->mem_size ? attr->mem_size
+			: (size_t)hmm__option(HMM_OPT_SIM_MEM_SIZE);
+	unsigned ne = attr && attr->engines ? attr->engines
+			: (unsigned)hmm__option(HMM_OPT_SIM_ENGINES);
+	int ret;
+
+	if (!sd)
+		return -ENOMEM;
+	if (ne > 64) {
+		free(sd);
+		return -EINVAL;
+	}
+	size = (size + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
+	sd->dev = dev;
+	sd->pool_size = size;
+	sd->pool = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (sd->pool == MAP_FAILED) {
+		free(sd);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&sd->qlock, NULL);
+	pthread_cond_init(&sd->qcond, NULL);
+	pthread_cond_init(&sd->dcond, NULL);
+	pthread_mutex_init(&sd->lock, NULL);
+	sd->engines = calloc(ne, sizeof(*sd->engines));
+	if (!sd->engines) {
+		ret = -ENOMEM;
+		goto fail;
+	}
+	ret = hmm_interval_notifier_insert(&sd->notifier, 0, 0,
+					   &sim_notifier_ops);
+	if (ret)
+		goto fail;
+	for (unsigned i = 0; i < ne; i++) {
+		sd->engines[i].sd = sd;
+		ret = -pthread_create(&sd->engines[i].th, NULL, engine_main,
+				      &sd->engines[i]);
+		if (ret)
+			break;
+		sd->nengines++;
+	}
+	dev->priv = sd;
+	dev->mem_pages = size >> HMM_PAGE_SHIFT;
+	return ret; /* on failure hmm_device_open calls fini */
+fail:
+	free(sd->engines);
+	munmap(sd->pool, size);
+	free(sd);
+	return ret;
+}
+
+static void sim_fini(hmm_device_t *dev)
+{
+	struct sim_dev *sd = dev->priv;
+
+	pthread_mutex_lock(&sd->qlock);
+	sd->stop = 1;
+	pthread_cond_broadcast(&sd->qcond);
+	pthread_mutex_unlock(&sd->qlock);
+	for (unsigned i = 0; i < sd->nengines; i++)
+		pthread_join(sd->engines[i].th, NULL);
+	hmm_interval_notifier_remove(&sd->notifier);
+	sim_pt_destroy(&sd->pt);
+	munmap(sd->pool, sd->pool_size);
+	pthread_mutex_destroy(&sd->lock);
+	pthread_mutex_destroy(&sd->qlock);
+	pthread_cond_destroy(&sd->qcond);
+	pthread_cond_destroy(&sd->dcond);
+	free(sd->engines);
+	free(sd);
+	dev->priv = NULL;
+}
+
+static int sim_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
+		    const struct hmm_copy_desc *d, size_t n)
+{
+	struct sim_dev *sd = dev->priv;
+
+	for (size_t i = 0; i < n; i++) {
+		char *dp = sd->pool + (d[i].dpfn << HMM_PAGE_SHIFT);
+		if (d[i].dpfn >= dev->mem_pages)
+			return -EIO;
+		/* Merge runs contiguous on both sides into one memcpy. */
+		size_t run = 1;
+		while (i + run < n && d[i + run].dpfn == d[i].dpfn + run &&
+		       (char *)d[i + run].host ==
+			       (char *)d[i].host + run * HMM_PAGE_SIZE &&
+		       d[i + run].dpfn < dev->mem_pages)
+			run++;
+		if (dir == HMM_COPY_TO_DEVICE)
+			memcpy(dp, d[i].host, run * HMM_PAGE_SIZE);
+		else
+			memcpy(d[i].host, dp, run * HMM_PAGE_SIZE);
+		i += run - 1;
+	}
+	return 0;
+}
+
+static int sim_zero(hmm_device_t *dev, const uint64_t *dpfns, size_t n)
+{
+	struct sim_dev *sd = dev->priv;
+
+	for (size_t i = 0; i < n; i++) {
+		if (dpfns[i] >= dev->mem_pages)
+			return -EIO;
+		memset(sd->pool + (dpfns[i] << HMM_PAGE_SHIFT), 0,
+		       HMM_PAGE_SIZE);
+	}
+	return 0;
+}
+
+static void *sim_host_ptr(hmm_device_t *dev, uint64_t dpfn)
+{
+	struct sim_dev *sd = dev->priv;
+
+	return sd->pool + (dpfn << HMM_PAGE_SHIFT);
+}
+
+static const struct hmm_driver_ops sim_ops = {
+	.name = "sim",
+	.init = sim_init,
+	.fini = sim_fini,
+	.copy = sim_copy,
+	.zero = sim_zero,
+	.host_ptr = sim_host_ptr,
+};
+
+int hmm__sim_register(void)
+{
+	return hmm_driver_register(&sim_ops);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static int submit(hmm_device_t *dev, struct sim_cmd *c,
+		  struct hmm_sim_result *res)
+{
+	struct sim_dev *sd;
+
+	if (!dev || dev->ops != &sim_ops)
+		return -EINVAL;
+	if (atomic_load(&dev->closed))
+		return -ENODEV;
+	sd = dev->priv;
+	pthread_mutex_lock(&sd->qlock);
+	c->next = NULL;
+	if (sd->tail)
+		sd->tail->next = c;
+	else
+		sd->head = c;
+	sd->tail = c;
+	pthread_cond_signal(&sd->qcond);
+	while (!c->done)
+		pthread_cond_wait(&sd->dcond, &sd->qlock);
+	pthread_mutex_unlock(&sd->qlock);
+	if (res)
+		*res = c->res;
+	return c->ret;
+}
+
+int hmm_sim_read(hmm_device_t *dev, const void *addr, void *buf, size_t len,
+		 struct hmm_sim_result *res)
+{
+	/* The engine fills a bounce buffer; the caller's buffer, which may
+	 * itself be managed memory, is copied here, outside any device lock. */
+	struct sim_cmd c = { .op = OP_READ, .addr = (uintptr_t)addr, .len = len };
+	int ret;
+
+	if (!buf && len)
+		return -EINVAL;
+	c.buf = malloc(len ? len : 1);
+	if (!c.buf)
+		return -ENOMEM;
+	ret = submit(dev, &c, res);
+	if (!ret)
+		memcpy(buf, c.buf, len);
+	free(c.buf);
+	return ret;
+}
+
+int hmm_sim_write(hmm_device_t *dev, void *addr, const void *buf, size_t len,
+		  struct hmm_sim_result *res)
+{
+	struct sim_cmd c = { .op = OP_WRITE, .addr = (uintptr_t)addr, .len = len };
+	int ret;
+
+	if (!buf && len)
+		return -EINVAL;
+	c.buf = malloc(len ? len : 1);
+	if (!c.buf)
+		return -ENOMEM;
+	memcpy(c.buf, buf, len);
+	ret = submit(dev, &c, res);
+	free(c.buf);
+	return ret;
+}
+
+int hmm_sim_memcpy(hmm_device_t *dev, void *dst, const void *src, size_t len,
+		   struct hmm_sim_result *res)
+{
+	struct sim_cmd c = { .op = OP_MEMCPY, .addr = (uintptr_t)dst,
+			     .addr2 = (uintptr_t)src, .len = len };
+
+	return submit(dev, &c, res);
+}
+
+int hmm_sim_fill64(hmm_device_t *dev, void *addr, uint64_t value, size_t len,
+		   struct hmm_sim_result *res)
+{
+	struct sim_cmd c = { .op = OP_FILL, .addr = (uintptr_t)addr, .len = len,
+			     .v1 = value };
+
+	if (((uintptr_t)addr | len) & 7)
+		return -EINVAL;
+	return submit(dev, &c, res);
+}
+
+int hmm_sim_atomic_add(hmm_device_t *dev, uint64_t *addr, uint64_t value,
+		       uint64_t *old)
+{
+	struct sim_cmd c = { .op = OP_ADD, .addr = (uintptr_t)addr, .v1 = value };
+	int ret;
+
+	if ((uintptr_t)addr & 7)
+		return -EINVAL;
+	ret = submit(dev, &c, NULL);
+	if (!ret && old)
+		*old = c.old;
+	return ret;
+}
+
+int hmm_sim_atomic_cas(hmm_device_t *dev, uint64_t *addr, uint64_t expected,
+		       uint64_t desired, uint64_t *old)
+{
+	struct sim_cmd c = { .op = OP_CAS, .addr = (uintptr_t)addr,
+			     .v1 = expected, .v2 = desired };
+	int ret;
+
+	if ((uintptr_t)addr & 7)
+		return -EINVAL;
+	ret = submit(dev, &c, NULL);
+	if (!ret && old)
+		*old = c.old;
+	return ret;
+}
+
+int hmm_sim_launch(hmm_device_t *dev, void *addr, size_t len, int write,
+		   hmm_sim_kernel_fn fn, void *arg, struct hmm_sim_result *res)
+{
+	struct sim_cmd c = { .op = OP_LAUNCH, .addr = (uintptr_t)addr,
+			     .len = len, .fn = fn, .arg = arg, .write = write };
+
+	if (!fn || ((uintptr_t)addr & HMM_PAGE_MASK) || (len & HMM_PAGE_MASK))
+		return -EINVAL;
+	return submit(dev, &c, res);
+}

@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libhmm: heterogeneous memory management in user space.
+ *
+ * This is the header for applications.  Drivers include hmm_driver.h; the
+ * commands of the built-in simulated device are in hmm_sim.h.
+ *
+ * A short tour:
+ *
+ *	#include <hmm/hmm.h>
+ *	#include <hmm/hmm_sim.h>
+ *
+ *	hmm_device_t *dev;
+ *	uint64_t *data;
+ *
+ *	hmm_device_open("sim", NULL, &dev);           // the simulated device
+ *	hmm_mem_alloc(1 << 20, 0, (void **)&data);     // managed memory
+ *	for (int i = 0; i < 131072; i++)
+ *		data[i] = i;                           // plain CPU stores
+ *	hmm_migrate(data, 1 << 20, dev, 0);            // move it to the device
+ *	hmm_sim_fill64(dev, data, 7, 1 << 20, NULL);   // device writes, same pointer
+ *	printf("%lu\n", data[42]);                     // CPU fault: the page comes back
+ *	hmm_mem_free(data, 1 << 20);
+ *	hmm_device_close(dev);
+ *
+ * Memory libhmm manages is either adopted (hmm_range_adopt: private
+ * anonymous memory the application already has, from malloc or mmap) or
+ * allocated by libhmm (hmm_mem_alloc: shared-memory backed).  Each 4 KiB
+ * page of managed memory lives in one place at a time: system memory, or
+ * the memory of one device.  A CPU load or store to a page that lives on a
+ * device brings it back before the access completes; the pointer never
+ * changes.
+ *
+ * Conventions: every function returns 0 (or a count) on success and a
+ * negative errno on failure; a failed call changes nothing.  Addresses and
+ * lengths must be multiples of the page size (4 KiB) unless said otherwise.
+ * The process-wide state is created on first use and torn down at exit or
+ * by hmm_fini().  All functions are thread-safe.
+ *
+ * Error codes used throughout (each function lists the ones it returns):
+ *   -EINVAL     unaligned or zero length, overflowing range, bad flags
+ *   -EFAULT     the range is not entirely mapped, or part of it is PROT_NONE
+ *   -ENOENT     the range is not (entirely) managed by libhmm
+ *   -EEXIST     the range overlaps memory libhmm already manages
+ *   -EOPNOTSUPP memory of a kind libhmm cannot manage yet (file-backed,
+ *               shared anonymous for adoption)
+ *   -EBUSY      another userfaultfd already owns the range
+ *   -ENOMEM     out of system memory, or out of device memory for a migration
+ *   -EPERM      userfaultfd is not available to this process (see hmm_init)
+ *   -ENODEV     unknown driver name, or the device was closed
+ *   -ESHUTDOWN  called after hmm_fini()
+ */
+#ifndef HMM_HMM_H
+#define HMM_HMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HMM_PAGE_SIZE 4096UL
+
+typedef struct hmm_device hmm_device_t;
+
+/* ------------------------------------------------------------------ */
+/* Process-wide state                                                  */
+/* ------------------------------------------------------------------ */
+
+/*
+ * hmm_init - create the process-wide state now rather than on first use.
+ *
+ * Opens a userfaultfd (the syscall, falling back to UFFD_USER_MODE_ONLY and
+ * then /dev/userfaultfd when the process is unprivileged), checks the kernel
+ * features libhmm needs and starts the fault-service thread.  Calling it again
+ * is harmless.
+ *
+ * Returns 0, or:
+ *   -EPERM      no way to get a userfaultfd (vm.unprivileged_userfaultfd=0,
+ *               no CAP_SYS_PTRACE, /dev/userfaultfd unreadable); hmm_strerror
+ *               style detail is printed once to stderr at log level >= 1.
+ *   -ENOSYS     the kernel has no userfaultfd.
+ *   -EOPNOTSUPP the kernel lacks a feature libhmm cannot work without.
+ *   -ESHUTDOWN  hmm_fini() was already called in this process.
+ */
+int hmm_init(void);
+
+/*
+ * hmm_fini - tear the process-wide state down.
+ *
+ * Every device-resident page is first brought back to system memory, every
+ * device is closed and every range unregistered; managed memory stays
+ * mapped and usable as plain memory.  Also runs at exit.  Calls made after it
+ * return -ESHUTDOWN.
+ */
+int hmm_fini(void);
+
+/* Flags telling what this process's userfaultfd can do (hmm_caps()). */
+enum hmm_cap {
+	HMM_CAP_KERNEL_FAULTS = 1u << 0, /* kernel-mode accesses are served */
+	HMM_CAP_WP = 1u << 1,		 /* write-protect faults */
+	HMM_CAP_MOVE = 1u << 2,		 /* UFFDIO_MOVE */
+	HMM_CAP_MINOR_SHMEM = 1u << 3,	 /* minor faults on shmem */
+	HMM_CAP_EVENTS = 1u << 4,	 /* REMOVE/UNMAP/REMAP events */
+	HMM_CAP_FORK = 1u << 5,		 /* the FORK event */
+	HMM_CAP_PAGEMAP_SCAN = 1u << 6,	 /* the PAGEMAP_SCAN ioctl */
+};
+
+/*
+ * hmm_caps - what the kernel and this process's privileges allow.
+ *
+ * Returns a mask of enum hmm_cap (>= 0) once the state exists, or a negative
+ * errno from hmm_init().  Without HMM_CAP_KERNEL_FAULTS (unprivileged,
+ * UFFD_USER_MODE_ONLY), a system call such as read() or write() that touches
+ * a device-resident page fails with EFAULT instead of waiting for it: touch
+ * the buffer from user space first, or migrate it back with hmm_migrate().
+ */
+int hmm_caps(void);
+
+/* ------------------------------------------------------------------ */
+/* Managed memory                                                      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * hmm_range_adopt - manage an existing private anonymous range.
+ *
+ * @addr, @len: page aligned; the range may come from malloc (if aligned),
+ * mmap(MAP_PRIVATE|MAP_ANONYMOUS) or the heap.  Its contents are kept.
+ * @flags: must be 0.
+ *
+ * Returns 0, or -EINVAL, -EFAULT (not entirely mapped, or PROT_NONE),
+ * -EEXIST (overlaps managed memory), -EOPNOTSUPP (file-backed or shared
+ * memory), -EBUSY (another userfaultfd owns it), -ENOMEM, -EPERM, -ESHUTDOWN.
+ */
+int hmm_range_adopt(void *addr, size_t len, unsigned int flags);
+
+/*
+ * hmm_range_release - stop managing a range.
+ *
+ * Device-resident pages come back to system memory first; the memory stays
+ * mapped with its contents.  @addr/@len may cover part of a managed range.
+ *
+ * Returns 0, or -EINVAL, -ENOENT (part of it is not managed), -ENOMEM,
+ * -ESHUTDOWN.
+ */
+int hmm_range_release(void *addr, size_t len);
+
+/*
+ * hmm_mem_alloc - allocate managed memory.
+ *
+ * The memory is backed by a memfd (shared memory), mapped read/write at an
+ * address chosen by libhmm, zero filled, and managed from the start.
+ * @len is rounded up to the page size.  @flags must be 0.
+ *
+ * Returns 0 and stores the address in *@out, or -EINVAL, -ENOMEM, -EPERM,
+ * -ESHUTDOWN.
+ */
+int hmm_mem_alloc(size_t len, unsigned int flags, void **out);
+
+/*
+ * hmm_mem_free - free memory from hmm_mem_alloc.  Device copies are dropped.
+ *
+ * Returns 0, or -EINVAL (not an allocation of libhmm, or a different
+ * length), -ESHUTDOWN.
+ */
+int hmm_mem_free(void *addr, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* Devices                                                             */
+/* ------------------------------------------------------------------ */
+
+/* Attributes for hmm_device_open; a zeroed struct means "defaults". */
+struct hmm_device_attr {
+	size_t mem_size;	/* device memory in bytes (0: HMM_SIM_MEM_SIZE) */
+	unsigned int engines;	/* device engines (0: HMM_SIM_ENGINES) */
+	unsigned int flags;	/* must be 0 */
+};
+
+/*
+ * hmm_device_open - create a device of the driver named @driver.
+ *
+ * @driver: "sim" (always present).  @attr may be NULL.
+ *
+ * Returns 0 and the device in *@out, or -EINVAL (bad attributes, size not a
+ * page multiple), -ENODEV (no such driver), -ENOMEM, and the errors of
+ * hmm_init().
+ */
+int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
+		    hmm_device_t **out);
+
+/*
+ * hmm_device_close - bring every page living on @dev back to system memory,
+ * drop @dev's mirror and free it.  Returns 0, or -EINVAL for NULL.
+ */
+int hmm_device_close(hmm_device_t *dev);
+
+/* Device-memory usage: pages in use and in total. */
+int hmm_device_mem_usage(hmm_device_t *dev, size_t *used_pages,
+			 size_t *total_pages);
+
+/* ------------------------------------------------------------------ */
+/* Migration                                                           */
+/* ------------------------------------------------------------------ */
+
+/*
+ * hmm_migrate - move the pages of a managed range to @dev, or to system
+ * memory when @dev is NULL.
+ *
+ * Pages already there stay; pages never touched move as zero pages without
+ * using system memory; pages on another device come through system memory.
+ * A failure (device memory full, a copy error) leaves every page that was
+ * not yet moved where it was, with its data, and the call returns the error;
+ * pages moved before the failure stay moved.  @flags must be 0.
+ *
+ * Returns the number of pages moved (>= 0), or -EINVAL, -EFAULT (part of
+ * the range is unmapped or PROT_NONE), -ENOENT (not managed), -ENOMEM
+ * (device memory exhausted), -ENODEV (closed device), -EIO (copy failed),
+ * -ESHUTDOWN.
+ */
+long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
+		 unsigned int flags);
+
+/* Where one page lives now. */
+enum hmm_location {
+	HMM_LOC_UNMANAGED = 0,	/* libhmm does not manage it */
+	HMM_LOC_SYSTEM = 1,	/* system memory (or not yet populated) */
+	HMM_LOC_DEVICE = 2,	/* a device's memory */
+	HMM_LOC_MIGRATING = 3,	/* being moved right now */
+};
+
+/*
+ * hmm_page_location - where the page holding @addr lives.  If it is on a
+ * device and @dev is not NULL, *@dev is set to that device (else NULL).
+ * Returns an enum hmm_location (>= 0) or -ESHUTDOWN.
+ */
+int hmm_page_location(const void *addr, hmm_device_t **dev);
+
+/* ------------------------------------------------------------------ */
+/* Statistics                                                          */
+/* ------------------------------------------------------------------ */
+
+/*
+ * hmm_stat_get - the current value of the counter named @name (see
+ * hmm_stats_print for the list).  Returns 0 and the value in *@value, or
+ * -ENOENT for an unknown name.
+ */
+int hmm_stat_get(const char *name, uint64_t *value);
+
+/* hmm_stats_print - print every counter, one "name value" pair a line. */
+void hmm_stats_print(FILE *out);
+
+/* hmm_stats_reset - set every counter except gauges to zero. */
+void hmm_stats_reset(void);
+
+/* hmm_options_print - print every option with its value and source. */
+void hmm_options_print(FILE *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HMM_HMM_H */

@@ -1,0 +1,266 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libhmm driver interface: what a device driver (the built-in "sim", or one
+ * written by a user) implements and what it may call.
+ *
+ * The mirror protocol is the kernel's (include/linux/mmu_notifier.h,
+ * include/linux/hmm.h), in user space:
+ *
+ *	struct my_mirror {
+ *		struct hmm_interval_notifier notifier;
+ *		pthread_mutex_t lock;        // protects the device page table
+ *		...
+ *	};
+ *
+ *	// invalidate callback: runs when the CPU side changes
+ *	static bool my_invalidate(struct hmm_interval_notifier *n,
+ *				  const struct hmm_notifier_range *r,
+ *				  unsigned long cur_seq)
+ *	{
+ *		struct my_mirror *m = container_of(n, ...);
+ *		pthread_mutex_lock(&m->lock);
+ *		hmm_interval_set_seq(n, cur_seq);
+ *		clear_device_ptes(m, r->start, r->end);
+ *		pthread_mutex_unlock(&m->lock);
+ *		return true;
+ *	}
+ *
+ *	// device fault: fill translations for [start, end)
+ *	again:
+ *		range.notifier_seq = hmm_interval_read_begin(&m->notifier);
+ *		ret = hmm_range_fault(&range);
+ *		if (ret == -EBUSY)
+ *			goto again;              (bounded by the caller)
+ *		if (ret)
+ *			return ret;
+ *		pthread_mutex_lock(&m->lock);
+ *		if (hmm_interval_read_retry(&m->notifier, range.notifier_seq)) {
+ *			pthread_mutex_unlock(&m->lock);
+ *			goto again;
+ *		}
+ *		install_device_ptes(m, range.hmm_pfns);
+ *		pthread_mutex_unlock(&m->lock);
+ *
+ * A translation returned by hmm_range_fault may be used only under the lock
+ * that the invalidate callback takes, and only after read_retry said the
+ * section is still valid.
+ */
+#ifndef HMM_HMM_DRIVER_H
+#define HMM_HMM_DRIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hmm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Interval notifiers                                                  */
+/* ------------------------------------------------------------------ */
+
+/* Why a range is being invalidated (the kernel's enum mmu_notifier_event). */
+enum hmm_notifier_event {
+	HMM_NOTIFY_UNMAP = 0,	   /* munmap, or mremap moving the range */
+	HMM_NOTIFY_CLEAR,	   /* madvise(DONTNEED/REMOVE) dropped pages */
+	HMM_NOTIFY_PROTECTION_VMA, /* mprotect of the whole range */
+	HMM_NOTIFY_PROTECTION_PAGE,/* per-page protection change */
+	HMM_NOTIFY_MIGRATE,	   /* libhmm migrates the pages; see owner */
+	HMM_NOTIFY_EXCLUSIVE,	   /* exclusive access granted; see owner */
+	HMM_NOTIFY_FORK,	   /* fork made the pages copy-on-write */
+	HMM_NOTIFY_RELEASE,	   /* teardown: the whole space goes away */
+};
+
+/* range->flags */
+#define HMM_NOTIFIER_RANGE_BLOCKABLE (1u << 0)
+
+struct hmm_notifier_range {
+	uintptr_t start, end;		/* page aligned, end exclusive */
+	enum hmm_notifier_event event;
+	unsigned int flags;		/* HMM_NOTIFIER_RANGE_* */
+	const void *owner;		/* MIGRATE/EXCLUSIVE: who asked */
+};
+
+struct hmm_interval_notifier;
+
+struct hmm_interval_notifier_ops {
+	/*
+	 * Called when [range->start, range->end) changes on the CPU side.
+	 * Must call hmm_interval_set_seq(@sub, @cur_seq) under the driver's
+	 * page-table lock and stop using translations in the range before it
+	 * returns.  If HMM_NOTIFIER_RANGE_BLOCKABLE is clear, the callback
+	 * runs on libhmm's fault-service thread and must not wait for
+	 * anything that could itself wait for a CPU fault (in-flight device
+	 * accesses to system memory, for example); it may still take a lock
+	 * that is only held for short, fault-free sections.  Return false
+	 * only if it needed to sleep and could not (non-blockable).
+	 */
+	bool (*invalidate)(struct hmm_interval_notifier *sub,
+			   const struct hmm_notifier_range *range,
+			   unsigned long cur_seq);
+};
+
+/* Fields are private to libhmm; embed the struct in the driver's mirror. */
+struct hmm_interval_notifier {
+	uintptr_t start, end;	/* interval watched (end exclusive) */
+	const struct hmm_interval_notifier_ops *ops;
+	unsigned long invalidate_seq; /* atomic; odd values set by set_seq */
+	struct hmm_interval_notifier *next; /* list of the registry */
+};
+
+/*
+ * hmm_interval_notifier_insert - watch [start, start + length).  length 0
+ * with start 0 means the whole address space.  Returns 0, -EINVAL, or the
+ * errors of hmm_init().
+ */
+int hmm_interval_notifier_insert(struct hmm_interval_notifier *sub,
+				 uintptr_t start, size_t length,
+				 const struct hmm_interval_notifier_ops *ops);
+
+/* Stop watching; waits for callbacks in progress on @sub to return. */
+void hmm_interval_notifier_remove(struct hmm_interval_notifier *sub);
+
+/* Begin a read section: returns the sequence number to give to retry. */
+unsigned long hmm_interval_read_begin(struct hmm_interval_notifier *sub);
+
+/* True if an invalidation happened since read_begin returned @seq.  Call it
+ * under the same lock the invalidate callback takes around set_seq. */
+bool hmm_interval_read_retry(struct hmm_interval_notifier *sub,
+			     unsigned long seq);
+
+/* Lock-free hint of read_retry, for loops. */
+bool hmm_interval_check_retry(struct hmm_interval_notifier *sub,
+			      unsigned long seq);
+
+/* For invalidate callbacks only. */
+void hmm_interval_set_seq(struct hmm_interval_notifier *sub,
+			  unsigned long cur_seq);
+
+/* ------------------------------------------------------------------ */
+/* hmm_range_fault                                                     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Entries of hmm_range.hmm_pfns.  Output: the low 52 bits hold a frame:
+ * for a system page, the virtual page number itself (devices reach system
+ * memory at the same address the CPU uses); for a page in the memory of
+ * the device whose owner is dev_private_owner (HMM_PFN_DEVICE), that
+ * device's page frame number.  Output 0 means "faultable, not valid now".
+ */
+#define HMM_PFN_VALID	(1ULL << 63) /* readable */
+#define HMM_PFN_WRITE	(1ULL << 62) /* writable */
+#define HMM_PFN_ERROR	(1ULL << 61) /* unmapped, PROT_NONE, not reachable */
+#define HMM_PFN_DEVICE	(1ULL << 60) /* in dev_private_owner's memory */
+#define HMM_PFN_ZERO	(1ULL << 59) /* the shared zero page (read-only) */
+#define HMM_PFN_ORDER_SHIFT 53	     /* 5 bits: log2 of the mapping size */
+#define HMM_PFN_FLAGS	(~0ULL << HMM_PFN_ORDER_SHIFT)
+/* Input, per entry or in default_flags */
+#define HMM_PFN_REQ_FAULT HMM_PFN_VALID /* make it valid (readable) */
+#define HMM_PFN_REQ_WRITE HMM_PFN_WRITE /* make it writable; needs REQ_FAULT */
+
+static inline uint64_t hmm_pfn_to_frame(uint64_t pfn)
+{
+	return pfn & ((1ULL << 52) - 1);
+}
+
+struct hmm_range {
+	struct hmm_interval_notifier *notifier;
+	unsigned long notifier_seq;	/* from hmm_interval_read_begin */
+	uintptr_t start, end;		/* page aligned, end exclusive */
+	uint64_t *hmm_pfns;		/* one entry per page, in and out */
+	uint64_t default_flags;		/* REQ flags applied to every page */
+	uint64_t pfn_flags_mask;	/* which per-entry input bits count */
+	const void *dev_private_owner;	/* owner of device pages reported as
+					 * HMM_PFN_DEVICE instead of faulted */
+};
+
+/*
+ * hmm_range_fault - snapshot, and on request fault in, the CPU side of a
+ * range for a device.
+ *
+ * Per page, request = (hmm_pfns[i] & pfn_flags_mask) | default_flags.  A
+ * page with REQ_FAULT is made present (a page living on another device is
+ * brought back to system memory first); with REQ_WRITE also writable
+ * (copy-on-write broken).  Pages living in the memory of
+ * dev_private_owner are reported as HMM_PFN_DEVICE and not moved.
+ * Works on any mapped memory, managed or not.
+ *
+ * Returns 0, or:
+ *   -EINVAL  unaligned or empty range, NULL pfns, REQ_WRITE without REQ_FAULT
+ *   -EFAULT  a page with REQ_FAULT is unmapped, PROT_NONE or unreachable
+ *   -EPERM   a page with REQ_WRITE is mapped read-only
+ *   -EBUSY   the range was invalidated (notifier_seq is stale) or a
+ *            migration did not finish in time; begin again
+ *   -ENOMEM  a page could not be brought back to system memory
+ *   -ESHUTDOWN after hmm_fini()
+ */
+int hmm_range_fault(struct hmm_range *range);
+
+/* ------------------------------------------------------------------ */
+/* Drivers                                                             */
+/* ------------------------------------------------------------------ */
+
+enum hmm_copy_dir {
+	HMM_COPY_TO_DEVICE = 0,	/* host page -> device page */
+	HMM_COPY_TO_SYSTEM = 1,	/* device page -> host page */
+};
+
+/* One page to copy.  @host is a page-aligned address libhmm can read or
+ * write without faulting (a bounce buffer, or the user's page when it is
+ * known to be present). */
+struct hmm_copy_desc {
+	uint64_t dpfn;		/* device page frame number */
+	void *host;
+};
+
+/*
+ * The table a driver fills in.  Rules:
+ *  - init runs once from hmm_device_open, before the device is visible; it
+ *    sets dev->mem_pages and may set dev->priv.
+ *  - copy and zero may run from any thread, the fault-service thread
+ *    included, concurrently for different pages; they must not touch user
+ *    memory other than the @host pointers given, and must not wait for
+ *    CPU faults.  They return 0 or -EIO.
+ *  - fini runs once from hmm_device_close, after every page was brought
+ *    back and the device's notifiers are gone.
+ *  - host_ptr, if not NULL, returns a host address of a device page that
+ *    libhmm may copy from directly (the sim pool); otherwise copies go
+ *    through bounce buffers.
+ */
+struct hmm_driver_ops {
+	const char *name;
+	int (*init)(hmm_device_t *dev, const struct hmm_device_attr *attr);
+	void (*fini)(hmm_device_t *dev);
+	int (*copy)(hmm_device_t *dev, enum hmm_copy_dir dir,
+		    const struct hmm_copy_desc *descs, size_t n);
+	int (*zero)(hmm_device_t *dev, const uint64_t *dpfns, size_t n);
+	void *(*host_ptr)(hmm_device_t *dev, uint64_t dpfn);
+};
+
+/* The device as drivers see it.  Fields marked (core) are libhmm's. */
+struct hmm_device {
+	const struct hmm_driver_ops *ops;
+	void *priv;			/* driver's */
+	size_t mem_pages;		/* set by init */
+	unsigned int id;		/* (core) small index, unique while open */
+	struct hmm_devmem *mem;		/* (core) page allocator */
+	int closed;			/* (core) atomic: set by close */
+};
+
+/* Register a driver so hmm_device_open can find it by name.  Returns 0,
+ * -EINVAL, -EEXIST (name taken) or -ENOMEM. */
+int hmm_driver_register(const struct hmm_driver_ops *ops);
+
+/* The owner token of @dev for dev_private_owner and notifier owners. */
+static inline const void *hmm_device_owner(const hmm_device_t *dev)
+{
+	return dev;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HMM_HMM_DRIVER_H */

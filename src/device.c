@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Devices: the driver registry, opening and closing devices, and the
+ * device-memory page allocator (a stack of free page numbers per device).
+ */
+#include <stdlib.h>
+#include <sched.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_DRIVERS 8
+
+static pthread_mutex_t drivers_lock = PTHREAD_MUTEX_INITIALIZER;
+static const struct hmm_driver_ops *drivers[MAX_DRIVERS]; /* drivers_lock */
+
+int hmm_driver_register(const struct hmm_driver_ops *ops)
+{
+	int ret = -ENOMEM;
+
+	if (!ops || !ops->name || !ops->init || !ops->copy || !ops->zero)
+		return -EINVAL;
+	pthread_mutex_lock(&drivers_lock);
+	for (int i = 0; i < MAX_DRIVERS; i++) {
+		if (drivers[i] && !strcmp(drivers[i]->name, ops->name)) {
+			ret = -EEXIST;
+			break;
+		}
+		if (!drivers[i]) {
+			drivers[i] = ops;
+			ret = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&drivers_lock);
+	return ret;
+}
+
+static const struct hmm_driver_ops *driver_find(const char *name)
+{
+	const struct hmm_driver_ops *ops = NULL;
+
+	pthread_mutex_lock(&drivers_lock);
+	for (int i = 0; i < MAX_DRIVERS && drivers[i]; i++)
+		if (!strcmp(drivers[i]->name, name))
+			ops = drivers[i];
+	pthread_mutex_unlock(&drivers_lock);
+	return ops;
+}
+
+hmm_device_t *hmm__device_get(unsigned int id)
+{
+	hmm_device_t *d;
+
+	if (id >= HMM_MAX_DEVICES)
+		return NULL;
+	pthread_mutex_lock(&hmm__ctx.dev_lock);
+	d = hmm__ctx.devices[id];
+	pthread_mutex_unlock(&hmm__ctx.dev_lock);
+	return d;
+}
+
+static int devmem_init(hmm_device_t *dev)
+{
+	struct hmm_devmem *m = calloc(1, sizeof(*m));
+
+	if (!m || dev->mem_pages > UINT32_MAX) {
+		free(m);
+		return m ? -EINVAL : -ENOMEM;
+	}
+	m->free = malloc(dev->mem_pages * sizeof(uint32_t));
+	if (!m->free) {
+		free(m);
+		return -ENOMEM;
+	}
+	/* Hand out low page numbers first. */
+	for (size_t i = 0; i < dev->mem_pages; i++)
+		m->free[i] = (uint32_t)(dev->mem_pages - 1 - i);
+	m->nfree = m->npages = dev->mem_pages;
+	pthread_mutex_init(&m->lock, NULL);
+	dev->mem = m;
+	return 0;
+}
+
+int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
+{
+	struct hmm_devmem *m = dev->mem;
+
+	pthread_mutex_lock(&m->lock);
+	if (m->nfree < n) {
+		pthread_mutex_unlock(&m->lock);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n; i++)
+		out[i] = m->free[--m->nfree];
+	pthread_mutex_unlock(&m->lock);
+	hmm__stat_add(HMM_STAT_device_bytes_in_use, n * HMM_PAGE_SIZE);
+	return 0;
+}
+
+void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n)
+{
+	struct hmm_devmem *m;
+
+	if (!dev)
+		return;
+	m = dev->mem;
+	pthread_mutex_lock(&m->lock);
+	for (size_t i = 0; i < n; i++)
+		m->free[m->nfree++] = dpfns[i];
+	pthread_mutex_unlock(&m->lock);
+	hmm__stat_sub(HMM_STAT_device_bytes_in_use, n * HMM_PAGE_SIZE);
+}
+
+int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
+		    hmm_device_t **out)
+{
+	const struct hmm_driver_ops *ops;
+	hmm_device_t *dev;
+	int ret, id = -1;
+
+	if (!driver || !out)
+		return -EINVAL;
+	if (attr && (attr->flags || (attr->mem_size & HMM_PAGE_MASK)))
+		return -EINVAL;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	ops = driver_find(driver);
+	if (!ops)
+		return -ENODEV;
+	dev = calloc(1, sizeof(*dev));
+	if (!dev)
+		return -ENOMEM;
+	dev->ops = ops;
+	pthread_mutex_lock(&hmm__ctx.dev_lock);
+	for (int i = 0; i < HMM_MAX_DEVICES; i++)
+		if (!hmm__ctx.devices[i]) {
+			id = i;
+			/* reserve the slot; published once initialised */
+			hmm__ctx.devices[i] = dev;
+			break;
+		}
+	pthread_mutex_unlock(&hmm__ctx.dev_lock);
+	if (id < 0) {
+		free(dev);
+		return -ENOMEM;
+	}
+	dev->id = (unsigned)id;
+	ret = ops->init(dev, attr);
+	if (!ret)
+		ret = devmem_init(dev);
+	if (ret) {
+		if (dev->priv && ops->fini)
+			ops->fini(dev);
+		pthread_mutex_lock(&hmm__ctx.dev_lock);
+		hmm__ctx.devices[id] = NULL;
+		pthread_mutex_unlock(&hmm__ctx.dev_lock);
+		free(dev);
+		return ret;
+	}
+	*out = dev;
+	return 0;
+}
+
+/* Bring every page of @dev home, looping until none is left (a migration
+ * to @dev may have been in flight when the close began). */
+static void evict_all(hmm_device_t *dev)
+{
+	for (int round = 0; round < 1000; round++) {
+		size_t used;
+		pthread_mutex_lock(&dev->mem->lock);
+		used = dev->mem->npages - dev->mem->nfree;
+		pthread_mutex_unlock(&dev->mem->lock);
+		if (!used)
+			return;
+		pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+		size_t n = hmm__ctx.nranges;
+		struct hmm_mrange *copy = malloc(n * sizeof(*copy) + 1);
+		if (copy)
+			memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		for (size_t i = 0; copy && i < n; i++)
+			hmm__migrate_to_system(copy[i].start, copy[i].end, dev,
+					       0);
+		free(copy);
+		if (round)
+			sched_yield();
+	}
+	hmm__warn("device %u: pages still in use after close", dev->id);
+}
+
+int hmm_device_close(hmm_device_t *dev)
+{
+	if (!dev)
+		return -EINVAL;
+	if (atomic_exchange(&dev->closed, 1))
+		return -ENODEV;
+	evict_all(dev);
+	if (dev->ops->fini)
+		dev->ops->fini(dev);
+	pthread_mutex_lock(&hmm__ctx.dev_lock);
+	hmm__ctx.devices[dev->id] = NULL;
+	pthread_mutex_unlock(&hmm__ctx.dev_lock);
+	pthread_mutex_destroy(&dev->mem->lock);
+	free(dev->mem->free);
+	free(dev->mem);
+	free(dev);
+	return 0;
+}
+
+int hmm_device_mem_usage(hmm_device_t *dev, size_t *used, size_t *total)
+{
+	if (!dev)
+		return -EINVAL;
+	pthread_mutex_lock(&dev->mem->lock);
+	if (used)
+		*used = dev->mem->npages - dev->mem->nfree;
+	if (total)
+		*total = dev->mem->npages;
+	pthread_mutex_unlock(&dev->mem->lock);
+	return 0;
+}
+
+void hmm__devices_close_all(void)
+{
+	for (unsigned i = 0; i < HMM_MAX_DEVICES; i++) {
+		hmm_device_t *d = hmm__device_get(i);
+		if (d)
+			hmm_device_close(d);
+	}
+}

@@ -1,0 +1,323 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libhmm internals, grouped by the file that defines each function.
+ * Names: hmm__* cross-file internal, static otherwise.
+ *
+ * Lock order (outer first): ctx.init_lock -> ctx.ranges_lock ->
+ * a driver's mirror lock -> block.lock -> devmem.lock.  block.lock is a leaf
+ * for state changes only: it is never held across a copy, an ioctl that can
+ * wait, a notifier callback or a memory access that can fault.
+ */
+#ifndef HMM_INTERNAL_H
+#define HMM_INTERNAL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/userfaultfd.h>
+
+#include "hmm/hmm.h"
+#include "hmm/hmm_driver.h"
+
+#define HMM_PAGE_SHIFT 12
+#define HMM_PAGE_MASK (HMM_PAGE_SIZE - 1)
+#define HMM_BLOCK_SHIFT 21
+#define HMM_BLOCK_SIZE (1UL << HMM_BLOCK_SHIFT)
+#define HMM_BLOCK_PAGES (HMM_BLOCK_SIZE >> HMM_PAGE_SHIFT)
+#define HMM_MAX_DEVICES 64
+
+#define hmm__unlikely(x) __builtin_expect(!!(x), 0)
+#define HMM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define HMM_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+static inline bool hmm__aligned(uintptr_t v)
+{
+	return (v & HMM_PAGE_MASK) == 0;
+}
+
+/* A range [addr, addr + len) is acceptable to the API. */
+static inline int hmm__check_range(const void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	if (!len || !hmm__aligned(a) || !hmm__aligned(len))
+		return -EINVAL;
+	if (a + len < a)
+		return -EINVAL;
+	return 0;
+}
+
+/* ---- log.c ---------------------------------------------------------- */
+void hmm__log(int level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define hmm__warn(...) hmm__log(1, __VA_ARGS__)
+#define hmm__info(...) hmm__log(2, __VA_ARGS__)
+#define hmm__debug(...) hmm__log(3, __VA_ARGS__)
+
+/* ---- options.c ------------------------------------------------------ */
+enum hmm_option {
+	HMM_OPT_LOG_LEVEL,
+	HMM_OPT_STATS,
+	HMM_OPT_SIM_MEM_SIZE,
+	HMM_OPT_SIM_ENGINES,
+	HMM_OPT_FAULT_AROUND,
+	HMM_OPT_MIGRATE_TIMEOUT_MS,
+	HMM_OPT_FORCE_USER_MODE,
+	HMM_OPT__COUNT
+};
+long hmm__option(enum hmm_option opt);
+
+/* ---- stats.c -------------------------------------------------------- */
+/* Every counter, once.  X(name, is_gauge, description) */
+#define HMM_STATS_LIST(X)                                                   \
+	X(cpu_faults, 0, "CPU faults served (userfaultfd)")               \
+	X(cpu_faults_parked, 0, "CPU faults that waited for a migration")  \
+	X(cpu_zero_fills, 0, "untouched pages filled with zeros")          \
+	X(device_faults, 0, "device fault rounds")                         \
+	X(range_faults, 0, "hmm_range_fault calls")                        \
+	X(pages_to_device, 0, "pages migrated to a device")                \
+	X(pages_to_system, 0, "pages migrated to system memory")           \
+	X(bytes_to_device, 0, "bytes migrated to a device")                \
+	X(bytes_to_system, 0, "bytes migrated to system memory")           \
+	X(migration_failures, 0, "migrations rolled back")                 \
+	X(invalidations, 0, "notifier invalidations delivered")            \
+	X(events_remove, 0, "userfaultfd REMOVE events")                   \
+	X(events_unmap, 0, "userfaultfd UNMAP events")                     \
+	X(events_remap, 0, "userfaultfd REMAP events")                     \
+	X(uffd_eagain, 0, "userfaultfd ioctls retried on EAGAIN")          \
+	X(device_bytes_in_use, 1, "device memory in use, bytes")
+
+enum hmm_stat {
+#define HMM_STAT_ENUM(n, g, d) HMM_STAT_##n,
+	HMM_STATS_LIST(HMM_STAT_ENUM)
+#undef HMM_STAT_ENUM
+	HMM_STAT__COUNT
+};
+extern _Atomic uint64_t hmm__stats[HMM_STAT__COUNT];
+static inline void hmm__stat_add(enum hmm_stat s, uint64_t v)
+{
+	atomic_fetch_add_explicit(&hmm__stats[s], v, memory_order_relaxed);
+}
+static inline void hmm__stat_sub(enum hmm_stat s, uint64_t v)
+{
+	atomic_fetch_sub_explicit(&hmm__stats[s], v, memory_order_relaxed);
+}
+
+/* ---- uffd.c --------------------------------------------------------- */
+int hmm__uffd_open(int *fd, uint64_t *features, unsigned int *caps);
+int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp);
+int hmm__uffd_unregister(int fd, uintptr_t start, size_t len);
+/* These return pages resolved (>= 0) or -errno (-EAGAIN, -EEXIST, ...). */
+long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
+		    bool wp, bool dontwake);
+long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len);
+int hmm__uffd_wake(int fd, uintptr_t start, size_t len);
+int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp);
+
+/* ---- vma.c ---------------------------------------------------------- */
+struct hmm_vma {
+	uintptr_t start, end;
+	int prot;		/* PROT_* */
+	bool shared;
+	bool anon;		/* no file, or [heap]/[stack] */
+	bool special;		/* [vvar], [vdso], [vsyscall] */
+};
+/* VMAs overlapping [start, end), sorted; *out is malloc'd.  Returns count
+ * or -errno. */
+long hmm__vma_snapshot(uintptr_t start, uintptr_t end, struct hmm_vma **out);
+/* 0 if [start, end) is covered without holes by @v; else -EFAULT. */
+int hmm__vma_covered(const struct hmm_vma *v, long n, uintptr_t start,
+		     uintptr_t end);
+const struct hmm_vma *hmm__vma_find(const struct hmm_vma *v, long n,
+				    uintptr_t addr);
+
+/* ---- guard.c -------------------------------------------------------- */
+/*
+ * Guarded accesses: a thread of libhmm (device engine, migration copy) that
+ * reads or writes user memory through the user's address arms a guard; a
+ * SIGSEGV or SIGBUS raised while it is armed jumps back to the arming point
+ * instead of killing the process (a racing munmap, a PROT_NONE page).
+ * Faults outside a guard go to the application's own handler, or get the
+ * default action, exactly as without libhmm.
+ */
+struct hmm_guard {
+	sigjmp_buf jb;
+	volatile int armed;
+	volatile int signo, code;
+	volatile uintptr_t addr;
+	struct hmm_guard *prev;
+};
+int hmm__guard_install(void);
+struct hmm_guard **hmm__guard_slot(void);
+/* Use as: if (hmm__guard_begin(&g)) { tripped } else { access;
+ * hmm__guard_end(&g); } -- the tripped branch runs with the guard
+ * already ended. */
+#define hmm__guard_begin(g)                                                 \
+	(hmm__guard_arm(g), sigsetjmp((g)->jb, 0) ? (hmm__guard_end(g), 1) : 0)
+void hmm__guard_arm(struct hmm_guard *g);
+void hmm__guard_end(struct hmm_guard *g);
+
+/* ---- registry.c ----------------------------------------------------- */
+/* Page state: low two bits are the kind, the rest flags. */
+enum {
+	PS_NONE = 0,	  /* not managed */
+	PS_SYSTEM = 1,	  /* system memory (present or not yet populated) */
+	PS_DEVICE = 2,	  /* in device dev[i]'s page dpfn[i] */
+	PS_MIGRATING = 3, /* in flight; see PSF_TO_DEVICE */
+};
+#define PS_KIND(s) ((s) & 3)
+#define PSF_WAITERS 0x04     /* a CPU fault waits: wake when it ends */
+#define PSF_CLEARED 0x08     /* dropped (MADV_DONTNEED) while migrating */
+#define PSF_UNMAPPED 0x10    /* unmapped while migrating */
+#define PSF_TO_DEVICE 0x20   /* MIGRATING towards a device */
+#define PSF_SRC_PRESENT 0x40 /* MIGRATING to device: source was present */
+#define PSF_DEV_WRITE 0x80   /* device copy may be written (CPU could) */
+
+/* 2 MiB of address space.  Blocks live until hmm_fini. */
+struct hmm_block {
+	uintptr_t base;
+	pthread_mutex_t lock;	/* protects the fields below */
+	pthread_cond_t cond;	/* broadcast when a migration here ends */
+	uint16_t ndev;		/* pages DEVICE or MIGRATING here */
+	uint8_t state[HMM_BLOCK_PAGES];
+	uint8_t dev[HMM_BLOCK_PAGES];	 /* device id, DEVICE/MIGRATING */
+	uint32_t dpfn[HMM_BLOCK_PAGES]; /* device page, DEVICE/MIGRATING */
+};
+struct hmm_block *hmm__block_lookup(uintptr_t addr);
+struct hmm_block *hmm__block_get(uintptr_t addr); /* creates; NULL: ENOMEM */
+void hmm__blocks_free_all(void);
+static inline unsigned hmm__block_index(uintptr_t addr)
+{
+	return (unsigned)((addr >> HMM_PAGE_SHIFT) & (HMM_BLOCK_PAGES - 1));
+}
+/* Call fn on each existing block overlapping [start, end). */
+void hmm__blocks_for_each(uintptr_t start, uintptr_t end,
+			  void (*fn)(struct hmm_block *, uintptr_t, uintptr_t,
+				     void *),
+			  void *arg);
+
+enum hmm_mkind { HMM_MK_ANON = 0, HMM_MK_SHMEM = 1 };
+
+/* A managed range (registry entry). */
+struct hmm_mrange {
+	uintptr_t start, end;
+	enum hmm_mkind kind;
+	struct hmm_alloc *alloc; /* SHMEM: the allocation it belongs to */
+	uint64_t off;		 /* SHMEM: file offset of start */
+};
+
+/* An allocation of hmm_mem_alloc: a memfd, mapped at the user's address
+ * and at an alias no application pointer reaches. */
+struct hmm_alloc {
+	uintptr_t start;	/* user address of file offset 0 */
+	size_t len;
+	int memfd;
+	void *alias;
+	int refs;		/* ranges pointing here; ctx.ranges_lock */
+};
+
+/* Under ctx.ranges_lock (read or write). */
+struct hmm_mrange *hmm__range_find(uintptr_t addr);
+/* 0 if [start, end) is covered by managed ranges, else -ENOENT. */
+int hmm__ranges_cover(uintptr_t start, uintptr_t end);
+bool hmm__ranges_overlap(uintptr_t start, uintptr_t end);
+/* Under the write lock. */
+int hmm__range_insert(uintptr_t start, uintptr_t end, enum hmm_mkind kind,
+		      struct hmm_alloc *alloc, uint64_t off);
+/* Remove [start, end) from the registry, splitting ranges as needed. */
+int hmm__range_trim(uintptr_t start, uintptr_t end);
+void hmm__ranges_free_all(void);
+
+/* Set every page in [start, end) to @state (block created as needed).
+ * Pages must not be DEVICE or MIGRATING.  Returns 0 or -ENOMEM. */
+int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state);
+
+/* ---- device.c ------------------------------------------------------- */
+struct hmm_devmem {
+	pthread_mutex_t lock;	/* protects free/nfree */
+	uint32_t *free;		/* stack of free device page numbers */
+	size_t nfree, npages;
+};
+hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
+int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
+void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
+void hmm__devices_close_all(void);
+int hmm__sim_register(void); /* drivers/sim/sim.c */
+
+/* ---- notifier.c ----------------------------------------------------- */
+/* Tell every notifier overlapping [start, end). */
+void hmm__invalidate(uintptr_t start, uintptr_t end,
+		     enum hmm_notifier_event event, const void *owner,
+		     bool blockable);
+
+/* ---- migrate.c ------------------------------------------------------ */
+/* Flags for the block movers */
+#define HMM_MIG_NONBLOCK 1 /* caller is the service thread: never wait */
+
+/*
+ * Move the DEVICE pages of [start, end) (of @only, or of any device if
+ * NULL) to system memory.  Returns pages moved, or -EAGAIN (service thread:
+ * an event must be read first, nothing changed for the pages not moved),
+ * -EINPROGRESS (service thread: a page is mid-migration; the fault was
+ * parked), -ENOMEM, -EIO, -ETIMEDOUT.
+ */
+long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
+			    hmm_device_t *only, int flags);
+/* Forget the contents of [start, end): device copies are freed (unless
+ * @keep_data and not @unmap); with @unmap the pages become unmanaged. */
+void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
+		     bool keep_data);
+long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
+			    hmm_device_t *dev, const struct hmm_vma *vmas,
+			    long nvmas);
+
+/* ---- context.c ------------------------------------------------------ */
+struct hmm_zap {		/* a zap libhmm does itself (migrate.c) */
+	uintptr_t start, end;
+	struct hmm_zap *next;
+};
+
+struct hmm_context {
+	pthread_mutex_t init_lock; /* serialises init and fini */
+	_Atomic int state;	   /* HMM_CTX_* */
+	int uffd;
+	uint64_t features;	/* userfaultfd features granted */
+	unsigned int caps;	/* enum hmm_cap */
+	int stop_fd;		/* eventfd: tells the service thread to stop */
+	pthread_t service;
+	_Atomic(pthread_t) service_tid_valid;
+
+	pthread_rwlock_t ranges_lock; /* protects ranges, nranges */
+	struct hmm_mrange *ranges;    /* sorted by start, disjoint */
+	size_t nranges, ranges_cap;
+
+	pthread_mutex_t zap_lock; /* protects zaps */
+	struct hmm_zap *zaps;
+
+	pthread_mutex_t notifier_lock; /* protects notifiers, the seq */
+	pthread_cond_t notifier_cond;  /* callbacks finished */
+	struct hmm_interval_notifier *notifiers;
+	unsigned long notifier_seq;    /* last odd sequence handed out */
+	int notifier_active;	       /* callbacks running */
+
+	pthread_mutex_t dev_lock; /* protects devices[] slots */
+	hmm_device_t *devices[HMM_MAX_DEVICES];
+};
+enum { HMM_CTX_NONE = 0, HMM_CTX_UP = 1, HMM_CTX_DOWN = 2 };
+extern struct hmm_context hmm__ctx;
+/* Make sure the state exists: 0, or the error of hmm_init(). */
+int hmm__ensure(void);
+bool hmm__on_service_thread(void);
+/* Block every signal but the synchronous fault ones. */
+void hmm__block_signals(void);
+
+/* ---- service.c ------------------------------------------------------ */
+int hmm__service_start(void);
+void hmm__service_stop(void);
+
+#endif /* HMM_INTERNAL_H */

@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Managed memory: adopting existing anonymous ranges, allocating
+ * memfd-backed memory, releasing, and the public migration entry point.
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+/* Check that [s, e) is mapped, accessible, and (for adoption) private
+ * anonymous.  Returns 0 or -errno; *vmas is set on success. */
+static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
+		      struct hmm_vma **vmas, long *nvmas)
+{
+	long n = hmm__vma_snapshot(s, e, vmas);
+	int ret;
+
+	if (n < 0)
+		return (int)n;
+	ret = hmm__vma_covered(*vmas, n, s, e);
+	for (long i = 0; !ret && i < n; i++) {
+		if ((*vmas)[i].prot == PROT_NONE || (*vmas)[i].special)
+			ret = -EFAULT;
+		else if (adopt && (!(*vmas)[i].anon || (*vmas)[i].shared))
+			ret = -EOPNOTSUPP;
+	}
+	if (ret) {
+		free(*vmas);
+		*vmas = NULL;
+		return ret;
+	}
+	*nvmas = n;
+	return 0;
+}
+
+int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	struct hmm_vma *vmas;
+	long nvmas;
+	int ret;
+
+	ret = hmm__check_range(addr, len);
+	if (ret || flags)
+		return ret ? ret : -EINVAL;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	ret = check_vmas(s, e, true, &vmas, &nvmas);
+	if (ret)
+		return ret;
+	free(vmas);
+
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	if (hmm__ranges_overlap(s, e)) {
+		ret = -EEXIST;
+		goto out;
+	}
+	ret = hmm__uffd_register(hmm__ctx.uffd, s, len,
+				 hmm__ctx.caps & HMM_CAP_WP);
+	if (ret) {
+		/* EINVAL from the kernel here means a VMA type it refuses. */
+		if (ret == -EINVAL)
+			ret = -EOPNOTSUPP;
+		goto out;
+	}
+	ret = hmm__pages_set_state(s, e, PS_SYSTEM);
+	if (!ret)
+		ret = hmm__range_insert(s, e, HMM_MK_ANON, NULL, 0);
+	if (ret) {
+		hmm__pages_set_state(s, e, PS_NONE);
+		hmm__uffd_unregister(hmm__ctx.uffd, s, len);
+	}
+out:
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return ret;
+}
+
+/* Bring [s, e) home and mark it unmanaged, looping until no page is left
+ * on a device (a migration may have been in flight). */
+static int unmanage(uintptr_t s, uintptr_t e)
+{
+	for (int round = 0; round < 1000; round++) {
+		bool busy = false;
+		long r = hmm__migrate_to_system(s, e, NULL, 0);
+		if (r < 0 && r != -ETIMEDOUT)
+			return (int)r;
+		for (uintptr_t p = s; p < e && !busy;) {
+			struct hmm_block *b = hmm__block_lookup(p);
+			uintptr_t bend = (p & ~(HMM_BLOCK_SIZE - 1)) +
+					 HMM_BLOCK_SIZE;
+			if (bend > e)
+				bend = e;
+			if (b) {
+				pthread_mutex_lock(&b->lock);
+				for (uintptr_t q = p; q < bend; q += HMM_PAGE_SIZE) {
+					uint8_t *st = &b->state[hmm__block_index(q)];
+					if (PS_KIND(*st) == PS_DEVICE ||
+					    PS_KIND(*st) == PS_MIGRATING)
+						busy = true;
+					else
+						*st = PS_NONE;
+				}
+				pthread_mutex_unlock(&b->lock);
+			}
+			p = bend;
+		}
+		if (!busy)
+			return 0;
+		sched_yield();
+	}
+	return -EBUSY;
+}
+
+int hmm_range_release(void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	int ret = hmm__check_range(addr, len);
+
+	if (ret)
+		return ret;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	ret = hmm__ranges_cover(s, e);
+	if (!ret) {
+		for (uintptr_t p = s; p < e;) {
+			struct hmm_mrange *r = hmm__range_find(p);
+			if (r->kind == HMM_MK_SHMEM) {
+				ret = -EINVAL; /* use hmm_mem_free */
+				break;
+			}
+			p = r->end;
+		}
+	}
+	if (!ret)
+		ret = hmm__range_trim(s, e);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret)
+		return ret;
+	/* New migrations of [s, e) now fail with -ENOENT. */
+	ret = unmanage(s, e);
+	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
+	return ret;
+}
+
+int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
+{
+	struct hmm_alloc *a;
+	void *user;
+	int ret;
+
+	if (!out || !len || flags || len > (SIZE_MAX >> 1))
+		return -EINVAL;
+	len = (len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->memfd = memfd_create("libhmm", MFD_CLOEXEC);
+	if (a->memfd < 0 || ftruncate(a->memfd, (off_t)len)) {
+		ret = errno == EMFILE || errno == ENFILE ? -EMFILE : -ENOMEM;
+		goto fail_fd;
+	}
+	a->alias = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+			a->memfd, 0);
+	if (a->alias == MAP_FAILED) {
+		ret = -ENOMEM;
+		goto fail_fd;
+	}
+	user = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, a->memfd, 0);
+	if (user == MAP_FAILED) {
+		ret = -ENOMEM;
+		goto fail_alias;
+	}
+	a->start = (uintptr_t)user;
+	a->len = len;
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	ret = hmm__uffd_register(hmm__ctx.uffd, a->start, len,
+				 hmm__ctx.caps & HMM_CAP_WP);
+	if (!ret)
+		ret = hmm__pages_set_state(a->start, a->start + len, PS_SYSTEM);
+	if (!ret)
+		ret = hmm__range_insert(a->start, a->start + len, HMM_MK_SHMEM,
+					a, 0);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret) {
+		hmm__pages_set_state(a->start, a->start + len, PS_NONE);
+		munmap(user, len);
+		goto fail_alias;
+	}
+	*out = user;
+	return 0;
+fail_alias:
+	munmap(a->alias, len);
+fail_fd:
+	if (a->memfd >= 0)
+		close(a->memfd);
+	free(a);
+	return ret;
+}
+
+int hmm_mem_free(void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	struct hmm_mrange *r;
+	int ret = hmm__ensure();
+
+	if (ret)
+		return ret;
+	if (!addr || hmm__check_range(addr, (len + HMM_PAGE_MASK) &
+						    ~HMM_PAGE_MASK))
+		return -EINVAL;
+	len = (len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(s);
+	if (!r || r->kind != HMM_MK_SHMEM || r->alloc->start != s ||
+	    r->alloc->len != len) {
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		return -EINVAL;
+	}
+	r->alloc->refs++; /* keep the alias until the pages are gone */
+	struct hmm_alloc *a = r->alloc;
+	hmm__range_trim(s, s + len);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	/* The contents are not wanted: drop device copies, then unmap. */
+	hmm__invalidate(s, s + len, HMM_NOTIFY_UNMAP, NULL, true);
+	hmm__pages_drop(s, s + len, true, false);
+	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
+	munmap(addr, len);
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	if (--a->refs == 0) {
+		munmap(a->alias, a->len);
+		close(a->memfd);
+		free(a);
+	}
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return 0;
+}
+
+long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
+		 unsigned int flags)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	struct hmm_vma *vmas;
+	long nvmas, ret;
+
+	ret = hmm__check_range(addr, len);
+	if (ret || flags)
+		return ret ? ret : -EINVAL;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	if (dev && atomic_load(&dev->closed))
+		return -ENODEV;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	ret = hmm__ranges_cover(s, e);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret)
+		return ret;
+	ret = check_vmas(s, e, false, &vmas, &nvmas);
+	if (ret)
+		return ret;
+	if (dev)
+		ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas);
+	else
+		ret = hmm__migrate_to_system(s, e, NULL, 0);
+	free(vmas);
+	return ret;
+}
+
+int hmm_page_location(const void *addr, hmm_device_t **dev)
+{
+	uintptr_t p = (uintptr_t)addr & ~HMM_PAGE_MASK;
+	struct hmm_block *b;
+	int loc = HMM_LOC_UNMANAGED;
+
+	if (dev)
+		*dev = NULL;
+	if (atomic_load(&hmm__ctx.state) == HMM_CTX_DOWN)
+		return -ESHUTDOWN;
+	b = hmm__block_lookup(p);
+	if (!b)
+		return loc;
+	pthread_mutex_lock(&b->lock);
+	uint8_t st = b->state[hmm__block_index(p)];
+	switch (PS_KIND(st)) {
+	case PS_SYSTEM: loc = HMM_LOC_SYSTEM; break;
+	case PS_DEVICE: loc = HMM_LOC_DEVICE; break;
+	case PS_MIGRATING: loc = HMM_LOC_MIGRATING; break;
+	default: break;
+	}
+	if (dev && loc == HMM_LOC_DEVICE)
+		*dev = hmm__device_get(b->dev[hmm__block_index(p)]);
+	pthread_mutex_unlock(&b->lock);
+	return loc;
+}

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Options: one table, each read from HMM_<NAME> on first use.  A bad value
+ * is reported once and the default kept.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct hmm_option_desc {
+	const char *name;	/* environment variable */
+	long def, min, max;
+	const char *help;
+};
+
+static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
+	[HMM_OPT_LOG_LEVEL] = { "HMM_LOG_LEVEL", 1, 0, 3,
+		"0 quiet, 1 warnings, 2 info, 3 debug" },
+	[HMM_OPT_STATS] = { "HMM_STATS", 0, 0, 1,
+		"print every counter to stderr at exit" },
+	[HMM_OPT_SIM_MEM_SIZE] = { "HMM_SIM_MEM_SIZE", 256L << 20, 1L << 12,
+		1L << 40, "sim device memory, bytes (suffix K, M or G)" },
+	[HMM_OPT_SIM_ENGINES] = { "HMM_SIM_ENGINES", 2, 1, 64,
+		"engines (threads) per sim device" },
+	[HMM_OPT_FAULT_AROUND] = { "HMM_FAULT_AROUND", 64L << 10, 0,
+		2L << 20, "bytes brought back around a CPU fault (0 off)" },
+	[HMM_OPT_MIGRATE_TIMEOUT_MS] = { "HMM_MIGRATE_TIMEOUT_MS", 10000, 1,
+		3600000, "longest wait for a page in flight, ms" },
+	[HMM_OPT_FORCE_USER_MODE] = { "HMM_FORCE_USER_MODE", 0, 0, 1,
+		"open userfaultfd with UFFD_USER_MODE_ONLY even when privileged" },
+};
+
+/* 0 not read yet, 1 default, 2 environment */
+static _Atomic int option_source[HMM_OPT__COUNT];
+static _Atomic long option_value[HMM_OPT__COUNT];
+
+static int parse_value(const char *s, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 0);
+	if (errno || end == s)
+		return -1;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	default: break;
+	}
+	if (*end)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+long hmm__option(enum hmm_option opt)
+{
+	const struct hmm_option_desc *d = &option_table[opt];
+	const char *env;
+	long v;
+
+	if (atomic_load_explicit(&option_source[opt], memory_order_acquire))
+		return atomic_load_explicit(&option_value[opt],
+					    memory_order_relaxed);
+	v = d->def;
+	env = getenv(d->name);
+	int src = 1;
+	if (env && *env) {
+		long parsed;
+		if (parse_value(env, &parsed) || parsed < d->min ||
+		    parsed > d->max) {
+			/* Not hmm__warn: that would recurse into LOG_LEVEL. */
+			fprintf(stderr,
+				"libhmm: ignoring %s=%s (expected %ld..%ld)\n",
+				d->name, env, d->min, d->max);
+		} else {
+			v = parsed;
+			src = 2;
+		}
+	}
+	atomic_store_explicit(&option_value[opt], v, memory_order_relaxed);
+	atomic_store_explicit(&option_source[opt], src, memory_order_release);
+	return v;
+}
+
+void hmm_options_print(FILE *out)
+{
+	for (int i = 0; i < HMM_OPT__COUNT; i++) {
+		long v = hmm__option((enum hmm_option)i);
+		fprintf(out, "%-24s %-12ld %-11s %s\n", option_table[i].name, v,
+			option_source[i] == 2 ? "environment" : "default",
+			option_table[i].help);
+	}
+}

@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hmm_range_fault: the CPU side of a range as a device should see it.
+ *
+ * Faulting in is done the way a CPU would do it: the calling thread touches
+ * each requested page through the user's address (a read, and for write
+ * requests an atomic add of zero, which breaks copy-on-write without
+ * changing data) under a guard.  A page that lives on another device is
+ * brought back by the ordinary CPU fault path; an unmapped or PROT_NONE page
+ * trips the guard (-EFAULT), a read-only one the write touch (-EPERM).
+ * Pages that live in dev_private_owner's memory are reported, not touched.
+ * Snapshots (no request) read /proc/self/maps, mincore and pagemap.
+ */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define PM_PRESENT (1ULL << 63)
+#define PM_EXCLUSIVE (1ULL << 56)
+
+/* Look at the managed state of @va.  Returns the state byte (PS_NONE for
+ * unmanaged memory) and the device id / page in *dev / *dpfn. */
+static uint8_t page_state(uintptr_t va, unsigned *dev, uint32_t *dpfn)
+{
+	struct hmm_block *b = hmm__block_lookup(va);
+	unsigned i = hmm__block_index(va);
+	uint8_t st;
+
+	if (!b)
+		return PS_NONE;
+	pthread_mutex_lock(&b->lock);
+	st = b->state[i];
+	*dev = b->dev[i];
+	*dpfn = b->dpfn[i];
+	pthread_mutex_unlock(&b->lock);
+	return st;
+}
+
+/* Wait (bounded) until @va is no longer in flight. */
+static int wait_settled(uintptr_t va)
+{
+	struct hmm_block *b = hmm__block_lookup(va);
+	struct timespec ts;
+	long ms = hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS);
+	int ret = 0;
+
+	if (!b)
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000 + 1;
+	pthread_mutex_lock(&b->lock);
+	while (PS_KIND(b->state[hmm__block_index(va)]) == PS_MIGRATING && !ret)
+		if (pthread_cond_timedwait(&b->cond, &b->lock, &ts) == ETIMEDOUT)
+			ret = -EBUSY;
+	pthread_mutex_unlock(&b->lock);
+	return ret;
+}
+
+/* Touch @va for reading, and for writing if @write.  Returns 0, -EFAULT
+ * or -EPERM. */
+static int touch(uintptr_t va, bool write)
+{
+	struct hmm_guard g;
+	volatile int stage = 0;
+
+	if (hmm__guard_begin(&g))
+		return stage == 0 ? -EFAULT : -EPERM;
+	(void)*(volatile const char *)va;
+	stage = 1;
+	if (write)
+		__atomic_fetch_add((char *)va, 0, __ATOMIC_RELAXED);
+	hmm__guard_end(&g);
+	return 0;
+}
+
+struct snap {
+	struct hmm_vma *vmas;
+	long nvmas;
+	uint64_t *pm;		/* pagemap entries for the range */
+	unsigned char *mc;	/* mincore for the range */
+};
+
+static int snap_load(struct snap *sn, uintptr_t s, uintptr_t e)
+{
+	size_t n = (e - s) >> HMM_PAGE_SHIFT;
+	int fd;
+
+	sn->nvmas = hmm__vma_snapshot(s, e, &sn->vmas);
+	if (sn->nvmas < 0)
+		return (int)sn->nvmas;
+	sn->pm = calloc(n, sizeof(uint64_t));
+	if (!sn->pm)
+		return -ENOMEM;
+	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t r = pread(fd, sn->pm, n * sizeof(uint64_t),
+				  (off_t)((s >> HMM_PAGE_SHIFT) * 8));
+		(void)r; /* short reads leave zeros: "not present" */
+		close(fd);
+	}
+	return 0;
+}
+
+static uint64_t snapshot_page(struct snap *sn, uintptr_t s, uintptr_t va)
+{
+	const struct hmm_vma *v = hmm__vma_find(sn->vmas, sn->nvmas, va);
+	uint64_t pm = sn->pm[(va - s) >> HMM_PAGE_SHIFT];
+	uint64_t out;
+
+	if (!v || !(v->prot & PROT_READ) || v->special)
+		return HMM_PFN_ERROR;
+	if (!(pm & PM_PRESENT))
+		return 0;
+	out = HMM_PFN_VALID | (va >> HMM_PAGE_SHIFT);
+	/* A private page is writable once it is exclusively ours; shared
+	 * mappings write through. */
+	if ((v->prot & PROT_WRITE) && (v->shared || (pm & PM_EXCLUSIVE)))
+		out |= HMM_PFN_WRITE;
+	return out;
+}
+
+static void snap_free(struct snap *sn)
+{
+	free(sn->vmas);
+	free(sn->pm);
+}
+
+int hmm_range_fault(struct hmm_range *range)
+{
+	const hmm_device_t *owner;
+	struct snap sn = { 0 };
+	size_t npages;
+	int ret = 0;
+
+	if (!range || !range->hmm_pfns || range->start >= range->end ||
+	    !hmm__aligned(range->start) || !hmm__aligned(range->end))
+		return -EINVAL;
+	if ((range->default_flags & HMM_PFN_REQ_WRITE) &&
+	    !(range->default_flags & HMM_PFN_REQ_FAULT))
+		return -EINVAL;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	hmm__stat_add(HMM_STAT_range_faults, 1);
+	owner = range->dev_private_owner;
+	npages = (range->end - range->start) >> HMM_PAGE_SHIFT;
+
+	for (size_t i = 0; i < npages && !ret; i++) {
+		uintptr_t va = range->start + (i << HMM_PAGE_SHIFT);
+		uint64_t req = (range->hmm_pfns[i] & range->pfn_flags_mask) |
+			       range->default_flags;
+		bool fault = req & HMM_PFN_REQ_FAULT;
+		bool write = req & HMM_PFN_REQ_WRITE;
+		unsigned dev = 0;
+		uint32_t dpfn = 0;
+		uint8_t st;
+
+		if (write && !fault) {
+			ret = -EINVAL;
+			break;
+		}
+		if (range->notifier && (i & 63) == 0 &&
+		    hmm_interval_check_retry(range->notifier,
+					     range->notifier_seq)) {
+			ret = -EBUSY;
+			break;
+		}
+		st = page_state(va, &dev, &dpfn);
+		if (PS_KIND(st) == PS_MIGRATING) {
+			if (!fault) {
+				range->hmm_pfns[i] = 0;
+				continue;
+			}
+			ret = wait_settled(va);
+			if (!ret)
+				i--; /* look again */
+			continue;
+		}
+		if (PS_KIND(st) == PS_DEVICE && owner &&
+		    hmm__device_get(dev) == owner) {
+			if (write && !(st & PSF_DEV_WRITE)) {
+				ret = -EPERM;
+				break;
+			}
+			range->hmm_pfns[i] = HMM_PFN_VALID | HMM_PFN_DEVICE |
+					     ((st & PSF_DEV_WRITE) ? HMM_PFN_WRITE
+								   : 0) |
+					     dpfn;
+			continue;
+		}
+		if (fault) {
+			ret = touch(va, write);
+			if (ret)
+				break;
+			range->hmm_pfns[i] = HMM_PFN_VALID |
+					     (write ? HMM_PFN_WRITE : 0) |
+					     (va >> HMM_PAGE_SHIFT);
+			continue;
+		}
+		if (PS_KIND(st) == PS_DEVICE) {
+			range->hmm_pfns[i] = 0; /* another device's: faultable */
+			continue;
+		}
+		if (!sn.pm && (ret = snap_load(&sn, range->start, range->end)))
+			break;
+		range->hmm_pfns[i] = snapshot_page(&sn, range->start, va);
+	}
+	snap_free(&sn);
+	if (!ret && range->notifier &&
+	    hmm_interval_check_retry(range->notifier, range->notifier_seq))
+		ret = -EBUSY;
+	return ret;
+}

@@ -1,0 +1,285 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The address-space registry: managed ranges (a sorted array under
+ * ctx.ranges_lock) and 2 MiB blocks of per-page state (a two-level radix
+ * table indexed by address, read without locks).
+ *
+ * Blocks are created on demand and never freed before hmm_fini, so a
+ * pointer from hmm__block_lookup stays valid; this keeps the fault path
+ * free of any global lock and independent of how many ranges exist.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define VA_BITS 47
+#define LEAF_BITS 13
+#define TOP_BITS (VA_BITS - HMM_BLOCK_SHIFT - LEAF_BITS)
+#define LEAF_SIZE (1UL << LEAF_BITS)
+
+typedef _Atomic(struct hmm_block *) block_slot;
+static _Atomic(block_slot *) top[1UL << TOP_BITS];
+
+static bool split_index(uintptr_t addr, size_t *t, size_t *l)
+{
+	uintptr_t b = addr >> HMM_BLOCK_SHIFT;
+
+	if (addr >> VA_BITS)
+		return false;
+	*t = b >> LEAF_BITS;
+	*l = b & (LEAF_SIZE - 1);
+	return true;
+}
+
+struct hmm_block *hmm__block_lookup(uintptr_t addr)
+{
+	size_t t, l;
+	block_slot *leaf;
+
+	if (!split_index(addr, &t, &l))
+		return NULL;
+	leaf = atomic_load_explicit(&top[t], memory_order_acquire);
+	if (!leaf)
+		return NULL;
+	return atomic_load_explicit(&leaf[l], memory_order_acquire);
+}
+
+struct hmm_block *hmm__block_get(uintptr_t addr)
+{
+	size_t t, l;
+	block_slot *leaf, *expect_leaf = NULL;
+	struct hmm_block *b, *expect = NULL;
+
+	if (!split_index(addr, &t, &l))
+		return NULL;
+	leaf = atomic_load_explicit(&top[t], memory_order_acquire);
+	if (!leaf) {
+		leaf = calloc(LEAF_SIZE, sizeof(*leaf));
+		if (!leaf)
+			return NULL;
+		if (!atomic_compare_exchange_strong(&top[t], &expect_leaf,
+						    leaf)) {
+			free(leaf);
+			leaf = expect_leaf;
+		}
+	}
+	b = atomic_load_explicit(&leaf[l], memory_order_acquire);
+	if (b)
+		return b;
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return NULL;
+	b->base = addr & ~(HMM_BLOCK_SIZE - 1);
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->cond, NULL);
+	if (!atomic_compare_exchange_strong(&leaf[l], &expect, b)) {
+		pthread_mutex_destroy(&b->lock);
+		pthread_cond_destroy(&b->cond);
+		free(b);
+		b = expect;
+	}
+	return b;
+}
+
+void hmm__blocks_for_each(uintptr_t start, uintptr_t end,
+			  void (*fn)(struct hmm_block *, uintptr_t, uintptr_t,
+				     void *),
+			  void *arg)
+{
+	uintptr_t pos = start;
+
+	while (pos < end) {
+		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
+		struct hmm_block *b = hmm__block_lookup(pos);
+		if (bend > end || bend < pos)
+			bend = end;
+		if (b)
+			fn(b, pos, bend, arg);
+		pos = bend;
+	}
+}
+
+/* Only at teardown, with no other thread of libhmm left. */
+void hmm__blocks_free_all(void)
+{
+	for (size_t t = 0; t < (1UL << TOP_BITS); t++) {
+		block_slot *leaf = atomic_load(&top[t]);
+		if (!leaf)
+			continue;
+		for (size_t l = 0; l < LEAF_SIZE; l++) {
+			struct hmm_block *b = atomic_load(&leaf[l]);
+			if (b) {
+				pthread_mutex_destroy(&b->lock);
+				pthread_cond_destroy(&b->cond);
+				free(b);
+			}
+		}
+		free(leaf);
+		atomic_store(&top[t], NULL);
+	}
+}
+
+int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
+{
+	for (uintptr_t pos = start; pos < end;) {
+		struct hmm_block *b = hmm__block_get(pos);
+		uintptr_t bend = b ? b->base + HMM_BLOCK_SIZE : 0;
+		if (!b)
+			return -ENOMEM;
+		if (bend > end)
+			bend = end;
+		pthread_mutex_lock(&b->lock);
+		for (uintptr_t p = pos; p < bend; p += HMM_PAGE_SIZE)
+			b->state[hmm__block_index(p)] = state;
+		pthread_mutex_unlock(&b->lock);
+		pos = bend;
+	}
+	return 0;
+}
+
+/* ---- ranges: sorted, disjoint, under hmm__ctx.ranges_lock ------------ */
+
+/* Index of the first range whose end is above @addr. */
+static size_t range_lower(uintptr_t addr)
+{
+	size_t lo = 0, hi = hmm__ctx.nranges;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (hmm__ctx.ranges[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+struct hmm_mrange *hmm__range_find(uintptr_t addr)
+{
+	size_t i = range_lower(addr);
+
+	if (i < hmm__ctx.nranges && hmm__ctx.ranges[i].start <= addr)
+		return &hmm__ctx.ranges[i];
+	return NULL;
+}
+
+bool hmm__ranges_overlap(uintptr_t start, uintptr_t end)
+{
+	size_t i = range_lower(start);
+
+	return i < hmm__ctx.nranges && hmm__ctx.ranges[i].start < end;
+}
+
+int hmm__ranges_cover(uintptr_t start, uintptr_t end)
+{
+	size_t i = range_lower(start);
+	uintptr_t pos = start;
+
+	for (; i < hmm__ctx.nranges && pos < end; i++) {
+		if (hmm__ctx.ranges[i].start > pos)
+			return -ENOENT;
+		pos = hmm__ctx.ranges[i].end;
+	}
+	return pos >= end ? 0 : -ENOENT;
+}
+
+static int ranges_reserve(size_t more)
+{
+	struct hmm_context *c = &hmm__ctx;
+	size_t need = c->nranges + more, cap;
+	struct hmm_mrange *nr;
+
+	if (need <= c->ranges_cap)
+		return 0;
+	cap = c->ranges_cap ? c->ranges_cap * 2 : 64;
+	while (cap < need)
+		cap *= 2;
+	nr = realloc(c->ranges, cap * sizeof(*nr));
+	if (!nr)
+		return -ENOMEM;
+	c->ranges = nr;
+	c->ranges_cap = cap;
+	return 0;
+}
+
+int hmm__range_insert(uintptr_t start, uintptr_t end, enum hmm_mkind kind,
+		      struct hmm_alloc *alloc, uint64_t off)
+{
+	struct hmm_context *c = &hmm__ctx;
+	size_t i = range_lower(start);
+
+	if (ranges_reserve(1))
+		return -ENOMEM;
+	memmove(&c->ranges[i + 1], &c->ranges[i],
+		(c->nranges - i) * sizeof(c->ranges[0]));
+	c->ranges[i] = (struct hmm_mrange){ start, end, kind, alloc, off };
+	c->nranges++;
+	if (alloc)
+		alloc->refs++;
+	return 0;
+}
+
+static void alloc_put(struct hmm_alloc *a)
+{
+	if (!a || --a->refs > 0)
+		return;
+	munmap(a->alias, a->len);
+	close(a->memfd);
+	free(a);
+}
+
+int hmm__range_trim(uintptr_t start, uintptr_t end)
+{
+	struct hmm_context *c = &hmm__ctx;
+	size_t i = range_lower(start);
+
+	while (i < c->nranges && c->ranges[i].start < end) {
+		struct hmm_mrange *r = &c->ranges[i];
+		if (r->start < start && r->end > end) {
+			/* Split in two: keep [r->start, start), add [end, r->end). */
+			struct hmm_mrange tail = *r;
+			if (ranges_reserve(1))
+				return -ENOMEM;
+			r = &c->ranges[i];
+			tail.start = end;
+			tail.off += end - r->start;
+			r->end = start;
+			memmove(&c->ranges[i + 2], &c->ranges[i + 1],
+				(c->nranges - i - 1) * sizeof(c->ranges[0]));
+			c->ranges[i + 1] = tail;
+			c->nranges++;
+			if (tail.alloc)
+				tail.alloc->refs++;
+			return 0;
+		}
+		if (r->start < start) {
+			r->end = start;
+			i++;
+		} else if (r->end > end) {
+			r->off += end - r->start;
+			r->start = end;
+			i++;
+		} else {
+			struct hmm_alloc *a = r->alloc;
+			memmove(r, r + 1,
+				(c->nranges - i - 1) * sizeof(c->ranges[0]));
+			c->nranges--;
+			alloc_put(a);
+		}
+	}
+	return 0;
+}
+
+void hmm__ranges_free_all(void)
+{
+	struct hmm_context *c = &hmm__ctx;
+
+	for (size_t i = 0; i < c->nranges; i++)
+		alloc_put(c->ranges[i].alloc);
+	free(c->ranges);
+	c->ranges = NULL;
+	c->nranges = c->ranges_cap = 0;
+}

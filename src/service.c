@@ -1,0 +1,408 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fault-service thread: reads the userfaultfd and serves CPU faults and
+ * events.
+ *
+ * Rules it lives by (see DESIGN.md, "known traps"):
+ *  - it never touches managed memory through the user's mapping, never calls
+ *    munmap/madvise on managed ranges (those wait for it to read an event);
+ *  - it never waits for a migration: a fault on a page in flight is parked
+ *    (PSF_WAITERS) and the migrating thread wakes it when it commits;
+ *  - an ioctl that fails with EAGAIN (an event is queued) is retried after
+ *    the queued messages have been read.
+ */
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+static _Alignas(4096) const char zero_page[HMM_PAGE_SIZE];
+
+struct retry_list {
+	struct uffd_msg *msgs;
+	size_t n, cap;
+};
+
+static void retry_push(struct retry_list *rl, const struct uffd_msg *m)
+{
+	if (rl->n == rl->cap) {
+		size_t cap = rl->cap ? rl->cap * 2 : 64;
+		struct uffd_msg *nm = realloc(rl->msgs, cap * sizeof(*nm));
+		if (!nm) {
+			/* Cannot remember it: wake the thread, it faults again. */
+			hmm__uffd_wake(hmm__ctx.uffd,
+				       m->arg.pagefault.address & ~HMM_PAGE_MASK,
+				       HMM_PAGE_SIZE);
+			return;
+		}
+		rl->msgs = nm;
+		rl->cap = cap;
+	}
+	rl->msgs[rl->n++] = *m;
+}
+
+/* Fill an untouched page.  Returns 0 or -EAGAIN. */
+static int resolve_zero(uintptr_t page, bool write)
+{
+	int fd = hmm__ctx.uffd;
+	long r;
+
+	if (write)
+		r = hmm__uffd_copy(fd, page, zero_page, HMM_PAGE_SIZE, false,
+				   false);
+	else
+		r = hmm__uffd_zeropage(fd, page, HMM_PAGE_SIZE);
+	if (r == -EAGAIN)
+		return -EAGAIN;
+	if (r == 1)
+		hmm__stat_add(HMM_STAT_cpu_zero_fills, 1);
+	else
+		/* EEXIST: another fault resolved it; ENOENT: the range went
+		 * away.  Either way the thread must retry its access. */
+		hmm__uffd_wake(fd, page, HMM_PAGE_SIZE);
+	return 0;
+}
+
+/* The window brought back around a CPU fault at @page. */
+static void fault_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
+{
+	uintptr_t fa = (uintptr_t)hmm__option(HMM_OPT_FAULT_AROUND);
+	uintptr_t bbase = page & ~(HMM_BLOCK_SIZE - 1);
+
+	if (fa < HMM_PAGE_SIZE) {
+		*s = page;
+		*e = page + HMM_PAGE_SIZE;
+		return;
+	}
+	fa = 1UL << (63 - __builtin_clzl(fa)); /* power of two */
+	*s = page & ~(fa - 1);
+	*e = *s + fa;
+	if (*s < bbase)
+		*s = bbase;
+	if (*e > bbase + HMM_BLOCK_SIZE)
+		*e = bbase + HMM_BLOCK_SIZE;
+}
+
+/*
+ * A fault on a page migrating to a device whose source was present when the
+ * migration began: the application dropped it (MADV_DONTNEED) meanwhile.
+ * Its contents are zeros from now on; install them write-protected so that a
+ * write still waits for the migration, and so that the migrating thread's
+ * copy, which may be what faulted, completes.  Called with b->lock held;
+ * returns with it released.
+ */
+static int clear_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
+			   uint8_t st)
+{
+	long r;
+
+	b->state[idx] = st | PSF_CLEARED;
+	pthread_mutex_unlock(&b->lock);
+	r = hmm__uffd_copy(hmm__ctx.uffd, page, zero_page, HMM_PAGE_SIZE,
+			   hmm__ctx.caps & HMM_CAP_WP, false);
+	if (r == -EAGAIN)
+		return -EAGAIN;
+	if (r != 1)
+		hmm__uffd_wake(hmm__ctx.uffd, page, HMM_PAGE_SIZE);
+	return 0;
+}
+
+/* Serve one fault.  Returns 0 when done (or parked), -EAGAIN to retry. */
+static int handle_fault(const struct uffd_msg *m, bool first)
+{
+	uintptr_t addr = m->arg.pagefault.address;
+	uintptr_t page = addr & ~HMM_PAGE_MASK;
+	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+	struct hmm_block *b = hmm__block_lookup(page);
+	unsigned idx = hmm__block_index(page);
+	uint8_t st;
+
+	if (first)
+		hmm__stat_add(HMM_STAT_cpu_faults, 1);
+	if (!b)
+		return wp ? hmm__uffd_writeprotect(hmm__ctx.uffd, page,
+						   HMM_PAGE_SIZE, false)
+			  : resolve_zero(page, write);
+	/* A few rounds: a fault-back may find the page changed under it. */
+	for (int round = 0; round < 4; round++) {
+		pthread_mutex_lock(&b->lock);
+		st = b->state[idx];
+		switch (PS_KIND(st)) {
+		case PS_MIGRATING:
+			if (!wp && (st & PSF_TO_DEVICE) &&
+			    (st & PSF_SRC_PRESENT))
+				return clear_in_flight(b, idx, page, st);
+			b->state[idx] = st | PSF_WAITERS;
+			pthread_mutex_unlock(&b->lock);
+			if (first && !round)
+				hmm__stat_add(HMM_STAT_cpu_faults_parked, 1);
+			return 0;
+		case PS_DEVICE: {
+			uintptr_t s, e;
+			long r;
+			pthread_mutex_unlock(&b->lock);
+			fault_window(page, &s, &e);
+			r = hmm__migrate_to_system(s, e, NULL,
+						   HMM_MIG_NONBLOCK);
+			if (r == -EAGAIN)
+				return -EAGAIN;
+			if (r < 0 && r != -EINPROGRESS) {
+				hmm__warn("fault-back at %#lx failed: %s",
+					  (unsigned long)page,
+					  strerror((int)-r));
+				return -EAGAIN;
+			}
+			continue; /* look at the page again */
+		}
+		default:
+			pthread_mutex_unlock(&b->lock);
+			if (wp) {
+				/* A write-protection left from a migration
+				 * that has ended: lift it (this wakes). */
+				int r = hmm__uffd_writeprotect(
+					hmm__ctx.uffd, page, HMM_PAGE_SIZE,
+					false);
+				if (r == -EAGAIN)
+					return -EAGAIN;
+				if (r)
+					hmm__uffd_wake(hmm__ctx.uffd, page,
+						       HMM_PAGE_SIZE);
+				return 0;
+			}
+			/* SYSTEM: absent (untouched or dropped), or just
+			 * brought back (then EEXIST makes this a wake). */
+			return resolve_zero(page, write);
+		}
+	}
+	return -EAGAIN;
+}
+
+static bool is_own_zap(uintptr_t s, uintptr_t e)
+{
+	bool own = false;
+
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next)
+		if (z->start <= s && e <= z->end) {
+			own = true;
+			break;
+		}
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	return own;
+}
+
+static bool range_is_shmem(uintptr_t addr)
+{
+	struct hmm_mrange *r;
+	bool shm;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(addr);
+	shm = r && r->kind == HMM_MK_SHMEM;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return shm;
+}
+
+static void handle_remove(uintptr_t s, uintptr_t e)
+{
+	if (is_own_zap(s, e))
+		return;
+	hmm__stat_add(HMM_STAT_events_remove, 1);
+	hmm__invalidate(s, e, HMM_NOTIFY_CLEAR, NULL, false);
+	/*
+	 * On shared memory MADV_DONTNEED only unmaps: the data stays in the
+	 * file, so pages on a device keep theirs.  (MADV_REMOVE also sends
+	 * REMOVE and does drop data; telling the two apart needs madvise
+	 * interposition, which comes with the dmirror work.)
+	 */
+	hmm__pages_drop(s, e, false, range_is_shmem(s));
+}
+
+static void handle_unmap(uintptr_t s, uintptr_t e)
+{
+	hmm__stat_add(HMM_STAT_events_unmap, 1);
+	hmm__invalidate(s, e, HMM_NOTIFY_UNMAP, NULL, false);
+	hmm__pages_drop(s, e, true, false);
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	hmm__range_trim(s, e);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+}
+
+/* Move one page's state from @from to @to (mremap). */
+static void move_page_state(uintptr_t from, uintptr_t to)
+{
+	struct hmm_block *ob = hmm__block_lookup(from), *nb;
+	unsigned oi = hmm__block_index(from), ni = hmm__block_index(to);
+	uint8_t st, dev = 0;
+	uint32_t dpfn = 0;
+
+	if (!ob)
+		return;
+	pthread_mutex_lock(&ob->lock);
+	st = ob->state[oi];
+	if (PS_KIND(st) == PS_DEVICE) {
+		dev = ob->dev[oi];
+		dpfn = ob->dpfn[oi];
+		ob->ndev--;
+		ob->state[oi] = PS_NONE;
+	} else if (PS_KIND(st) == PS_MIGRATING) {
+		/* The migrating thread discards its copy; the data moved
+		 * with the page tables. */
+		ob->state[oi] = st | PSF_UNMAPPED;
+		st = PS_SYSTEM;
+	} else {
+		ob->state[oi] = PS_NONE;
+	}
+	pthread_mutex_unlock(&ob->lock);
+	if (PS_KIND(st) == PS_NONE)
+		return;
+	nb = hmm__block_get(to);
+	if (!nb) {
+		if (PS_KIND(st) == PS_DEVICE)
+			hmm__devmem_free(hmm__device_get(dev), &dpfn, 1);
+		return;
+	}
+	pthread_mutex_lock(&nb->lock);
+	if (PS_KIND(st) == PS_DEVICE) {
+		nb->state[ni] = PS_DEVICE | (st & PSF_DEV_WRITE);
+		nb->dev[ni] = dev;
+		nb->dpfn[ni] = dpfn;
+		nb->ndev++;
+	} else {
+		nb->state[ni] = PS_SYSTEM;
+	}
+	pthread_mutex_unlock(&nb->lock);
+}
+
+static void handle_remap(uintptr_t from, uintptr_t to, size_t len)
+{
+	struct hmm_mrange *r;
+	struct hmm_mrange copy = { 0 };
+	bool managed = false;
+	unsigned char vec;
+
+	hmm__stat_add(HMM_STAT_events_remap, 1);
+	hmm__invalidate(from, from + len, HMM_NOTIFY_UNMAP, NULL, false);
+	for (size_t off = 0; off < len; off += HMM_PAGE_SIZE)
+		move_page_state(from + off, to + off);
+
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(from);
+	if (r) {
+		copy = *r;
+		managed = true;
+	}
+	if (managed) {
+		struct hmm_alloc *a = copy.alloc;
+		uint64_t off = copy.off + (from - copy.start);
+		if (a)
+			a->refs++; /* keep it alive across the trim */
+		hmm__range_trim(from, from + len);
+		if (!hmm__ranges_overlap(to, to + len))
+			hmm__range_insert(to, to + len, copy.kind, a, off);
+		if (a)
+			a->refs--;
+	}
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+
+	/* MREMAP_DONTUNMAP leaves the old range mapped, empty; let it be
+	 * plain memory again. */
+	if (managed && mincore((void *)from, HMM_PAGE_SIZE, &vec) == 0)
+		hmm__uffd_unregister(hmm__ctx.uffd, from, len);
+}
+
+static void handle_msg(const struct uffd_msg *m, struct retry_list *rl)
+{
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT:
+		if (handle_fault(m, true) == -EAGAIN)
+			retry_push(rl, m);
+		break;
+	case UFFD_EVENT_REMOVE:
+		handle_remove(m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_UNMAP:
+		handle_unmap(m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_REMAP:
+		handle_remap(m->arg.remap.from, m->arg.remap.to,
+			     m->arg.remap.len);
+		break;
+	default:
+		break;
+	}
+}
+
+static void run_retries(struct retry_list *rl)
+{
+	size_t keep = 0;
+
+	for (size_t i = 0; i < rl->n; i++)
+		if (handle_fault(&rl->msgs[i], false) == -EAGAIN)
+			rl->msgs[keep++] = rl->msgs[i];
+	rl->n = keep;
+}
+
+static void *service_main(void *arg)
+{
+	struct hmm_context *c = &hmm__ctx;
+	struct pollfd pfd[2] = { { .fd = c->uffd, .events = POLLIN },
+				 { .fd = c->stop_fd, .events = POLLIN } };
+	struct retry_list rl = { 0 };
+	struct uffd_msg msgs[64];
+
+	(void)arg;
+	hmm__block_signals();
+	for (;;) {
+		/* Sleep until something happens; with faults waiting for an
+		 * event to drain, look again after a millisecond. */
+		int r = poll(pfd, 2, rl.n ? 1 : -1);
+		if (r < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents & POLLIN)
+			break;
+		for (;;) {
+			ssize_t n = read(c->uffd, msgs, sizeof(msgs));
+			if (n <= 0)
+				break;
+			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+				handle_msg(&msgs[i], &rl);
+		}
+		if (rl.n)
+			run_retries(&rl);
+	}
+	free(rl.msgs);
+	return NULL;
+}
+
+int hmm__service_start(void)
+{
+	pthread_attr_t attr;
+	int ret;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 256 << 10);
+	ret = -pthread_create(&hmm__ctx.service, &attr, service_main, NULL);
+	pthread_attr_destroy(&attr);
+	if (!ret)
+		atomic_store(&hmm__ctx.service_tid_valid, 1);
+	return ret;
+}
+
+void hmm__service_stop(void)
+{
+	uint64_t one = 1;
+
+	if (!atomic_load(&hmm__ctx.service_tid_valid))
+		return;
+	if (write(hmm__ctx.stop_fd, &one, sizeof(one)) != sizeof(one))
+		hmm__warn("cannot stop the service thread: %s",
+			  strerror(errno));
+	pthread_join(hmm__ctx.service, NULL);
+	atomic_store(&hmm__ctx.service_tid_valid, 0);
+}

@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * userfaultfd: opening it with what this process may have, probing the
+ * features, and the ioctls.  errno is turned into -errno here, once.
+ */
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+/* Features libhmm asks for; the ones marked required must be granted. */
+#define UFFD_WANTED                                                          \
+	(UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |              \
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MISSING_SHMEM |             \
+	 UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |  \
+	 UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_THREAD_ID |                 \
+	 UFFD_FEATURE_MOVE)
+#define UFFD_REQUIRED                                                        \
+	(UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |              \
+	 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MISSING_SHMEM)
+
+static int open_syscall(int flags)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | flags);
+	return fd < 0 ? -errno : fd;
+}
+
+static int open_dev(void)
+{
+	int dfd = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	int fd;
+
+	if (dfd < 0)
+		return -errno;
+	fd = ioctl(dfd, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	fd = fd < 0 ? -errno : fd;
+	close(dfd);
+	return fd;
+}
+
+/* The UFFDIO_API handshake: first ask what exists, then ask for it. */
+static int handshake(int fd, uint64_t *features)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	uint64_t avail;
+
+	if (ioctl(fd, UFFDIO_API, &api))
+		return -errno;
+	avail = api.features;
+	if ((avail & UFFD_REQUIRED) != UFFD_REQUIRED) {
+		hmm__warn("userfaultfd lacks required features (have %#llx, "
+			  "need %#llx)", (unsigned long long)avail,
+			  (unsigned long long)UFFD_REQUIRED);
+		return -EOPNOTSUPP;
+	}
+	/* A second UFFDIO_API on the same descriptor fails: reopen. */
+	*features = avail & UFFD_WANTED;
+	return 0;
+}
+
+static int enable(int fd, uint64_t features)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
+
+	if (ioctl(fd, UFFDIO_API, &api))
+		return -errno;
+	return 0;
+}
+
+int hmm__uffd_open(int *out, uint64_t *features, unsigned int *caps)
+{
+	int fd, ret, user_mode = 0;
+	uint64_t f = 0;
+	bool force_user = hmm__option(HMM_OPT_FORCE_USER_MODE) != 0;
+
+	/* Probe on a throw-away descriptor, then enable on the real one. */
+	for (int attempt = force_user ? 1 : 0; attempt < 3; attempt++) {
+		if (attempt == 0)
+			fd = open_syscall(0);
+		else if (attempt == 1)
+			fd = open_syscall(UFFD_USER_MODE_ONLY);
+		else
+			fd = open_dev();
+		if (fd < 0) {
+			ret = fd;
+			continue;
+		}
+		ret = handshake(fd, &f);
+		close(fd);
+		if (ret)
+			return ret;
+		fd = attempt == 0 ? open_syscall(0)
+		     : attempt == 1 ? open_syscall(UFFD_USER_MODE_ONLY)
+				    : open_dev();
+		if (fd < 0)
+			return fd;
+		ret = enable(fd, f);
+		if (ret) {
+			close(fd);
+			return ret;
+		}
+		user_mode = attempt == 1;
+		goto done;
+	}
+	if (ret == -EPERM || ret == -EACCES) {
+		hmm__warn("no userfaultfd for this process: "
+			  "vm.unprivileged_userfaultfd is 0, UFFD_USER_MODE_ONLY "
+			  "was refused and /dev/userfaultfd is not readable");
+		return -EPERM;
+	}
+	return ret;
+done:
+	*out = fd;
+	*features = f;
+	*caps = (user_mode ? 0 : HMM_CAP_KERNEL_FAULTS) | HMM_CAP_EVENTS;
+	if (f & UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+		*caps |= HMM_CAP_WP;
+	if (f & UFFD_FEATURE_MOVE)
+		*caps |= HMM_CAP_MOVE;
+	if (f & UFFD_FEATURE_MINOR_SHMEM)
+		*caps |= HMM_CAP_MINOR_SHMEM;
+	if (user_mode)
+		hmm__info("userfaultfd in user-mode-only mode: system calls "
+			  "touching device-resident pages fail with EFAULT");
+	return 0;
+}
+
+int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING |
+			(wp ? UFFDIO_REGISTER_MODE_WP : 0),
+	};
+
+	if (ioctl(fd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	return 0;
+}
+
+int hmm__uffd_unregister(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+
+	if (ioctl(fd, UFFDIO_UNREGISTER, &r))
+		return -errno;
+	return 0;
+}
+
+long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
+		    bool wp, bool dontwake)
+{
+	struct uffdio_copy c = {
+		.dst = dst, .src = (uintptr_t)src, .len = len,
+		.mode = (wp ? UFFDIO_COPY_MODE_WP : 0) |
+			(dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0),
+	};
+
+	if (ioctl(fd, UFFDIO_COPY, &c) == 0)
+		return (long)(len >> HMM_PAGE_SHIFT);
+	if (errno == EAGAIN)
+		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
+	/* c.copy holds bytes done before the failure, or -errno. */
+	if (c.copy > 0)
+		return (long)((size_t)c.copy >> HMM_PAGE_SHIFT);
+	return -errno;
+}
+
+long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+
+	if (ioctl(fd, UFFDIO_ZEROPAGE, &z) == 0)
+		return (long)(len >> HMM_PAGE_SHIFT);
+	if (errno == EAGAIN)
+		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
+	if (z.zeropage > 0)
+		return (long)((size_t)z.zeropage >> HMM_PAGE_SHIFT);
+	return -errno;
+}
+
+int hmm__uffd_wake(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+
+	if (ioctl(fd, UFFDIO_WAKE, &r))
+		return -errno;
+	return 0;
+}
+
+int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = start, .len = len },
+		.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	if (ioctl(fd, UFFDIO_WRITEPROTECT, &w)) {
+		if (errno == EAGAIN)
+			hmm__stat_add(HMM_STAT_uffd_eagain, 1);
+		return -errno;
+	}
+	return 0;
+}
