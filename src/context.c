@@ -15,11 +15,14 @@ struct hmm_context hmm__ctx = {
 	.init_lock = PTHREAD_MUTEX_INITIALIZER,
 	.uffd = -1,
 	.stop_fd = -1,
+	.sync_fd = -1,
 	.ranges_lock = PTHREAD_RWLOCK_INITIALIZER,
 	.zap_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_cond = PTHREAD_COND_INITIALIZER,
 	.dev_lock = PTHREAD_MUTEX_INITIALIZER,
+	.sync_lock = PTHREAD_MUTEX_INITIALIZER,
+	.sync_cond = PTHREAD_COND_INITIALIZER,
 };
 
 static int init_err;	/* sticky error of the first failed init */
@@ -83,6 +86,10 @@ static void atfork_child(void)
 	pthread_mutex_init(&c->notifier_lock, NULL);
 	pthread_cond_init(&c->notifier_cond, NULL);
 	pthread_mutex_init(&c->dev_lock, NULL);
+	pthread_mutex_init(&c->sync_lock, NULL);
+	pthread_cond_init(&c->sync_cond, NULL);
+	close(c->sync_fd);
+	c->sync_fd = -1;
 	c->ranges = NULL;
 	c->nranges = c->ranges_cap = 0;
 	c->zaps = NULL;
@@ -112,7 +119,8 @@ static int init_locked(void)
 	if (ret)
 		return ret;
 	c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (c->stop_fd < 0) {
+	c->sync_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (c->stop_fd < 0 || c->sync_fd < 0) {
 		ret = -errno;
 		goto fail;
 	}
@@ -127,7 +135,9 @@ fail:
 	close(c->uffd);
 	if (c->stop_fd >= 0)
 		close(c->stop_fd);
-	c->uffd = c->stop_fd = -1;
+	if (c->sync_fd >= 0)
+		close(c->sync_fd);
+	c->uffd = c->stop_fd = c->sync_fd = -1;
 	return ret;
 }
 
@@ -211,7 +221,8 @@ int hmm_fini(void)
 	hmm__service_stop();
 	close(c->uffd);
 	close(c->stop_fd);
-	c->uffd = c->stop_fd = -1;
+	close(c->sync_fd);
+	c->uffd = c->stop_fd = c->sync_fd = -1;
 	pthread_mutex_unlock(&c->init_lock);
 	return 0;
 }

@@ -177,6 +177,8 @@ enum {
 #define PSF_TO_DEVICE 0x20   /* MIGRATING towards a device */
 #define PSF_SRC_PRESENT 0x40 /* MIGRATING to device: source was present */
 #define PSF_DEV_WRITE 0x80   /* device copy may be written (CPU could) */
+#define PSF_DEV_NOREAD 0x20  /* DEVICE only: CPU mapping is PROT_NONE now
+			      * (shares its bit with PSF_TO_DEVICE) */
 
 /* 2 MiB of address space.  Blocks live until hmm_fini. */
 struct hmm_block {
@@ -268,6 +270,8 @@ void hmm__invalidate(uintptr_t start, uintptr_t end,
  */
 long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 			    hmm_device_t *only, int flags);
+/* Whether [s, e) is being dropped by libhmm itself right now. */
+bool hmm__own_zap(uintptr_t s, uintptr_t e);
 /* Forget the contents of [start, end): device copies are freed (unless
  * @keep_data and not @unmap); with @unmap the pages become unmanaged. */
 void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
@@ -305,6 +309,14 @@ struct hmm_context {
 	unsigned long notifier_seq;    /* last odd sequence handed out */
 	int notifier_active;	       /* callbacks running */
 
+	/* hmm__service_sync(): a thread bumps sync_req and pokes sync_fd;
+	 * the service thread, once it has handled every message it read
+	 * before, publishes the value it saw in sync_done. */
+	int sync_fd;			/* eventfd */
+	_Atomic uint64_t sync_req, sync_done;
+	pthread_mutex_t sync_lock;	/* with sync_cond */
+	pthread_cond_t sync_cond;
+
 	pthread_mutex_t dev_lock; /* protects devices[] slots */
 	hmm_device_t *devices[HMM_MAX_DEVICES];
 };
@@ -316,8 +328,15 @@ bool hmm__on_service_thread(void);
 /* Block every signal but the synchronous fault ones. */
 void hmm__block_signals(void);
 
+/* ---- interpose.c ---------------------------------------------------- */
+/* libhmm's own unmaps and madvises: straight to the kernel. */
+int hmm__sys_munmap(void *addr, size_t len);
+int hmm__sys_madvise(void *addr, size_t len, int advice);
+
 /* ---- service.c ------------------------------------------------------ */
 int hmm__service_start(void);
+/* Wait until the service thread has handled every message it has read. */
+void hmm__service_sync(void);
 void hmm__service_stop(void);
 
 #endif /* HMM_INTERNAL_H */

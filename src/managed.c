@@ -51,6 +51,9 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 	ret = hmm__ensure();
 	if (ret)
 		return ret;
+	/* An unmap of this address that libhmm did not see through its
+	 * wrappers (libc's own) may still have its event queued. */
+	hmm__service_sync();
 	ret = check_vmas(s, e, true, &vmas, &nvmas);
 	if (ret)
 		return ret;
@@ -194,13 +197,13 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	if (ret) {
 		hmm__pages_set_state(a->start, a->start + len, PS_NONE);
-		munmap(user, len);
+		hmm__sys_munmap(user, len);
 		goto fail_alias;
 	}
 	*out = user;
 	return 0;
 fail_alias:
-	munmap(a->alias, len);
+	hmm__sys_munmap(a->alias, len);
 fail_fd:
 	if (a->memfd >= 0)
 		close(a->memfd);
@@ -235,10 +238,10 @@ int hmm_mem_free(void *addr, size_t len)
 	hmm__invalidate(s, s + len, HMM_NOTIFY_UNMAP, NULL, true);
 	hmm__pages_drop(s, s + len, true, false);
 	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
-	munmap(addr, len);
+	hmm__sys_munmap(addr, len);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	if (--a->refs == 0) {
-		munmap(a->alias, a->len);
+		hmm__sys_munmap(a->alias, a->len);
 		close(a->memfd);
 		free(a);
 	}

@@ -26,16 +26,35 @@
 #include "compat.h"
 #include "internal.h"
 
-static __thread void *bounce; /* HMM_BLOCK_SIZE, per thread */
+/* A bounce buffer of HMM_BLOCK_SIZE per thread that needs one, unmapped
+ * when the thread exits. */
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+
+static void bounce_free(void *p)
+{
+	hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+}
+
+static void bounce_key_init(void)
+{
+	pthread_key_create(&bounce_key, bounce_free);
+}
 
 static void *bounce_get(void)
 {
-	if (!bounce) {
-		void *p = mmap(NULL, HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		bounce = p == MAP_FAILED ? NULL : p;
+	void *p;
+
+	pthread_once(&bounce_once, bounce_key_init);
+	p = pthread_getspecific(bounce_key);
+	if (!p) {
+		p = mmap(NULL, HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return NULL;
+		pthread_setspecific(bounce_key, p);
 	}
-	return bounce;
+	return p;
 }
 
 /* Wait for a migration in @b to end.  Called and returns with b->lock held.
@@ -136,6 +155,20 @@ static void zap_push(struct hmm_zap *z)
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 }
 
+bool hmm__own_zap(uintptr_t s, uintptr_t e)
+{
+	bool own = false;
+
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next)
+		if (z->start <= s && e <= z->end) {
+			own = true;
+			break;
+		}
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	return own;
+}
+
 static void zap_pop(struct hmm_zap *z)
 {
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
@@ -148,10 +181,16 @@ static void zap_pop(struct hmm_zap *z)
 }
 
 /* Drop the system copy of [s, e).  For anonymous memory this is
- * MADV_DONTNEED, whose REMOVE event the service thread recognises as ours;
- * for shared memory a hole punched in the memfd (no event). */
-static int zap_source(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
+ * MADV_DONTNEED, whose REMOVE event the service thread must recognise as
+ * ours: @z records the zap from before the call until the caller has
+ * committed (zap_pop), so that a fault in between parks instead of being
+ * taken for the application's own drop.  For shared memory it is a hole
+ * punched in the memfd (no event). */
+static int zap_source(const struct hmm_mrange *r, uintptr_t s, uintptr_t e,
+		      struct hmm_zap *z)
 {
+	int ret = 0;
+
 	if (r->kind == HMM_MK_SHMEM) {
 		off_t off = (off_t)(r->off + (s - r->start));
 		if (fallocate(r->alloc->memfd,
@@ -160,12 +199,13 @@ static int zap_source(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 			return -errno;
 		return 0;
 	}
-	struct hmm_zap z = { .start = s, .end = e };
-	int ret = 0;
-	zap_push(&z);
-	if (madvise((void *)s, e - s, MADV_DONTNEED))
+	z->start = s;
+	z->end = e;
+	zap_push(z);
+	if (hmm__sys_madvise((void *)s, e - s, MADV_DONTNEED))
 		ret = -errno;
-	zap_pop(&z);
+	/* madvise returns once the REMOVE event is read, not handled. */
+	hmm__service_sync();
 	return ret;
 }
 
@@ -312,10 +352,20 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 		goto fail_unwp;
 
 	/* Phase 3 */
-	ret = zap_source(r, span_s, span_e);
-	if (ret)
-		goto fail_unwp;
-	if (wp && r->kind == HMM_MK_SHMEM)
+	struct hmm_zap z = { 0 };
+	bool partial = false;
+	ret = zap_source(r, span_s, span_e, &z);
+	if (ret) {
+		/*
+		 * The zap failed part-way (the range changed under us): pages
+		 * it dropped live only on the device now and are committed;
+		 * pages still present are rolled back, their copy freed.
+		 */
+		partial = true;
+		if (mincore((void *)span_s, span_e - span_s, vec))
+			memset(vec, 0, sizeof(vec));
+	}
+	if (wp && (partial || r->kind == HMM_MK_SHMEM))
 		wp_retry(span_s, span_e - span_s, false, &deadline);
 
 	size_t moved = 0, drop = 0;
@@ -324,8 +374,14 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	for (size_t k = 0; k < sel->n; k++) {
 		unsigned i = sel->idx[k];
 		uint8_t st = b->state[i];
+		uintptr_t va = b->base + ((uintptr_t)i << HMM_PAGE_SHIFT);
 		waiters |= st & PSF_WAITERS;
-		if (st & (PSF_CLEARED | PSF_UNMAPPED)) {
+		if (partial && (vec[(va - span_s) >> HMM_PAGE_SHIFT] & 1) &&
+		    !(st & PSF_UNMAPPED)) {
+			dropped[drop++] = sel->dpfn[k];
+			b->state[i] = PS_SYSTEM;
+			b->ndev--;
+		} else if (st & (PSF_CLEARED | PSF_UNMAPPED)) {
 			/* Dropped or unmapped by the application meanwhile:
 			 * its contents are gone, so is the copy. */
 			dropped[drop++] = sel->dpfn[k];
@@ -338,13 +394,15 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	}
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
+	if (z.end)
+		zap_pop(&z);
 	if (drop)
 		hmm__devmem_free(dev, dropped, drop);
 	if (waiters)
 		hmm__uffd_wake(hmm__ctx.uffd, span_s, span_e - span_s);
 	hmm__stat_add(HMM_STAT_pages_to_device, moved);
 	hmm__stat_add(HMM_STAT_bytes_to_device, moved * HMM_PAGE_SIZE);
-	return (long)moved;
+	return partial ? ret : (long)moved;
 
 fail_unwp:
 	if (wp)
@@ -406,7 +464,7 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 
 /*
  * Install @n selected pages starting at sel index @k0 (consecutive
- * addresses) with UFFDIO_COPY.  Per page, res[k] is set to 1 (installed),
+ * addresses) with UFFDIO_COPY, without waking the faulting threads.  Per page, res[k] is set to 1 (installed),
  * 2 (dropped: EEXIST or the mapping is gone), or left 0 (not done: EAGAIN
  * in non-blocking mode).  Returns 0 or -errno.
  */
@@ -442,7 +500,7 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 		long r = hmm__uffd_copy(hmm__ctx.uffd,
 					va0 + done * HMM_PAGE_SIZE,
 					(char *)src + done * HMM_PAGE_SIZE,
-					(n - done) * HMM_PAGE_SIZE, false, false);
+					(n - done) * HMM_PAGE_SIZE, false, true);
 		if (r > 0) {
 			memset(res + k0 + done, 1, (size_t)r);
 			done += (size_t)r;
@@ -548,7 +606,10 @@ again:
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
 	hmm__devmem_free(dev, freed, nfree);
-	if (waiters)
+	/* Pages were installed without waking (DONTWAKE): a thread that
+	 * faulted on one resumes only now, with the state already SYSTEM
+	 * and the device page free. */
+	if (waiters || moved)
 		hmm__uffd_wake(hmm__ctx.uffd, span_s, span_e - span_s);
 	hmm__stat_add(HMM_STAT_pages_to_system, moved);
 	hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);

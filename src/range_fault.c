@@ -182,6 +182,14 @@ int hmm_range_fault(struct hmm_range *range)
 		}
 		if (PS_KIND(st) == PS_DEVICE && owner &&
 		    hmm__device_get(dev) == owner) {
+			if (st & PSF_DEV_NOREAD) {
+				if (fault) {
+					ret = -EFAULT;
+					break;
+				}
+				range->hmm_pfns[i] = HMM_PFN_ERROR;
+				continue;
+			}
 			if (write && !(st & PSF_DEV_WRITE)) {
 				ret = -EPERM;
 				break;

@@ -226,7 +226,7 @@ static void alloc_put(struct hmm_alloc *a)
 {
 	if (!a || --a->refs > 0)
 		return;
-	munmap(a->alias, a->len);
+	hmm__sys_munmap(a->alias, a->len);
 	close(a->memfd);
 	free(a);
 }

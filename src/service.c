@@ -15,12 +15,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compat.h"
 #include "internal.h"
 
-static _Alignas(4096) const char zero_page[HMM_PAGE_SIZE];
+/* Zeros to copy from: a fault-around window's worth (HMM_FAULT_AROUND is
+ * at most 2 MiB). */
+static _Alignas(4096) const char zero_block[HMM_BLOCK_SIZE];
+#define zero_page zero_block
 
 struct retry_list {
 	struct uffd_msg *msgs;
@@ -45,28 +49,6 @@ static void retry_push(struct retry_list *rl, const struct uffd_msg *m)
 	rl->msgs[rl->n++] = *m;
 }
 
-/* Fill an untouched page.  Returns 0 or -EAGAIN. */
-static int resolve_zero(uintptr_t page, bool write)
-{
-	int fd = hmm__ctx.uffd;
-	long r;
-
-	if (write)
-		r = hmm__uffd_copy(fd, page, zero_page, HMM_PAGE_SIZE, false,
-				   false);
-	else
-		r = hmm__uffd_zeropage(fd, page, HMM_PAGE_SIZE);
-	if (r == -EAGAIN)
-		return -EAGAIN;
-	if (r == 1)
-		hmm__stat_add(HMM_STAT_cpu_zero_fills, 1);
-	else
-		/* EEXIST: another fault resolved it; ENOENT: the range went
-		 * away.  Either way the thread must retry its access. */
-		hmm__uffd_wake(fd, page, HMM_PAGE_SIZE);
-	return 0;
-}
-
 /* The window brought back around a CPU fault at @page. */
 static void fault_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 {
@@ -87,20 +69,71 @@ static void fault_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 		*e = bbase + HMM_BLOCK_SIZE;
 }
 
+/* Fill untouched pages [page, end) with zeros, @page first.  Returns 0 or
+ * -EAGAIN. */
+static int resolve_zero(uintptr_t page, uintptr_t end, bool write)
+{
+	int fd = hmm__ctx.uffd;
+	long r;
+
+	if (write)
+		r = hmm__uffd_copy(fd, page, zero_block, end - page, false,
+				   false);
+	else
+		r = hmm__uffd_zeropage(fd, page, end - page);
+	if (r == -EAGAIN)
+		return -EAGAIN;
+	if (r >= 1)
+		hmm__stat_add(HMM_STAT_cpu_zero_fills, (uint64_t)r);
+	else
+		/* EEXIST: another fault resolved it; ENOENT: the range went
+		 * away.  Either way the thread must retry its access. */
+		hmm__uffd_wake(fd, page, HMM_PAGE_SIZE);
+	return 0;
+}
+
+/*
+ * Fault-around for first touches: extend [page, page + 4 KiB) forward over
+ * pages that are SYSTEM too (never over a page whose data lives elsewhere).
+ * A page that starts migrating after this look is still safe to fill: its
+ * migration sees it absent (zeros) or present (zeros) alike.
+ */
+static uintptr_t zero_window(struct hmm_block *b, uintptr_t page)
+{
+	uintptr_t s, e, end = page + HMM_PAGE_SIZE;
+
+	fault_window(page, &s, &e);
+	if (!b)
+		return end;
+	pthread_mutex_lock(&b->lock);
+	while (end < e &&
+	       PS_KIND(b->state[hmm__block_index(end)]) == PS_SYSTEM)
+		end += HMM_PAGE_SIZE;
+	pthread_mutex_unlock(&b->lock);
+	return end;
+}
+
 /*
  * A fault on a page migrating to a device whose source was present when the
- * migration began: the application dropped it (MADV_DONTNEED) meanwhile.
- * Its contents are zeros from now on; install them write-protected so that a
- * write still waits for the migration, and so that the migrating thread's
- * copy, which may be what faulted, completes.  Called with b->lock held;
- * returns with it released.
+ * migration began.  Either the migration's own zap has dropped it (then
+ * park: the commit is near), or the application dropped it meanwhile
+ * (MADV_DONTNEED; its REMOVE event marks the page cleared): its contents
+ * are zeros from now on.  Install them write-protected so that a write
+ * still waits for the migration and the migrating thread's copy, which may
+ * be what faulted, completes.  If the page is there after all (a stale
+ * message), UFFDIO_COPY fails with EEXIST and the thread is just woken.
+ * Called with b->lock held; returns with it released.
  */
-static int clear_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
+static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 			   uint8_t st)
 {
 	long r;
 
-	b->state[idx] = st | PSF_CLEARED;
+	if (hmm__own_zap(page, page + HMM_PAGE_SIZE)) {
+		b->state[idx] = st | PSF_WAITERS;
+		pthread_mutex_unlock(&b->lock);
+		return 0;
+	}
 	pthread_mutex_unlock(&b->lock);
 	r = hmm__uffd_copy(hmm__ctx.uffd, page, zero_page, HMM_PAGE_SIZE,
 			   hmm__ctx.caps & HMM_CAP_WP, false);
@@ -127,7 +160,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 	if (!b)
 		return wp ? hmm__uffd_writeprotect(hmm__ctx.uffd, page,
 						   HMM_PAGE_SIZE, false)
-			  : resolve_zero(page, write);
+			  : resolve_zero(page, page + HMM_PAGE_SIZE, write);
 	/* A few rounds: a fault-back may find the page changed under it. */
 	for (int round = 0; round < 4; round++) {
 		pthread_mutex_lock(&b->lock);
@@ -136,7 +169,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 		case PS_MIGRATING:
 			if (!wp && (st & PSF_TO_DEVICE) &&
 			    (st & PSF_SRC_PRESENT))
-				return clear_in_flight(b, idx, page, st);
+				return fault_in_flight(b, idx, page, st);
 			b->state[idx] = st | PSF_WAITERS;
 			pthread_mutex_unlock(&b->lock);
 			if (first && !round)
@@ -175,25 +208,16 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				return 0;
 			}
 			/* SYSTEM: absent (untouched or dropped), or just
-			 * brought back (then EEXIST makes this a wake). */
-			return resolve_zero(page, write);
+			 * brought back (then EEXIST makes this a wake).
+			 * NONE: a registered range libhmm forgot. */
+			return resolve_zero(page,
+					    PS_KIND(st) == PS_SYSTEM
+						    ? zero_window(b, page)
+						    : page + HMM_PAGE_SIZE,
+					    write);
 		}
 	}
 	return -EAGAIN;
-}
-
-static bool is_own_zap(uintptr_t s, uintptr_t e)
-{
-	bool own = false;
-
-	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next)
-		if (z->start <= s && e <= z->end) {
-			own = true;
-			break;
-		}
-	pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	return own;
 }
 
 static bool range_is_shmem(uintptr_t addr)
@@ -210,8 +234,9 @@ static bool range_is_shmem(uintptr_t addr)
 
 static void handle_remove(uintptr_t s, uintptr_t e)
 {
-	if (is_own_zap(s, e))
+	if (hmm__own_zap(s, e))
 		return;
+	hmm__debug("REMOVE %#lx-%#lx", (unsigned long)s, (unsigned long)e);
 	hmm__stat_add(HMM_STAT_events_remove, 1);
 	hmm__invalidate(s, e, HMM_NOTIFY_CLEAR, NULL, false);
 	/*
@@ -348,11 +373,30 @@ static void run_retries(struct retry_list *rl)
 	rl->n = keep;
 }
 
+/*
+ * Every message read before this point has been handled: publish the
+ * latest request seen.  A request made after the load is answered on the
+ * next round (its eventfd write wakes poll again).
+ */
+static void answer_sync(struct hmm_context *c)
+{
+	uint64_t v;
+
+	if (read(c->sync_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		return;
+	v = atomic_load(&c->sync_req);
+	pthread_mutex_lock(&c->sync_lock);
+	atomic_store(&c->sync_done, v);
+	pthread_cond_broadcast(&c->sync_cond);
+	pthread_mutex_unlock(&c->sync_lock);
+}
+
 static void *service_main(void *arg)
 {
 	struct hmm_context *c = &hmm__ctx;
-	struct pollfd pfd[2] = { { .fd = c->uffd, .events = POLLIN },
-				 { .fd = c->stop_fd, .events = POLLIN } };
+	struct pollfd pfd[3] = { { .fd = c->uffd, .events = POLLIN },
+				 { .fd = c->stop_fd, .events = POLLIN },
+				 { .fd = c->sync_fd, .events = POLLIN } };
 	struct retry_list rl = { 0 };
 	struct uffd_msg msgs[64];
 
@@ -361,23 +405,50 @@ static void *service_main(void *arg)
 	for (;;) {
 		/* Sleep until something happens; with faults waiting for an
 		 * event to drain, look again after a millisecond. */
-		int r = poll(pfd, 2, rl.n ? 1 : -1);
+		int r = poll(pfd, 3, rl.n ? 1 : -1);
 		if (r < 0 && errno != EINTR)
 			break;
 		if (pfd[1].revents & POLLIN)
 			break;
 		for (;;) {
 			ssize_t n = read(c->uffd, msgs, sizeof(msgs));
-			if (n <= 0)
+			size_t cnt = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
+			if (!cnt)
 				break;
-			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+			for (size_t i = 0; i < cnt; i++)
 				handle_msg(&msgs[i], &rl);
 		}
+		if (pfd[2].revents & POLLIN)
+			answer_sync(c);
 		if (rl.n)
 			run_retries(&rl);
 	}
 	free(rl.msgs);
 	return NULL;
+}
+
+void hmm__service_sync(void)
+{
+	struct hmm_context *c = &hmm__ctx;
+	uint64_t gen, one = 1;
+	struct timespec ts;
+
+	if (hmm__on_service_thread() || !atomic_load(&c->service_tid_valid))
+		return;
+	gen = atomic_fetch_add(&c->sync_req, 1) + 1;
+	if (write(c->sync_fd, &one, sizeof(one)) != sizeof(one))
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 5;
+	pthread_mutex_lock(&c->sync_lock);
+	while (atomic_load(&c->sync_done) < gen &&
+	       atomic_load(&c->service_tid_valid))
+		if (pthread_cond_timedwait(&c->sync_cond, &c->sync_lock, &ts) ==
+		    ETIMEDOUT) {
+			hmm__warn("the service thread did not answer in 5 s");
+			break;
+		}
+	pthread_mutex_unlock(&c->sync_lock);
 }
 
 int hmm__service_start(void)

@@ -466,7 +466,7 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 	return ret; /* on failure hmm_device_open calls fini */
 fail:
 	free(sd->engines);
-	munmap(sd->pool, size);
+	hmm__sys_munmap(sd->pool, size);
 	free(sd);
 	return ret;
 }
@@ -483,7 +483,7 @@ static void sim_fini(hmm_device_t *dev)
 		pthread_join(sd->engines[i].th, NULL);
 	hmm_interval_notifier_remove(&sd->notifier);
 	sim_pt_destroy(&sd->pt);
-	munmap(sd->pool, sd->pool_size);
+	hmm__sys_munmap(sd->pool, sd->pool_size);
 	pthread_mutex_destroy(&sd->lock);
 	pthread_mutex_destroy(&sd->qlock);
 	pthread_cond_destroy(&sd->qcond);

@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * CPU-side changes made through libc: mprotect, pkey_mprotect, munmap,
+ * mremap and madvise are defined here, so that a program linked with libhmm
+ * calls these first.  Each brackets the real system call with invalidations
+ * of the device mirrors, the way the kernel brackets a page-table change
+ * with invalidate_range_start/end:
+ *
+ *  - before: blockable, so no device access to the range is in flight when
+ *    the change happens (a device never reads memory being unmapped, and
+ *    never writes memory losing its write permission);
+ *  - after: clears whatever a device fault re-established in between.
+ *
+ * userfaultfd's REMOVE/UNMAP/REMAP events still arrive for managed ranges
+ * and keep the page states; these wrappers are what makes the mirror exact
+ * for memory that is mirrored but not managed.  libhmm's own calls use the
+ * hmm__sys_* wrappers, which go straight to the kernel.
+ */
+#include <stdarg.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int hmm__sys_munmap(void *addr, size_t len)
+{
+	return (int)syscall(SYS_munmap, addr, len);
+}
+
+int hmm__sys_madvise(void *addr, size_t len, int advice)
+{
+	return (int)syscall(SYS_madvise, addr, len, advice);
+}
+
+/* Whether anybody mirrors anything: the wrappers cost one load otherwise. */
+static bool mirrored(void)
+{
+	return atomic_load_explicit(&hmm__ctx.state, memory_order_acquire) ==
+		       HMM_CTX_UP &&
+	       __atomic_load_n(&hmm__ctx.notifiers, __ATOMIC_ACQUIRE) != NULL;
+}
+
+static void range_of(void *addr, size_t len, uintptr_t *s, uintptr_t *e)
+{
+	*s = (uintptr_t)addr & ~HMM_PAGE_MASK;
+	*e = ((uintptr_t)addr + len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
+	if (*e < *s)
+		*e = UINTPTR_MAX & ~HMM_PAGE_MASK;
+}
+
+static void before(uintptr_t s, uintptr_t e, enum hmm_notifier_event ev)
+{
+	/* The service thread must never wait for device accesses. */
+	hmm__invalidate(s, e, ev, NULL, !hmm__on_service_thread());
+}
+
+static void after(uintptr_t s, uintptr_t e, enum hmm_notifier_event ev)
+{
+	hmm__invalidate(s, e, ev, NULL, false);
+}
+
+/* After an mprotect: pages living on a device take the new protection. */
+static void protect_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			  void *arg)
+{
+	int prot = *(const int *)arg;
+
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		uint8_t *st = &b->state[hmm__block_index(p)];
+		if (PS_KIND(*st) != PS_DEVICE)
+			continue;
+		*st = (uint8_t)((*st & ~(PSF_DEV_WRITE | PSF_DEV_NOREAD)) |
+				((prot & PROT_WRITE) ? PSF_DEV_WRITE : 0) |
+				((prot & PROT_READ) ? 0 : PSF_DEV_NOREAD));
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+static int protect(void *addr, size_t len, int prot, long ret)
+{
+	uintptr_t s, e;
+
+	if (ret)
+		return (int)ret;
+	range_of(addr, len, &s, &e);
+	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+		hmm__blocks_for_each(s, e, protect_block, &prot);
+	if (mirrored())
+		after(s, e, HMM_NOTIFY_PROTECTION_VMA);
+	return 0;
+}
+
+int mprotect(void *addr, size_t len, int prot)
+{
+	uintptr_t s, e;
+	long ret;
+
+	range_of(addr, len, &s, &e);
+	if (mirrored())
+		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
+	ret = syscall(SYS_mprotect, addr, len, prot);
+	return protect(addr, len, prot, ret);
+}
+
+int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
+{
+	uintptr_t s, e;
+	long ret;
+
+	range_of(addr, len, &s, &e);
+	if (mirrored())
+		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
+	ret = syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	return protect(addr, len, prot, ret);
+}
+
+int munmap(void *addr, size_t len)
+{
+	bool m = mirrored();
+	uintptr_t s, e;
+	int ret;
+
+	range_of(addr, len, &s, &e);
+	if (m)
+		before(s, e, HMM_NOTIFY_UNMAP);
+	ret = hmm__sys_munmap(addr, len);
+	if (m)
+		after(s, e, HMM_NOTIFY_UNMAP);
+	/* The UNMAP event of a managed range was read before munmap returned;
+	 * wait for it to be handled, so that the address can be reused at
+	 * once without its old state getting in the way. */
+	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+		hmm__service_sync();
+	return ret;
+}
+
+int madvise(void *addr, size_t len, int advice)
+{
+	bool drops = advice == MADV_DONTNEED || advice == MADV_REMOVE ||
+		     advice == MADV_FREE || advice == MADV_DONTNEED_LOCKED;
+	uintptr_t s, e;
+	int ret;
+
+	range_of(addr, len, &s, &e);
+	/*
+	 * MADV_REMOVE frees the backing of shared memory: pages living on a
+	 * device lose their contents too.  (The REMOVE event that follows
+	 * cannot tell it from MADV_DONTNEED, which keeps shared data.)
+	 */
+	if (advice == MADV_REMOVE &&
+	    atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+		hmm__pages_drop(s, e, false, false);
+	if (!drops)
+		return hmm__sys_madvise(addr, len, advice);
+	bool m = mirrored();
+	if (m)
+		before(s, e, HMM_NOTIFY_CLEAR);
+	ret = hmm__sys_madvise(addr, len, advice);
+	if (m)
+		after(s, e, HMM_NOTIFY_CLEAR);
+	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+		hmm__service_sync();
+	return ret;
+}
+
+void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *new_addr = NULL, *ret;
+	uintptr_t s, e, ns = 0, ne = 0;
+	bool m = mirrored();
+
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
+		va_list ap;
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	range_of(old, HMM_MAX(old_len, new_len), &s, &e);
+	if (new_addr)
+		range_of(new_addr, new_len, &ns, &ne);
+	if (m) {
+		before(s, e, HMM_NOTIFY_UNMAP);
+		if (ns)
+			before(ns, ne, HMM_NOTIFY_UNMAP);
+	}
+	/* syscall() returns -1 with errno set on failure: MAP_FAILED. */
+	ret = (void *)syscall(SYS_mremap, old, old_len, new_len, flags,
+			      new_addr);
+	if (m) {
+		after(s, e, HMM_NOTIFY_UNMAP);
+		if (ns)
+			after(ns, ne, HMM_NOTIFY_UNMAP);
+	}
+	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+		hmm__service_sync();
+	return ret;
+}
