@@ -180,28 +180,30 @@ static void zap_pop(struct hmm_zap *z)
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 }
 
-/* Drop the system copy of [s, e).  For anonymous memory this is
- * MADV_DONTNEED, whose REMOVE event the service thread must recognise as
- * ours: @z records the zap from before the call until the caller has
- * committed (zap_pop), so that a fault in between parks instead of being
- * taken for the application's own drop.  For shared memory it is a hole
- * punched in the memfd (no event). */
+/*
+ * Drop the system copy of [s, e): MADV_DONTNEED for anonymous memory, a
+ * hole punched in the memfd for shared memory.  @z records the zap from
+ * before the call until the caller has committed (zap_pop): a fault that
+ * finds the page gone meanwhile parks instead of being taken for the
+ * application's own drop, and the REMOVE event MADV_DONTNEED sends is
+ * recognised as ours.
+ */
 static int zap_source(const struct hmm_mrange *r, uintptr_t s, uintptr_t e,
 		      struct hmm_zap *z)
 {
 	int ret = 0;
 
+	z->start = s;
+	z->end = e;
+	zap_push(z);
 	if (r->kind == HMM_MK_SHMEM) {
 		off_t off = (off_t)(r->off + (s - r->start));
 		if (fallocate(r->alloc->memfd,
 			      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
 			      (off_t)(e - s)))
-			return -errno;
-		return 0;
+			ret = -errno;
+		return ret;
 	}
-	z->start = s;
-	z->end = e;
-	zap_push(z);
 	if (hmm__sys_madvise((void *)s, e - s, MADV_DONTNEED))
 		ret = -errno;
 	/* madvise returns once the REMOVE event is read, not handled. */
@@ -365,6 +367,9 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 		if (mincore((void *)span_s, span_e - span_s, vec))
 			memset(vec, 0, sizeof(vec));
 	}
+	/* Shared memory keeps write-protect markers in the emptied entries:
+	 * lift them while the pages are still ours (MIGRATING), so that no
+	 * later migration's protection is lifted by mistake. */
 	if (wp && (partial || r->kind == HMM_MK_SHMEM))
 		wp_retry(span_s, span_e - span_s, false, &deadline);
 
@@ -394,8 +399,7 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	}
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
-	if (z.end)
-		zap_pop(&z);
+	zap_pop(&z);
 	if (drop)
 		hmm__devmem_free(dev, dropped, drop);
 	if (waiters)
