@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sched.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -190,12 +191,39 @@ static void evict_all(hmm_device_t *dev)
 	hmm__warn("device %u: pages still in use after close", dev->id);
 }
 
+int hmm_device_enter(hmm_device_t *dev)
+{
+	atomic_fetch_add((_Atomic int *)&dev->users, 1);
+	if (atomic_load((_Atomic int *)&dev->closed)) {
+		atomic_fetch_sub((_Atomic int *)&dev->users, 1);
+		return -ENODEV;
+	}
+	return 0;
+}
+
+void hmm_device_leave(hmm_device_t *dev)
+{
+	atomic_fetch_sub((_Atomic int *)&dev->users, 1);
+}
+
+/*
+ * Close: refuse new calls, wait for those in flight, bring every page
+ * home, stop the driver.  The struct itself is kept (a few dozen bytes) so
+ * that a call racing with the close, or made after it, reads "closed" and
+ * fails with -ENODEV instead of touching freed memory.
+ */
 int hmm_device_close(hmm_device_t *dev)
 {
 	if (!dev)
 		return -EINVAL;
-	if (atomic_exchange(&dev->closed, 1))
+	if (atomic_exchange((_Atomic int *)&dev->closed, 1))
 		return -ENODEV;
+	for (int i = 0; atomic_load((_Atomic int *)&dev->users); i++) {
+		if (i == 10000)
+			hmm__warn("device %u: still waiting for calls in "
+				  "flight to finish", dev->id);
+		usleep(1000);
+	}
 	evict_all(dev);
 	if (dev->ops->fini)
 		dev->ops->fini(dev);
@@ -205,7 +233,7 @@ int hmm_device_close(hmm_device_t *dev)
 	pthread_mutex_destroy(&dev->mem->lock);
 	free(dev->mem->free);
 	free(dev->mem);
-	free(dev);
+	dev->mem = NULL;
 	return 0;
 }
 
@@ -213,12 +241,15 @@ int hmm_device_mem_usage(hmm_device_t *dev, size_t *used, size_t *total)
 {
 	if (!dev)
 		return -EINVAL;
+	if (hmm_device_enter(dev))
+		return -ENODEV;
 	pthread_mutex_lock(&dev->mem->lock);
 	if (used)
 		*used = dev->mem->npages - dev->mem->nfree;
 	if (total)
 		*total = dev->mem->npages;
 	pthread_mutex_unlock(&dev->mem->lock);
+	hmm_device_leave(dev);
 	return 0;
 }
 

@@ -262,21 +262,22 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 	ret = hmm__ensure();
 	if (ret)
 		return ret;
-	if (dev && atomic_load(&dev->closed))
+	if (dev && hmm_device_enter(dev))
 		return -ENODEV;
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	ret = hmm__ranges_cover(s, e);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	if (ret)
-		return ret;
-	ret = check_vmas(s, e, false, &vmas, &nvmas);
-	if (ret)
-		return ret;
+	if (!ret)
+		ret = check_vmas(s, e, false, &vmas, &nvmas);
+	if (!ret) {
+		if (dev)
+			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas);
+		else
+			ret = hmm__migrate_to_system(s, e, NULL, 0);
+		free(vmas);
+	}
 	if (dev)
-		ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas);
-	else
-		ret = hmm__migrate_to_system(s, e, NULL, 0);
-	free(vmas);
+		hmm_device_leave(dev);
 	return ret;
 }
 

@@ -500,14 +500,22 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 			return ret;
 		src = bb;
 	}
+	/* UFFDIO_COPY fails whole with ENOENT when its range crosses the end
+	 * of a VMA (two adjacent ranges), so on ENOENT try again with half
+	 * the length; only a single page that fails so is really unmapped. */
+	size_t chunk = n;
 	while (done < n) {
+		size_t len = HMM_MIN(chunk, n - done);
 		long r = hmm__uffd_copy(hmm__ctx.uffd,
 					va0 + done * HMM_PAGE_SIZE,
 					(char *)src + done * HMM_PAGE_SIZE,
-					(n - done) * HMM_PAGE_SIZE, false, true);
+					len * HMM_PAGE_SIZE, false, true);
 		if (r > 0) {
 			memset(res + k0 + done, 1, (size_t)r);
 			done += (size_t)r;
+			chunk = n;
+		} else if (r == -ENOENT && len > 1) {
+			chunk = len / 2;
 		} else if (r == -EEXIST || r == -ENOENT || r == -EFAULT) {
 			/* EEXIST: something is mapped there already;
 			 * ENOENT/EFAULT: the mapping is gone. */

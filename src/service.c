@@ -76,11 +76,17 @@ static int resolve_zero(uintptr_t page, uintptr_t end, bool write)
 	int fd = hmm__ctx.uffd;
 	long r;
 
+again:
 	if (write)
 		r = hmm__uffd_copy(fd, page, zero_block, end - page, false,
 				   false);
 	else
 		r = hmm__uffd_zeropage(fd, page, end - page);
+	if (r == -ENOENT && end - page > HMM_PAGE_SIZE) {
+		/* The window crosses the end of the VMA: just the page. */
+		end = page + HMM_PAGE_SIZE;
+		goto again;
+	}
 	if (r == -EAGAIN)
 		return -EAGAIN;
 	if (r >= 1)

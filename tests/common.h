@@ -251,6 +251,21 @@ static inline size_t dev_used(hmm_device_t *dev)
 	return used;
 }
 
+/*
+ * Poll hmm_device_mem_usage until @dev uses @want pages, up to 1 s: after a
+ * CPU fault the accounting may trail the page's return by a moment.
+ * Returns the last value read.
+ */
+static inline size_t wait_dev_used(hmm_device_t *dev, size_t want)
+{
+	uint64_t end = now_ms() + 1000;
+	size_t v;
+
+	while ((v = dev_used(dev)) != want && now_ms() < end)
+		usleep(1000);
+	return v;
+}
+
 /* Migrate [addr, addr + len) to @dev (NULL: system) expecting @want moved. */
 #define assert_migrate(addr, len, dev, want)                                  \
 	do {                                                                  \

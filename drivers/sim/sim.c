@@ -561,7 +561,7 @@ static int submit(hmm_device_t *dev, struct sim_cmd *c,
 
 	if (!dev || dev->ops != &sim_ops)
 		return -EINVAL;
-	if (atomic_load(&dev->closed))
+	if (hmm_device_enter(dev))
 		return -ENODEV;
 	sd = dev->priv;
 	pthread_mutex_lock(&sd->qlock);
@@ -575,6 +575,7 @@ static int submit(hmm_device_t *dev, struct sim_cmd *c,
 	while (!c->done)
 		pthread_cond_wait(&sd->dcond, &sd->qlock);
 	pthread_mutex_unlock(&sd->qlock);
+	hmm_device_leave(dev);
 	if (res)
 		*res = c->res;
 	return c->ret;

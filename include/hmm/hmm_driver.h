@@ -248,7 +248,16 @@ struct hmm_device {
 	unsigned int id;		/* (core) small index, unique while open */
 	struct hmm_devmem *mem;		/* (core) page allocator */
 	int closed;			/* (core) atomic: set by close */
+	int users;			/* (core) atomic: calls in flight */
 };
+
+/*
+ * A driver's entry points bracket their work with these, so that
+ * hmm_device_close waits for calls in flight and later calls fail with
+ * -ENODEV.  (A closed device's struct stays allocated for that reason.)
+ */
+int hmm_device_enter(hmm_device_t *dev);
+void hmm_device_leave(hmm_device_t *dev);
 
 /* Register a driver so hmm_device_open can find it by name.  Returns 0,
  * -EINVAL, -EEXIST (name taken) or -ENOMEM. */

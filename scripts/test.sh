@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Build libhmm and run its tests twice: a normal build (build/) and one with
+# AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/).  Exits
+# non-zero if anything failed; the last line is "N passed, M failed, K skipped"
+# summed over both builds.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+./scripts/setup.sh || exit 1
+
+passed=0
+failed=0
+skipped=0
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# configure DIR [meson options...]: set DIR up unless it is configured already.
+configure() {
+	local dir=$1
+	shift
+	if [ -f "$dir/build.ninja" ]; then
+		[ $# -eq 0 ] || meson configure "$dir" "$@" >"$log" 2>&1 || return 1
+		return 0
+	fi
+	local wipe=()
+	[ -d "$dir/meson-private" ] && wipe=(--wipe)
+	meson setup "${wipe[@]}" "$dir" "$@" >"$log" 2>&1
+}
+
+# run_suite NAME DIR [meson test options...]: build DIR, run its tests and add
+# the counts of meson test's summary to the totals.
+run_suite() {
+	local name=$1 dir=$2
+	shift 2
+	echo "== $name ($dir)"
+	if ! ninja -C "$dir" >"$log" 2>&1; then
+		cat "$log"
+		echo "test.sh: $name: build failed"
+		failed=$((failed + 1))
+		return
+	fi
+	local rc=0
+	meson test -C "$dir" --print-errorlogs "$@" 2>&1 | tee "$log" || rc=$?
+	# meson test ends with a summary, one "Label: count" a line; take the
+	# last value of each label (test output above it cannot shadow it).
+	local counts
+	counts=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | awk '
+		/^Ok:/              { ok = $2 }
+		/^Expected Fail:/   { xfail = $3 }
+		/^Fail:/            { fail = $2 }
+		/^Unexpected Pass:/ { xpass = $3 }
+		/^Skipped:/         { skip = $2 }
+		/^Timeout:/         { tmo = $2 }
+		END { printf "%d %d %d\n", ok + xfail, fail + xpass + tmo, skip }')
+	local p f s
+	read -r p f s <<<"$counts"
+	if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		echo "test.sh: $name: meson test exited with status $rc"
+		f=1
+	fi
+	passed=$((passed + p))
+	failed=$((failed + f))
+	skipped=$((skipped + s))
+}
+
+if configure build; then
+	run_suite "tests" build
+else
+	cat "$log"
+	echo "test.sh: meson setup build failed"
+	failed=$((failed + 1))
+fi
+
+# Leak detection stays off for now: libhmm keeps process-lifetime state.
+# Sanitized code is slower, hence the longer timeouts.
+export ASAN_OPTIONS=detect_leaks=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+if configure build-asan -Db_sanitize=address,undefined -Db_lundef=false; then
+	run_suite "tests under ASan+UBSan" build-asan --timeout-multiplier 3
+else
+	cat "$log"
+	echo "test.sh: meson setup build-asan failed"
+	failed=$((failed + 1))
+fi
+
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

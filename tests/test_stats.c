@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: MIT */
+/* Counters: what each operation adds, and the device-memory gauge. */
+#include "common.h"
+
+struct snap {
+	uint64_t cpu_faults, device_faults, pto_dev, pto_sys, bto_dev, bto_sys;
+};
+
+static struct snap take(void)
+{
+	struct snap s = {
+		.cpu_faults = stat_of("cpu_faults"),
+		.device_faults = stat_of("device_faults"),
+		.pto_dev = stat_of("pages_to_device"),
+		.pto_sys = stat_of("pages_to_system"),
+		.bto_dev = stat_of("bytes_to_device"),
+		.bto_sys = stat_of("bytes_to_system"),
+	};
+	return s;
+}
+
+Test(stats, migration_counts_pages_and_bytes, .timeout = T_SHORT)
+{
+	const size_t n = 24, len = n * PG;
+	hmm_device_t *dev;
+	struct snap a, b;
+	char *p;
+
+	need_hmm();
+	dev = open_sim(64 * PG);
+	p = map_adopt(len);
+	fill_pattern(p, len, 0x57a7);
+	cr_assert_eq(stat_of("device_bytes_in_use"), 0);
+	a = take();
+	assert_migrate(p, len, dev, n);
+	b = take();
+	cr_assert_eq(b.pto_dev - a.pto_dev, n);
+	cr_assert_eq(b.bto_dev - a.bto_dev, n * PG);
+	cr_assert_eq(b.pto_sys, a.pto_sys);
+	cr_assert_eq(b.cpu_faults, a.cpu_faults);
+	cr_assert_eq(stat_of("device_bytes_in_use"), len);
+
+	a = b;
+	assert_migrate(p, len, NULL, n);
+	b = take();
+	cr_assert_eq(b.pto_sys - a.pto_sys, n);
+	cr_assert_eq(b.bto_sys - a.bto_sys, n * PG);
+	cr_assert_eq(b.pto_dev, a.pto_dev);
+	cr_assert_eq(b.cpu_faults, a.cpu_faults,
+		     "an explicit migration is not a CPU fault");
+	cr_assert_eq(stat_of("device_bytes_in_use"), 0);
+	assert_pattern(p, len, 0x57a7);
+}
+
+Test(stats, reset_then_count, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	char *p;
+
+	need_hmm();
+	dev = open_sim(64 * PG);
+	p = map_adopt(8 * PG);
+	fill_pattern(p, 8 * PG, 1);
+	assert_migrate(p, 8 * PG, dev, 8);
+	hmm_stats_reset();
+	assert_migrate(p, 8 * PG, NULL, 8);
+	assert_migrate(p, 4 * PG, dev, 4);
+	cr_assert_eq(stat_of("pages_to_system"), 8);
+	cr_assert_eq(stat_of("pages_to_device"), 4);
+	cr_assert_eq(stat_of("bytes_to_device"), 4 * PG);
+	cr_assert_eq(stat_of("device_bytes_in_use"), 4 * PG);
+}
+
+Test(stats, cpu_fault_counts, .timeout = T_SHORT)
+{
+	const size_t len = 32 * PG;
+	hmm_device_t *dev;
+	struct snap a, b;
+	char *p;
+
+	need_hmm();
+	dev = open_sim(len);
+	p = alloc_managed(len);
+	fill_pattern(p, len, 0xcf);
+	assert_migrate(p, len, dev, 32);
+	a = take();
+	cr_assert_eq(((volatile uint64_t *)(p + 20 * PG))[3],
+		     (20 * WORDS_PER_PAGE + 3) ^ 0xcf);
+	settle(p, len);
+	/* The counters may trail the pages by a moment: poll them. */
+	size_t on_dev = count_loc(p, len, HMM_LOC_DEVICE);
+	uint64_t back = wait_stat_eq("pages_to_system", a.pto_sys + 32 - on_dev,
+				     1000) - a.pto_sys;
+	cr_assert_eq(back, 32 - on_dev,
+		     "%zu pages left the device, pages_to_system grew by %llu",
+		     32 - on_dev, (unsigned long long)back);
+	cr_assert_geq(back, 1);
+	b = take();
+	cr_assert_geq(b.cpu_faults - a.cpu_faults, 1);
+	cr_assert_eq(wait_stat_eq("bytes_to_system", a.bto_sys + back * PG, 1000)
+		     - a.bto_sys, back * PG);
+	cr_assert_eq(wait_stat_eq("device_bytes_in_use", on_dev * PG, 1000),
+		     on_dev * PG);
+
+	/* Touching all of it brings every page back, each counted once. */
+	assert_pattern(p, len, 0xcf);
+	settle(p, len);
+	back = wait_stat_eq("pages_to_system", a.pto_sys + 32, 1000) - a.pto_sys;
+	cr_assert_eq(back, 32, "pages_to_system grew by %llu",
+		     (unsigned long long)back);
+	b = take();
+	cr_assert_geq(b.cpu_faults - a.cpu_faults, 1);
+	cr_assert_leq(b.cpu_faults - a.cpu_faults, 32);
+	cr_assert_eq(wait_stat_eq("device_bytes_in_use", 0, 1000), 0);
+}
+
+Test(stats, cpu_access_to_system_page_is_no_fault, .timeout = T_SHORT)
+{
+	const size_t len = 16 * PG;
+	struct snap a, b;
+	char *p;
+
+	need_hmm();
+	p = map_adopt(len);
+	fill_pattern(p, len, 2);
+	a = take();
+	assert_pattern(p, len, 2);
+	fill_pattern(p, len, 3);
+	b = take();
+	cr_assert_eq(b.cpu_faults, a.cpu_faults);
+	cr_assert_eq(b.pto_sys, a.pto_sys);
+}
+
+/* The kernel test driver's convention: a cold read is one fault round. */
+static void cold_read(bool touched)
+{
+	const size_t n = 8, len = n * PG;
+	struct hmm_sim_result res = { 99, 99 };
+	hmm_device_t *dev;
+	char *p, *buf;
+	uint64_t f0, f1;
+
+	need_hmm();
+	dev = open_sim(64 * PG);
+	p = map_anon(len);
+	buf = map_anon(len);
+	if (touched)
+		fill_pattern(p, len, 0xc01d);
+	f0 = stat_of("device_faults");
+	cr_assert_eq(hmm_sim_read(dev, p, buf, len, &res), 0);
+	f1 = stat_of("device_faults");
+	cr_assert_eq(res.faults, 1);
+	cr_assert_eq(res.pages, n);
+	cr_assert_eq(f1 - f0, 1);
+	if (touched)
+		assert_pattern(buf, len, 0xc01d);
+	else
+		assert_zero(buf, len);
+
+	/* Warm: the mirror has it, no fault. */
+	memset(&res, 0xff, sizeof(res));
+	cr_assert_eq(hmm_sim_read(dev, p, buf, len, &res), 0);
+	cr_assert_eq(res.faults, 0);
+	cr_assert_eq(res.pages, n);
+	cr_assert_eq(stat_of("device_faults"), f1);
+}
+
+Test(stats, cold_device_read_is_one_fault, .timeout = T_SHORT)
+{
+	cold_read(true);
+}
+
+Test(stats, cold_device_read_of_untouched_memory, .timeout = T_SHORT)
+{
+	cold_read(false);
+}
+
+Test(stats, cold_device_write_is_one_fault, .timeout = T_SHORT)
+{
+	const size_t n = 16, len = n * PG;
+	struct hmm_sim_result res = { 99, 99 };
+	hmm_device_t *dev;
+	char *p, *buf;
+	uint64_t f0;
+
+	need_hmm();
+	dev = open_sim(64 * PG);
+	p = map_adopt(len);
+	buf = map_anon(len);
+	fill_pattern(buf, len, 0x3e);
+	f0 = stat_of("device_faults");
+	cr_assert_eq(hmm_sim_write(dev, p, buf, len, &res), 0);
+	cr_assert_eq(res.faults, 1);
+	cr_assert_eq(res.pages, n);
+	cr_assert_eq(stat_of("device_faults") - f0, 1);
+	assert_pattern(p, len, 0x3e);
+}
+
+Test(stats, gauge_matches_pages_on_devices, .timeout = T_SHORT)
+{
+	const size_t len = 64 * PG;
+	hmm_device_t *a, *b;
+	char *p;
+
+	need_hmm();
+	a = open_sim(len);
+	b = open_sim(len);
+	p = map_adopt(len);
+	fill_pattern(p, len, 4);
+	assert_migrate(p, 20 * PG, a, 20);
+	assert_migrate(p + 20 * PG, 30 * PG, b, 30);
+	cr_assert_eq(stat_of("device_bytes_in_use"), 50 * PG);
+	cr_assert_eq(dev_used(a), 20);
+	cr_assert_eq(dev_used(b), 30);
+	cr_assert_eq(hmm_device_close(a), 0);
+	cr_assert_eq(stat_of("device_bytes_in_use"), 30 * PG);
+	assert_migrate(p, len, NULL, 30);
+	cr_assert_eq(stat_of("device_bytes_in_use"), 0);
+	assert_pattern(p, len, 4);
+}
