@@ -184,6 +184,28 @@ static bool entry_ok(uint64_t ent, bool write)
 	return (ent & HMM_PFN_VALID) && (!write || (ent & HMM_PFN_WRITE));
 }
 
+/* Fault in for writing every page of [addr, end) that is not writable in
+ * the page table yet, in one round. */
+static int prefault_writable(struct sim_dev *sd, uintptr_t addr, uintptr_t end,
+			     struct hmm_sim_result *res)
+{
+	uintptr_t first = 0;
+
+	pthread_mutex_lock(&sd->lock);
+	for (uintptr_t p = addr & ~HMM_PAGE_MASK; p < end; p += HMM_PAGE_SIZE)
+		if (!entry_ok(sim_pt_lookup(&sd->pt, p >> HMM_PAGE_SHIFT),
+			      true)) {
+			first = p;
+			break;
+		}
+	pthread_mutex_unlock(&sd->lock);
+	if (!first)
+		return 0;
+	res->faults++;
+	return sim_fault(sd, first, (end + HMM_PAGE_MASK) & ~HMM_PAGE_MASK,
+			 true);
+}
+
 /* @fn on system memory, under a guard: returns 1 if it faulted. */
 static __attribute__((noinline)) int guarded_call(walk_fn fn, void *dptr,
 						  size_t off, size_t n,
@@ -213,6 +235,15 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 
 	if (end < addr)
 		return -EINVAL;
+	/* A write that would fail part-way must change nothing: make every
+	 * page writable first (the kernel's dmirror, too, faults the whole
+	 * range before it writes).  An invalidation in between can still
+	 * make the loop below fault again, but not fail on a bad range. */
+	if (write) {
+		int ret = prefault_writable(sd, addr, end, res);
+		if (ret)
+			return ret;
+	}
 	while (pos < end) {
 		uintptr_t page = pos & ~HMM_PAGE_MASK, run_end;
 		uint64_t ent;
