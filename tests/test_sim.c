@@ -483,3 +483,31 @@ Test(sim, memcpy_between_device_resident_ranges, .timeout = T_SHORT)
 	assert_pattern(other, len, 0x6c);
 	assert_pattern(src, len, 0x5c);
 }
+
+/* A device write that fails part-way (a read-only page in the middle) has
+ * written nothing, even over pages the device could already write. */
+Test(sim, failed_write_changes_nothing, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	char *p, *src;
+
+	need_hmm();
+	dev = open_sim(16 * PG);
+	p = map_adopt(3 * PG);
+	src = map_anon(3 * PG);
+	fill_pattern(p, 3 * PG, 0xa1);
+	fill_pattern(src, 3 * PG, 0xa2);
+	/* Make page 0 writable in the device's page table first. */
+	cr_assert_eq(hmm_sim_write(dev, p, p, PG, NULL), 0);
+	cr_assert_eq(mprotect(p + PG, PG, PROT_READ), 0);
+	cr_assert_eq(hmm_sim_write(dev, p, src, 3 * PG, NULL), -EPERM);
+	cr_assert_eq(hmm_sim_fill64(dev, p, 0, 3 * PG, NULL), -EPERM);
+	assert_pattern(p, 3 * PG, 0xa1);
+	/* And on a device-resident page before the read-only one. */
+	cr_assert_eq(mprotect(p + PG, PG, PROT_READ | PROT_WRITE), 0);
+	cr_assert_eq(hmm_migrate(p, PG, dev, 0), 1);
+	cr_assert_eq(mprotect(p + PG, PG, PROT_READ), 0);
+	cr_assert_eq(hmm_sim_fill64(dev, p, 0, 2 * PG, NULL), -EPERM);
+	cr_assert_eq(loc_of(p, NULL), HMM_LOC_DEVICE);
+	assert_pattern(p, 3 * PG, 0xa1);
+}
