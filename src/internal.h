@@ -90,7 +90,8 @@ long hmm__option(enum hmm_option opt);
 	X(events_unmap, 0, "userfaultfd UNMAP events")                     \
 	X(events_remap, 0, "userfaultfd REMAP events")                     \
 	X(uffd_eagain, 0, "userfaultfd ioctls retried on EAGAIN")          \
-	X(device_bytes_in_use, 1, "device memory in use, bytes")
+	X(device_bytes_in_use, 1, "device memory in use, bytes")         \
+	X(metadata_bytes, 1, "bookkeeping: page states, device page tables")
 
 enum hmm_stat {
 #define HMM_STAT_ENUM(n, g, d) HMM_STAT_##n,

@@ -32,7 +32,7 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 		"open userfaultfd with UFFD_USER_MODE_ONLY even when privileged" },
 };
 
-/* 0 not read yet, 1 default, 2 environment */
+/* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */
 static _Atomic int option_source[HMM_OPT__COUNT];
 static _Atomic long option_value[HMM_OPT__COUNT];
 
@@ -92,7 +92,38 @@ void hmm_options_print(FILE *out)
 	for (int i = 0; i < HMM_OPT__COUNT; i++) {
 		long v = hmm__option((enum hmm_option)i);
 		fprintf(out, "%-24s %-12ld %-11s %s\n", option_table[i].name, v,
-			option_source[i] == 2 ? "environment" : "default",
+			option_source[i] == 3   ? "program"
+			: option_source[i] == 2 ? "environment"
+						: "default",
 			option_table[i].help);
 	}
+}
+
+int hmm_option_set(const char *name, long value)
+{
+	for (int i = 0; i < HMM_OPT__COUNT; i++) {
+		const struct hmm_option_desc *d = &option_table[i];
+		if (strcmp(name, d->name) && strcmp(name, d->name + 4))
+			continue;
+		if (value < d->min || value > d->max)
+			return -ERANGE;
+		atomic_store_explicit(&option_value[i], value,
+				      memory_order_relaxed);
+		atomic_store_explicit(&option_source[i], 3,
+				      memory_order_release);
+		return 0;
+	}
+	return -ENOENT;
+}
+
+int hmm_option_get(const char *name, long *value)
+{
+	for (int i = 0; i < HMM_OPT__COUNT; i++) {
+		const struct hmm_option_desc *d = &option_table[i];
+		if (strcmp(name, d->name) && strcmp(name, d->name + 4))
+			continue;
+		*value = hmm__option((enum hmm_option)i);
+		return 0;
+	}
+	return -ENOENT;
 }

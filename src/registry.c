@@ -64,6 +64,9 @@ struct hmm_block *hmm__block_get(uintptr_t addr)
 						    leaf)) {
 			free(leaf);
 			leaf = expect_leaf;
+		} else {
+			hmm__stat_add(HMM_STAT_metadata_bytes,
+				      LEAF_SIZE * sizeof(*leaf));
 		}
 	}
 	b = atomic_load_explicit(&leaf[l], memory_order_acquire);
@@ -80,6 +83,8 @@ struct hmm_block *hmm__block_get(uintptr_t addr)
 		pthread_cond_destroy(&b->cond);
 		free(b);
 		b = expect;
+	} else {
+		hmm__stat_add(HMM_STAT_metadata_bytes, sizeof(*b));
 	}
 	return b;
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "sim_pt.h"
+#include "internal.h"
 
 #define LVL_BITS 9
 #define LVL_SIZE (1u << LVL_BITS)
@@ -45,6 +46,8 @@ int sim_pt_set(struct sim_pt *pt, uint64_t vpn, uint64_t entry)
 			if (!*dp)
 				return -ENOMEM;
 			pt->dirs++;
+			hmm__stat_add(HMM_STAT_metadata_bytes,
+				      sizeof(struct dir));
 		}
 		d = *dp;
 		if (l == LEVELS - 1)
@@ -96,6 +99,7 @@ static int clear_rec(struct sim_pt *pt, struct dir *d, int level,
 	if (d->used == 0) {
 		free(d);
 		pt->dirs--;
+		hmm__stat_sub(HMM_STAT_metadata_bytes, sizeof(struct dir));
 		return 1;
 	}
 	return 0;

@@ -257,6 +257,15 @@ void hmm_stats_reset(void);
 /* hmm_options_print - print every option with its value and source. */
 void hmm_options_print(FILE *out);
 
+/*
+ * hmm_option_set / hmm_option_get - an option by name, with or without its
+ * HMM_ prefix ("FAULT_AROUND" or "HMM_FAULT_AROUND").  A value set here
+ * overrides the environment from then on.  Returns 0, -ENOENT for an
+ * unknown name, or (set) -ERANGE for a value out of the option's range.
+ */
+int hmm_option_set(const char *name, long value);
+int hmm_option_get(const char *name, long *value);
+
 #ifdef __cplusplus
 }
 #endif

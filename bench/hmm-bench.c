@@ -1,0 +1,644 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hmm-bench: libhmm's figures, each next to its baseline measured in the
+ * same run (the bare kernel mechanism, or memcpy).  The targets are the
+ * table of DESIGN.md.  Prints a table; with --json one object per line.
+ *
+ *   hmm-bench [--size MiB] [--repeat N] [--json] [SCENARIO...]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hmm/hmm.h>
+#include <hmm/hmm_sim.h>
+
+#define PG 4096UL
+
+static size_t opt_size = 1UL << 30;
+static int opt_repeat = 3;
+static bool opt_json;
+
+struct result {
+	const char *scenario, *unit, *baseline;
+	double value, baseline_value;
+	bool lower_better;
+	const char *note;
+};
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void report(const struct result *r)
+{
+	double ratio = r->baseline_value ? r->value / r->baseline_value : 0;
+
+	if (opt_json) {
+		printf("{\"scenario\": \"%s\", \"value\": %.4g, \"unit\": \"%s\", "
+		       "\"baseline\": \"%s\", \"baseline_value\": %.4g, "
+		       "\"ratio\": %.4g, \"better\": \"%s\"}\n",
+		       r->scenario, r->value, r->unit, r->baseline,
+		       r->baseline_value, ratio,
+		       r->lower_better ? "lower" : "higher");
+	} else {
+		printf("%-22s %12.3f %-6s %-28s %12.3f %8.3f %s%s\n",
+		       r->scenario, r->value, r->unit, r->baseline,
+		       r->baseline_value, ratio,
+		       r->lower_better ? "(lower is better)" : "(higher is better)",
+		       r->note ? r->note : "");
+	}
+	fflush(stdout);
+}
+
+static void die(const char *what, long ret)
+{
+	fprintf(stderr, "hmm-bench: %s: %s\n", what,
+		strerror(ret < 0 ? (int)-ret : errno));
+	exit(1);
+}
+
+static void *map_anon(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap", 0);
+	return p;
+}
+
+static void populate(void *p, size_t len)
+{
+	for (size_t i = 0; i < len; i += PG)
+		((volatile char *)p)[i] = (char)i;
+}
+
+static hmm_device_t *open_sim(size_t mem)
+{
+	struct hmm_device_attr attr = { .mem_size = mem };
+	hmm_device_t *dev;
+	int r = hmm_device_open("sim", &attr, &dev);
+
+	if (r)
+		die("hmm_device_open", r);
+	return dev;
+}
+
+/* memcpy of @len bytes, GB/s, median of repeats. */
+static double memcpy_gbs(size_t len)
+{
+	char *a = map_anon(len), *b = map_anon(len);
+	double v[16];
+
+	populate(a, len);
+	populate(b, len);
+	for (int i = 0; i < opt_repeat; i++) {
+		double t = now_s();
+		memcpy(b, a, len);
+		v[i] = len / (now_s() - t) / 1e9;
+	}
+	munmap(a, len);
+	munmap(b, len);
+	return median(v, opt_repeat);
+}
+
+/* ---- migrate_to_device / migrate_to_system ----------------------------- */
+
+static void bench_migrate(void)
+{
+	size_t len = opt_size;
+	hmm_device_t *dev = open_sim(len);
+	char *p = map_anon(len);
+	double to_dev[16], to_sys[16];
+	long r;
+
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, len);
+	for (int i = 0; i < opt_repeat; i++) {
+		double t = now_s();
+		if ((r = hmm_migrate(p, len, dev, 0)) != (long)(len / PG))
+			die("hmm_migrate to device", r);
+		to_dev[i] = len / (now_s() - t) / 1e9;
+		t = now_s();
+		if ((r = hmm_migrate(p, len, NULL, 0)) != (long)(len / PG))
+			die("hmm_migrate to system", r);
+		to_sys[i] = len / (now_s() - t) / 1e9;
+	}
+	double mc = memcpy_gbs(len);
+	report(&(struct result){ "migrate_to_device", "GB/s", "memcpy",
+				 median(to_dev, opt_repeat), mc, false, NULL });
+	report(&(struct result){ "migrate_to_system", "GB/s", "memcpy",
+				 median(to_sys, opt_repeat), mc, false, NULL });
+	munmap(p, len);
+	hmm_device_close(dev);
+}
+
+/* ---- bare userfaultfd round trip (the baseline of CPU fault-back) ------ */
+
+struct bare {
+	int uffd;
+	char *src;
+	volatile int stop;
+};
+
+static void *bare_handler(void *arg)
+{
+	struct bare *b = arg;
+	struct pollfd pfd = { .fd = b->uffd, .events = POLLIN };
+	struct uffd_msg msg;
+
+	while (!b->stop) {
+		if (poll(&pfd, 1, 100) <= 0)
+			continue;
+		if (read(b->uffd, &msg, sizeof(msg)) != sizeof(msg))
+			continue;
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		struct uffdio_copy c = {
+			.dst = msg.arg.pagefault.address & ~(PG - 1),
+			.src = (uintptr_t)b->src, .len = PG,
+		};
+		ioctl(b->uffd, UFFDIO_COPY, &c);
+	}
+	return NULL;
+}
+
+/* Microseconds per fault: a thread touching @n missing pages, served by
+ * UFFDIO_COPY from a handler thread.  Per-fault times go to @lat. */
+static void bare_faults(size_t n, double *lat)
+{
+	struct bare b = { .src = map_anon(PG) };
+	struct uffdio_api api = { .api = UFFD_API };
+	char *p = map_anon(n * PG);
+	pthread_t th;
+
+	populate(b.src, PG);
+	b.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (b.uffd < 0)
+		b.uffd = (int)syscall(SYS_userfaultfd,
+				      O_CLOEXEC | O_NONBLOCK | 1 /* user */);
+	if (b.uffd < 0 || ioctl(b.uffd, UFFDIO_API, &api))
+		die("userfaultfd", 0);
+	struct uffdio_register reg = {
+		.range = { .start = (uintptr_t)p, .len = n * PG },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	if (ioctl(b.uffd, UFFDIO_REGISTER, &reg))
+		die("UFFDIO_REGISTER", 0);
+	pthread_create(&th, NULL, bare_handler, &b);
+	for (size_t i = 0; i < n; i++) {
+		double t = now_s();
+		(void)*(volatile char *)(p + i * PG);
+		lat[i] = (now_s() - t) * 1e6;
+	}
+	b.stop = 1;
+	pthread_join(th, NULL);
+	close(b.uffd);
+	munmap(p, n * PG);
+	munmap(b.src, PG);
+}
+
+static double percentile(double *v, size_t n, double q)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return v[(size_t)(q * (double)(n - 1))];
+}
+
+/* ---- cpu_faultback_4k -------------------------------------------------- */
+
+static void bench_faultback_4k(void)
+{
+	const size_t n = 4096;
+	hmm_device_t *dev = open_sim(n * PG);
+	char *p = map_anon(n * PG);
+	double *lat = malloc(n * sizeof(double));
+	double *base = malloc(n * sizeof(double));
+	double p50[16], p99[16], b50[16];
+	long r;
+
+	long fa;
+
+	hmm_option_get("FAULT_AROUND", &fa);
+	hmm_option_set("FAULT_AROUND", 0); /* by definition of the figure */
+	if ((r = hmm_range_adopt(p, n * PG, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, n * PG);
+	for (int k = 0; k < opt_repeat; k++) {
+		if ((r = hmm_migrate(p, n * PG, dev, 0)) != (long)n)
+			die("hmm_migrate", r);
+		for (size_t i = 0; i < n; i++) {
+			double t = now_s();
+			(void)*(volatile char *)(p + i * PG);
+			lat[i] = (now_s() - t) * 1e6;
+		}
+		p50[k] = percentile(lat, n, 0.5);
+		p99[k] = percentile(lat, n, 0.99);
+		bare_faults(n, base);
+		b50[k] = percentile(base, n, 0.5);
+	}
+	char note[64];
+	snprintf(note, sizeof(note), " p99 %.1f us", median(p99, opt_repeat));
+	hmm_option_set("FAULT_AROUND", fa);
+	report(&(struct result){ "cpu_faultback_4k", "us",
+				 "bare uffd MISSING+COPY", median(p50, opt_repeat),
+				 median(b50, opt_repeat), true, note });
+	free(lat);
+	free(base);
+	munmap(p, n * PG);
+	hmm_device_close(dev);
+}
+
+/* ---- cpu_faultback_bulk ------------------------------------------------ */
+
+static void bench_faultback_bulk(void)
+{
+	size_t len = opt_size;
+	hmm_device_t *dev = open_sim(len);
+	char *p = map_anon(len), *dst = map_anon(len);
+	double v[16];
+	long r;
+
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, len);
+	populate(dst, len);
+	for (int k = 0; k < opt_repeat; k++) {
+		if ((r = hmm_migrate(p, len, dev, 0)) != (long)(len / PG))
+			die("hmm_migrate", r);
+		double t = now_s();
+		memcpy(dst, p, len); /* the sequential CPU pass */
+		v[k] = len / (now_s() - t) / 1e9;
+	}
+	report(&(struct result){ "cpu_faultback_bulk", "GB/s", "memcpy",
+				 median(v, opt_repeat), memcpy_gbs(len), false,
+				 NULL });
+	munmap(p, len);
+	munmap(dst, len);
+	hmm_device_close(dev);
+}
+
+/* ---- device_stream_read ------------------------------------------------ */
+
+static void sum_kernel(void *dptr, size_t off, size_t n, void *arg)
+{
+	const uint64_t *w = dptr;
+	uint64_t s = 0;
+
+	(void)off;
+	for (size_t i = 0; i < n / 8; i++)
+		s += w[i];
+	*(uint64_t *)arg += s;
+}
+
+static void bench_stream_read(void)
+{
+	size_t len = opt_size;
+	hmm_device_t *dev = open_sim(16 << 20);
+	char *p = map_anon(len);
+	double v[16], c[16];
+	uint64_t sum = 0;
+	int r;
+
+	populate(p, len);
+	/* The first pass fills the mirror; the figure is the warm pass. */
+	if ((r = hmm_sim_launch(dev, p, len, 0, sum_kernel, &sum, NULL)))
+		die("hmm_sim_launch", r);
+	for (int k = 0; k < opt_repeat; k++) {
+		double t = now_s();
+		hmm_sim_launch(dev, p, len, 0, sum_kernel, &sum, NULL);
+		v[k] = len / (now_s() - t) / 1e9;
+		t = now_s();
+		sum_kernel(p, 0, len, &sum);
+		c[k] = len / (now_s() - t) / 1e9;
+	}
+	(void)c;
+	report(&(struct result){ "device_stream_read", "GB/s", "memcpy",
+				 median(v, opt_repeat), memcpy_gbs(len), false,
+				 NULL });
+	munmap(p, len);
+	hmm_device_close(dev);
+}
+
+/* ---- range_fault_1g ---------------------------------------------------- */
+
+static void nop_kernel(void *dptr, size_t off, size_t n, void *arg)
+{
+	(void)dptr, (void)off, (void)n, (void)arg;
+}
+
+static void bench_range_fault(void)
+{
+	size_t len = opt_size;
+	char *p = map_anon(len);
+	uint64_t *pm = malloc(len / PG * 8);
+	double v[16], b[16];
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	populate(p, len);
+	for (int k = 0; k < opt_repeat; k++) {
+		/* A fresh device each time: an empty page table to fill. */
+		hmm_device_t *dev = open_sim(16 << 20);
+		double t = now_s();
+		int r = hmm_sim_launch(dev, p, len, 0, nop_kernel, NULL, NULL);
+		v[k] = (now_s() - t) * 1e3;
+		if (r)
+			die("hmm_sim_launch", r);
+		hmm_device_close(dev);
+		t = now_s();
+		if (pread(fd, pm, len / PG * 8,
+			  (off_t)((uintptr_t)p / PG * 8)) < 0)
+			die("pagemap", 0);
+		b[k] = (now_s() - t) * 1e3;
+	}
+	report(&(struct result){ "range_fault_1g", "ms", "read /proc/self/pagemap",
+				 median(v, opt_repeat), median(b, opt_repeat), true,
+				 NULL });
+	close(fd);
+	free(pm);
+	munmap(p, len);
+}
+
+/* ---- munmap_mirrored_1g ------------------------------------------------ */
+
+static void bench_munmap(void)
+{
+	size_t len = opt_size;
+	double v[16], b[16];
+
+	for (int k = 0; k < opt_repeat; k++) {
+		hmm_device_t *dev = open_sim(len / 4);
+		char *p = map_anon(len);
+		long r;
+		if ((r = hmm_range_adopt(p, len, 0)))
+			die("hmm_range_adopt", r);
+		populate(p, len);
+		hmm_sim_launch(dev, p, len, 0, nop_kernel, NULL, NULL);
+		if ((r = hmm_migrate(p, len / 4, dev, 0)) < 0)
+			die("hmm_migrate", r);
+		double t = now_s();
+		munmap(p, len);
+		v[k] = (now_s() - t) * 1e3;
+		hmm_device_close(dev);
+		p = map_anon(len);
+		populate(p, len);
+		t = now_s();
+		syscall(SYS_munmap, p, len);
+		b[k] = (now_s() - t) * 1e3;
+	}
+	report(&(struct result){ "munmap_mirrored_1g", "ms", "plain munmap",
+				 median(v, opt_repeat), median(b, opt_repeat), true,
+				 " (1/4 device-resident)" });
+}
+
+/* ---- fault_threads_2v1 ------------------------------------------------- */
+
+struct toucher {
+	char *p;
+	size_t n;
+};
+
+static void *touch_pages(void *arg)
+{
+	struct toucher *t = arg;
+
+	for (size_t i = 0; i < t->n; i++)
+		(void)*(volatile char *)(t->p + i * PG);
+	return NULL;
+}
+
+/* Faults per second with @threads threads faulting disjoint pages. */
+static double fault_rate(hmm_device_t *dev, char *p, size_t n, int threads)
+{
+	pthread_t th[2];
+	struct toucher t[2];
+	long r;
+
+	if ((r = hmm_migrate(p, n * PG, dev, 0)) != (long)n)
+		die("hmm_migrate", r);
+	double t0 = now_s();
+	for (int i = 0; i < threads; i++) {
+		t[i] = (struct toucher){ p + i * (n / threads) * PG,
+					 n / threads };
+		pthread_create(&th[i], NULL, touch_pages, &t[i]);
+	}
+	for (int i = 0; i < threads; i++)
+		pthread_join(th[i], NULL);
+	return n / (now_s() - t0);
+}
+
+static void bench_fault_threads(void)
+{
+	const size_t n = 8192;
+	hmm_device_t *dev = open_sim(n * PG);
+	char *p = map_anon(n * PG);
+	double one[16], two[16];
+	long r;
+
+	if ((r = hmm_range_adopt(p, n * PG, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, n * PG);
+	for (int k = 0; k < opt_repeat; k++) {
+		one[k] = fault_rate(dev, p, n, 1);
+		two[k] = fault_rate(dev, p, n, 2);
+	}
+	report(&(struct result){ "fault_threads_2v1", "faults/s", "1 thread",
+				 median(two, opt_repeat), median(one, opt_repeat),
+				 false, NULL });
+	munmap(p, n * PG);
+	hmm_device_close(dev);
+}
+
+/* ---- faultback_10k_ranges ---------------------------------------------- */
+
+static double per_fault_us(hmm_device_t *dev, char *p, size_t n)
+{
+	long r;
+
+	if ((r = hmm_migrate(p, n * PG, dev, 0)) != (long)n)
+		die("hmm_migrate", r);
+	double t = now_s();
+	for (size_t i = 0; i < n; i++)
+		(void)*(volatile char *)(p + i * PG);
+	return (now_s() - t) * 1e6 / n;
+}
+
+static void bench_many_ranges(void)
+{
+	const size_t n = 2048, nranges = 10000;
+	hmm_device_t *dev = open_sim(n * PG);
+	char *p = map_anon(n * PG);
+	double one[16], many[16];
+	char *others = map_anon(nranges * 2 * PG);
+	long r;
+
+	if ((r = hmm_range_adopt(p, n * PG, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, n * PG);
+	for (int k = 0; k < opt_repeat; k++)
+		one[k] = per_fault_us(dev, p, n);
+	/* 10,000 more ranges (every other page, so none merge). */
+	for (size_t i = 0; i < nranges; i++)
+		if ((r = hmm_range_adopt(others + 2 * i * PG, PG, 0)))
+			die("hmm_range_adopt (many)", r);
+	for (int k = 0; k < opt_repeat; k++)
+		many[k] = per_fault_us(dev, p, n);
+	report(&(struct result){ "faultback_10k_ranges", "us", "1 range",
+				 median(many, opt_repeat), median(one, opt_repeat),
+				 true, NULL });
+	munmap(p, n * PG);
+	munmap(others, nranges * 2 * PG);
+	hmm_device_close(dev);
+}
+
+/* ---- metadata_per_gib -------------------------------------------------- */
+
+static void bench_metadata(void)
+{
+	size_t len = opt_size;
+	char *p = map_anon(len);
+	hmm_device_t *dev = open_sim(16 << 20);
+	uint64_t before, after;
+	int r;
+
+	populate(p, len);
+	hmm_stat_get("metadata_bytes", &before);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", r);
+	/* Mirror all of it: the device page table is part of the cost. */
+	hmm_sim_launch(dev, p, len, 0, nop_kernel, NULL, NULL);
+	hmm_stat_get("metadata_bytes", &after);
+	double per_gib = (double)(after - before) / ((double)len / (1 << 30));
+	report(&(struct result){ "metadata_per_gib", "bytes",
+				 "struct page (16 MiB/GiB)", per_gib,
+				 16.0 * (1 << 20), true, NULL });
+	hmm_device_close(dev);
+	munmap(p, len);
+}
+
+/* ---- idle -------------------------------------------------------------- */
+
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 +
+	       ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
+static void bench_idle(void)
+{
+	hmm_device_t *dev = open_sim(16 << 20);
+	char *p = map_anon(64 * PG);
+	double c0, c1;
+
+	hmm_range_adopt(p, 64 * PG, 0);
+	populate(p, 64 * PG);
+	hmm_migrate(p, 64 * PG, dev, 0);
+	c0 = cpu_seconds();
+	sleep(1);
+	c1 = cpu_seconds();
+	report(&(struct result){ "idle", "cpu-ms/s", "none", (c1 - c0) * 1e3, 0,
+				 true, NULL });
+	hmm_device_close(dev);
+	munmap(p, 64 * PG);
+}
+
+static const struct {
+	const char *name;
+	void (*fn)(void);
+} scenarios[] = {
+	{ "migrate", bench_migrate },
+	{ "cpu_faultback_4k", bench_faultback_4k },
+	{ "cpu_faultback_bulk", bench_faultback_bulk },
+	{ "range_fault_1g", bench_range_fault },
+	{ "munmap_mirrored_1g", bench_munmap },
+	{ "fault_threads_2v1", bench_fault_threads },
+	{ "faultback_10k_ranges", bench_many_ranges },
+	{ "device_stream_read", bench_stream_read },
+	{ "metadata_per_gib", bench_metadata },
+	{ "idle", bench_idle },
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: hmm-bench [--size MiB] [--repeat N] [--json] "
+		   "[SCENARIO...]\nscenarios:");
+	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
+		fprintf(f, " %s", scenarios[i].name);
+	fprintf(f, "\n(migrate runs migrate_to_device and migrate_to_system)\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "size", required_argument, NULL, 's' },
+		{ "repeat", required_argument, NULL, 'r' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	int c, r;
+
+	while ((c = getopt_long(argc, argv, "s:r:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': opt_size = strtoul(optarg, NULL, 0) << 20; break;
+		case 'r': opt_repeat = atoi(optarg); break;
+		case 'j': opt_json = true; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (opt_repeat < 1 || opt_repeat > 16 || opt_size < (2 << 20)) {
+		usage(stderr);
+		return 2;
+	}
+	if ((r = hmm_init()))
+		die("hmm_init", r);
+	if (!opt_json)
+		printf("%-22s %12s %-6s %-28s %12s %8s\n", "scenario", "value",
+		       "unit", "baseline", "baseline", "ratio");
+	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
+		bool run = optind == argc;
+		for (int a = optind; a < argc; a++)
+			if (!strcmp(argv[a], scenarios[i].name) ||
+			    (!strcmp(scenarios[i].name, "migrate") &&
+			     !strncmp(argv[a], "migrate_to_", 11)))
+				run = true;
+		if (run)
+			scenarios[i].fn();
+	}
+	return 0;
+}
