@@ -17,6 +17,7 @@ struct hmm_context hmm__ctx = {
 	.stop_fd = -1,
 	.sync_fd = -1,
 	.ranges_lock = PTHREAD_RWLOCK_INITIALIZER,
+	.fork_lock = PTHREAD_RWLOCK_INITIALIZER,
 	.zap_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_cond = PTHREAD_COND_INITIALIZER,
@@ -57,6 +58,7 @@ static void atfork_prepare(void)
 {
 	if (atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
 		return;
+	pthread_rwlock_wrlock(&hmm__ctx.fork_lock);
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	size_t n = hmm__ctx.nranges;
 	struct hmm_mrange *copy = malloc(n * sizeof(*copy) + 1);
@@ -66,6 +68,13 @@ static void atfork_prepare(void)
 	for (size_t i = 0; copy && i < n; i++)
 		hmm__migrate_to_system(copy[i].start, copy[i].end, NULL, 0);
 	free(copy);
+}
+
+static void atfork_parent(void)
+{
+	if (atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return;
+	pthread_rwlock_unlock(&hmm__ctx.fork_lock);
 }
 
 static void atfork_child(void)
@@ -82,6 +91,8 @@ static void atfork_child(void)
 	c->uffd = c->stop_fd = -1;
 	pthread_mutex_init(&c->init_lock, NULL);
 	pthread_rwlock_init(&c->ranges_lock, NULL);
+	pthread_rwlock_init(&c->fork_lock, NULL);
+	c->forwards = NULL;
 	pthread_mutex_init(&c->zap_lock, NULL);
 	pthread_mutex_init(&c->notifier_lock, NULL);
 	pthread_cond_init(&c->notifier_cond, NULL);
@@ -104,7 +115,7 @@ static pthread_once_t once_handlers = PTHREAD_ONCE_INIT;
 static void install_handlers(void)
 {
 	atexit(at_exit);
-	pthread_atfork(atfork_prepare, NULL, atfork_child);
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 static int init_locked(void)

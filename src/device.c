@@ -166,7 +166,7 @@ int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
 
 /* Bring every page of @dev home, looping until none is left (a migration
  * to @dev may have been in flight when the close began). */
-static void evict_all(hmm_device_t *dev)
+static bool evict_all(hmm_device_t *dev)
 {
 	for (int round = 0; round < 1000; round++) {
 		size_t used;
@@ -174,7 +174,7 @@ static void evict_all(hmm_device_t *dev)
 		used = dev->mem->npages - dev->mem->nfree;
 		pthread_mutex_unlock(&dev->mem->lock);
 		if (!used)
-			return;
+			return true;
 		pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 		size_t n = hmm__ctx.nranges;
 		struct hmm_mrange *copy = malloc(n * sizeof(*copy) + 1);
@@ -189,6 +189,7 @@ static void evict_all(hmm_device_t *dev)
 			sched_yield();
 	}
 	hmm__warn("device %u: pages still in use after close", dev->id);
+	return false;
 }
 
 int hmm_device_enter(hmm_device_t *dev)
@@ -224,7 +225,12 @@ int hmm_device_close(hmm_device_t *dev)
 				  "flight to finish", dev->id);
 		usleep(1000);
 	}
-	evict_all(dev);
+	if (!evict_all(dev)) {
+		/* Pages still name this device: keep its memory, its slot
+		 * and its id, so that nothing they point to is freed or
+		 * reused.  The device accepts no more calls. */
+		return -EBUSY;
+	}
 	if (dev->ops->fini)
 		dev->ops->fini(dev);
 	pthread_mutex_lock(&hmm__ctx.dev_lock);

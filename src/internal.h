@@ -3,10 +3,12 @@
  * libhmm internals, grouped by the file that defines each function.
  * Names: hmm__* cross-file internal, static otherwise.
  *
- * Lock order (outer first): ctx.init_lock -> ctx.ranges_lock ->
- * a driver's mirror lock -> block.lock -> devmem.lock.  block.lock is a leaf
- * for state changes only: it is never held across a copy, an ioctl that can
- * wait, a notifier callback or a memory access that can fault.
+ * Lock order (outer first): ctx.init_lock -> ctx.fork_lock ->
+ * ctx.ranges_lock -> a driver's mirror lock -> block.lock ->
+ * ctx.zap_lock -> devmem.lock.  block.lock guards state changes only: it
+ * is never held across a copy, a notifier callback, a memory access that
+ * can fault, or an ioctl that can wait for a thread (the one exception,
+ * UFFDIO_COPY of a zero page in service.c, cannot wait for anything).
  */
 #ifndef HMM_INTERNAL_H
 #define HMM_INTERNAL_H
@@ -68,6 +70,7 @@ enum hmm_option {
 	HMM_OPT_FAULT_AROUND,
 	HMM_OPT_MIGRATE_TIMEOUT_MS,
 	HMM_OPT_FORCE_USER_MODE,
+	HMM_OPT_USE_MOVE,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);
@@ -118,6 +121,9 @@ long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
 		    bool wp, bool dontwake);
 long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len);
 int hmm__uffd_wake(int fd, uintptr_t start, size_t len);
+/* UFFDIO_MOVE (never waking): bytes moved (>= 0, maybe short) or -errno. */
+long hmm__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
+		    bool holes);
 int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp);
 
 /* ---- vma.c ---------------------------------------------------------- */
@@ -173,13 +179,22 @@ enum {
 };
 #define PS_KIND(s) ((s) & 3)
 #define PSF_WAITERS 0x04     /* a CPU fault waits: wake when it ends */
-#define PSF_CLEARED 0x08     /* dropped (MADV_DONTNEED) while migrating */
-#define PSF_UNMAPPED 0x10    /* unmapped while migrating */
+#define PSF_CLEARED 0x08     /* dropped (MADV_DONTNEED) while in flight */
+#define PSF_UNMAPPED 0x10    /* unmapped or moved (mremap) while in flight */
 #define PSF_TO_DEVICE 0x20   /* MIGRATING towards a device */
 #define PSF_SRC_PRESENT 0x40 /* MIGRATING to device: source was present */
-#define PSF_DEV_WRITE 0x80   /* device copy may be written (CPU could) */
-#define PSF_DEV_NOREAD 0x20  /* DEVICE only: CPU mapping is PROT_NONE now
-			      * (shares its bit with PSF_TO_DEVICE) */
+#define PSF_FILLING 0x40     /* SYSTEM: the service thread is filling it
+			      * with zeros right now (migrations wait) */
+#define PSF_DROPPING 0x20    /* SYSTEM: the application's drop (a REMOVE
+			      * event) is under way: the kernel sends the
+			      * event before it zaps, so whatever data a
+			      * migration finds there is about to go */
+#define PSF_DEV_WRITE 0x80   /* DEVICE/MIGRATING: the device copy may be
+			      * written (the CPU mapping is writable) */
+
+/* dev[i]: the device id, and one flag */
+#define PDEV_ID(d) ((d) & 0x3f)
+#define PDEV_NOREAD 0x80     /* DEVICE/MIGRATING: CPU mapping is PROT_NONE */
 
 /* 2 MiB of address space.  Blocks live until hmm_fini. */
 struct hmm_block {
@@ -188,7 +203,7 @@ struct hmm_block {
 	pthread_cond_t cond;	/* broadcast when a migration here ends */
 	uint16_t ndev;		/* pages DEVICE or MIGRATING here */
 	uint8_t state[HMM_BLOCK_PAGES];
-	uint8_t dev[HMM_BLOCK_PAGES];	 /* device id, DEVICE/MIGRATING */
+	uint8_t dev[HMM_BLOCK_PAGES];	 /* PDEV_*, DEVICE/MIGRATING */
 	uint32_t dpfn[HMM_BLOCK_PAGES]; /* device page, DEVICE/MIGRATING */
 };
 struct hmm_block *hmm__block_lookup(uintptr_t addr);
@@ -235,9 +250,12 @@ int hmm__range_insert(uintptr_t start, uintptr_t end, enum hmm_mkind kind,
 /* Remove [start, end) from the registry, splitting ranges as needed. */
 int hmm__range_trim(uintptr_t start, uintptr_t end);
 void hmm__ranges_free_all(void);
+/* Drop a reference to an allocation (ctx.ranges_lock for writing). */
+void hmm__alloc_put(struct hmm_alloc *a);
 
-/* Set every page in [start, end) to @state (block created as needed).
- * Pages must not be DEVICE or MIGRATING.  Returns 0 or -ENOMEM. */
+/* Set every page in [start, end) to @state (block created as needed),
+ * except pages on a device or in flight.  Returns 0, -EAGAIN if such a
+ * page was skipped, or -ENOMEM. */
 int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state);
 
 /* ---- device.c ------------------------------------------------------- */
@@ -253,8 +271,9 @@ void hmm__devices_close_all(void);
 int hmm__sim_register(void); /* drivers/sim/sim.c */
 
 /* ---- notifier.c ----------------------------------------------------- */
-/* Tell every notifier overlapping [start, end). */
-void hmm__invalidate(uintptr_t start, uintptr_t end,
+/* Tell every notifier overlapping [start, end).  Returns false if a
+ * callback could not finish (see hmm_interval_notifier_ops). */
+bool hmm__invalidate(uintptr_t start, uintptr_t end,
 		     enum hmm_notifier_event event, const void *owner,
 		     bool blockable);
 
@@ -272,11 +291,21 @@ void hmm__invalidate(uintptr_t start, uintptr_t end,
 long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 			    hmm_device_t *only, int flags);
 /* Whether [s, e) is being dropped by libhmm itself right now. */
-bool hmm__own_zap(uintptr_t s, uintptr_t e);
+bool hmm__zap_covers(uintptr_t s, uintptr_t e);
+/* REMOVE [s, e): if it is libhmm's own, count it against the zap that
+ * caused it (each zap claims exactly its own length) and return true. */
+bool hmm__zap_claim(uintptr_t s, uintptr_t e);
+/* Whether [s, e) is inside an MADV_FREE call in progress. */
+bool hmm__lazy_free(uintptr_t s, uintptr_t e);
+/* mremap moved @from (in flight) to @to. */
+void hmm__forward_add(uintptr_t from, uintptr_t to);
 /* Forget the contents of [start, end): device copies are freed (unless
- * @keep_data and not @unmap); with @unmap the pages become unmanaged. */
+ * @keep_data and not @unmap); with @unmap the pages become unmanaged.
+ * @pending: the kernel zaps the system pages after this (a REMOVE event):
+ * mark them PSF_DROPPING; otherwise the zap is done: clear the mark. */
 void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
-		     bool keep_data);
+		     bool keep_data, bool pending,
+		     enum hmm_notifier_event event, bool blockable);
 long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    hmm_device_t *dev, const struct hmm_vma *vmas,
 			    long nvmas);
@@ -284,7 +313,15 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 /* ---- context.c ------------------------------------------------------ */
 struct hmm_zap {		/* a zap libhmm does itself (migrate.c) */
 	uintptr_t start, end;
+	size_t claimed;		/* bytes of REMOVE events matched to it */
 	struct hmm_zap *next;
+};
+
+/* A page that mremap moved while it was in flight (service.c records,
+ * migrate.c resolves at commit). */
+struct hmm_forward {
+	uintptr_t from, to;
+	struct hmm_forward *next;
 };
 
 struct hmm_context {
@@ -301,8 +338,15 @@ struct hmm_context {
 	struct hmm_mrange *ranges;    /* sorted by start, disjoint */
 	size_t nranges, ranges_cap;
 
-	pthread_mutex_t zap_lock; /* protects zaps */
+	/* Held for reading by migrations towards a device, for writing
+	 * across fork (atfork), so that none starts between bringing every
+	 * page home and the fork itself. */
+	pthread_rwlock_t fork_lock;
+
+	pthread_mutex_t zap_lock; /* protects zaps, forwards, lazy */
 	struct hmm_zap *zaps;
+	struct hmm_forward *forwards;
+	struct hmm_zap *lazy;	/* MADV_FREE calls in progress (interpose.c) */
 
 	pthread_mutex_t notifier_lock; /* protects notifiers, the seq */
 	pthread_cond_t notifier_cond;  /* callbacks finished */

@@ -33,6 +33,17 @@ int hmm__sys_madvise(void *addr, size_t len, int advice)
 	return (int)syscall(SYS_madvise, addr, len, advice);
 }
 
+bool hmm__lazy_free(uintptr_t s, uintptr_t e)
+{
+	bool lazy = false;
+
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	for (struct hmm_zap *z = hmm__ctx.lazy; z && !lazy; z = z->next)
+		lazy = z->start <= s && e <= z->end;
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	return lazy;
+}
+
 /* Whether anybody mirrors anything: the wrappers cost one load otherwise. */
 static bool mirrored(void)
 {
@@ -60,7 +71,8 @@ static void after(uintptr_t s, uintptr_t e, enum hmm_notifier_event ev)
 	hmm__invalidate(s, e, ev, NULL, false);
 }
 
-/* After an mprotect: pages living on a device take the new protection. */
+/* After an mprotect: pages living on a device, or moving, take the new
+ * protection. */
 static void protect_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			  void *arg)
 {
@@ -68,12 +80,14 @@ static void protect_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 
 	pthread_mutex_lock(&b->lock);
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
-		uint8_t *st = &b->state[hmm__block_index(p)];
-		if (PS_KIND(*st) != PS_DEVICE)
+		unsigned i = hmm__block_index(p);
+		uint8_t *st = &b->state[i];
+		if (PS_KIND(*st) != PS_DEVICE && PS_KIND(*st) != PS_MIGRATING)
 			continue;
-		*st = (uint8_t)((*st & ~(PSF_DEV_WRITE | PSF_DEV_NOREAD)) |
-				((prot & PROT_WRITE) ? PSF_DEV_WRITE : 0) |
-				((prot & PROT_READ) ? 0 : PSF_DEV_NOREAD));
+		*st = (uint8_t)((*st & ~PSF_DEV_WRITE) |
+				((prot & PROT_WRITE) ? PSF_DEV_WRITE : 0));
+		b->dev[i] = (uint8_t)((b->dev[i] & ~PDEV_NOREAD) |
+				      ((prot & PROT_READ) ? 0 : PDEV_NOREAD));
 	}
 	pthread_mutex_unlock(&b->lock);
 }
@@ -136,31 +150,69 @@ int munmap(void *addr, size_t len)
 	return ret;
 }
 
+/* Whether [s, e) holds shared (memfd) managed memory. */
+static bool shared_range(uintptr_t s)
+{
+	struct hmm_mrange *r;
+	bool shm;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(s);
+	shm = r && r->kind == HMM_MK_SHMEM;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return shm;
+}
+
+/*
+ * A drop the application asked for (MADV_DONTNEED and friends).  Once the
+ * system call succeeded, the pages' contents are gone; mark them here, in
+ * the calling thread, rather than leave it to the REMOVE event alone: an
+ * event inside one of libhmm's own drops could be taken for libhmm's.
+ * On shared memory only MADV_REMOVE drops data (MADV_DONTNEED unmaps).
+ */
 int madvise(void *addr, size_t len, int advice)
 {
 	bool drops = advice == MADV_DONTNEED || advice == MADV_REMOVE ||
 		     advice == MADV_FREE || advice == MADV_DONTNEED_LOCKED;
+	bool up = atomic_load(&hmm__ctx.state) == HMM_CTX_UP;
+	bool m = drops && mirrored();
 	uintptr_t s, e;
 	int ret;
 
 	range_of(addr, len, &s, &e);
-	/*
-	 * MADV_REMOVE frees the backing of shared memory: pages living on a
-	 * device lose their contents too.  (The REMOVE event that follows
-	 * cannot tell it from MADV_DONTNEED, which keeps shared data.)
-	 */
-	if (advice == MADV_REMOVE &&
-	    atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
-		hmm__pages_drop(s, e, false, false);
 	if (!drops)
 		return hmm__sys_madvise(addr, len, advice);
-	bool m = mirrored();
+	/* MADV_FREE keeps a page's data if it is written again before the
+	 * kernel frees it: tell the REMOVE handler not to take the event for
+	 * a drop. */
+	struct hmm_zap lazy = { .start = s, .end = e };
+	if (up && advice == MADV_FREE) {
+		pthread_mutex_lock(&hmm__ctx.zap_lock);
+		lazy.next = hmm__ctx.lazy;
+		hmm__ctx.lazy = &lazy;
+		pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	}
 	if (m)
 		before(s, e, HMM_NOTIFY_CLEAR);
 	ret = hmm__sys_madvise(addr, len, advice);
-	if (m)
+	if (up && advice == MADV_FREE) {
+		hmm__service_sync(); /* its events are handled */
+		pthread_mutex_lock(&hmm__ctx.zap_lock);
+		for (struct hmm_zap **pp = &hmm__ctx.lazy; *pp;
+		     pp = &(*pp)->next)
+			if (*pp == &lazy) {
+				*pp = lazy.next;
+				break;
+			}
+		pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	}
+	if (up && ret == 0 && advice != MADV_FREE &&
+	    (advice == MADV_REMOVE || !shared_range(s)))
+		hmm__pages_drop(s, e, false, false, false, HMM_NOTIFY_CLEAR,
+				!hmm__on_service_thread());
+	else if (m)
 		after(s, e, HMM_NOTIFY_CLEAR);
-	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+	if (up)
 		hmm__service_sync();
 	return ret;
 }

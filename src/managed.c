@@ -84,37 +84,43 @@ out:
 	return ret;
 }
 
-/* Bring [s, e) home and mark it unmanaged, looping until no page is left
- * on a device (a migration may have been in flight). */
+/* Whether any page of [s, e) is on a device or in flight. */
+static bool any_busy(uintptr_t s, uintptr_t e)
+{
+	for (uintptr_t p = s; p < e;) {
+		struct hmm_block *b = hmm__block_lookup(p);
+		uintptr_t bend = HMM_MIN((p & ~(HMM_BLOCK_SIZE - 1)) +
+						 HMM_BLOCK_SIZE, e);
+		if (b) {
+			pthread_mutex_lock(&b->lock);
+			for (uintptr_t q = p; q < bend; q += HMM_PAGE_SIZE) {
+				uint8_t k = PS_KIND(b->state[hmm__block_index(q)]);
+				if (k == PS_DEVICE || k == PS_MIGRATING) {
+					pthread_mutex_unlock(&b->lock);
+					return true;
+				}
+			}
+			pthread_mutex_unlock(&b->lock);
+		}
+		p = bend;
+	}
+	return false;
+}
+
+/* Bring [s, e) home, looping until no page is left on a device (a
+ * migration may have been in flight), then mark it unmanaged.  The range
+ * is already out of the registry, so no new migration starts. */
 static int unmanage(uintptr_t s, uintptr_t e)
 {
 	for (int round = 0; round < 1000; round++) {
-		bool busy = false;
 		long r = hmm__migrate_to_system(s, e, NULL, 0);
-		if (r < 0 && r != -ETIMEDOUT)
+		if (r < 0 && r != -ETIMEDOUT && r != -EAGAIN)
 			return (int)r;
-		for (uintptr_t p = s; p < e && !busy;) {
-			struct hmm_block *b = hmm__block_lookup(p);
-			uintptr_t bend = (p & ~(HMM_BLOCK_SIZE - 1)) +
-					 HMM_BLOCK_SIZE;
-			if (bend > e)
-				bend = e;
-			if (b) {
-				pthread_mutex_lock(&b->lock);
-				for (uintptr_t q = p; q < bend; q += HMM_PAGE_SIZE) {
-					uint8_t *st = &b->state[hmm__block_index(q)];
-					if (PS_KIND(*st) == PS_DEVICE ||
-					    PS_KIND(*st) == PS_MIGRATING)
-						busy = true;
-					else
-						*st = PS_NONE;
-				}
-				pthread_mutex_unlock(&b->lock);
-			}
-			p = bend;
+		if (!any_busy(s, e)) {
+			int ret = hmm__pages_set_state(s, e, PS_NONE);
+			if (ret != -EAGAIN)
+				return ret;
 		}
-		if (!busy)
-			return 0;
 		sched_yield();
 	}
 	return -EBUSY;
@@ -149,8 +155,16 @@ int hmm_range_release(void *addr, size_t len)
 		return ret;
 	/* New migrations of [s, e) now fail with -ENOENT. */
 	ret = unmanage(s, e);
+	if (ret) {
+		/* Pages are still on a device: keep the registration, or
+		 * they would read as zeros.  Manage the range again. */
+		pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+		hmm__range_insert(s, e, HMM_MK_ANON, NULL, 0);
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		return ret;
+	}
 	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
-	return ret;
+	return 0;
 }
 
 int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
@@ -186,6 +200,9 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	}
 	a->start = (uintptr_t)user;
 	a->len = len;
+	/* An unmap of this address whose event is still queued must not
+	 * meet the new range. */
+	hmm__service_sync();
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	ret = hmm__uffd_register(hmm__ctx.uffd, a->start, len,
 				 hmm__ctx.caps & HMM_CAP_WP);
@@ -235,8 +252,7 @@ int hmm_mem_free(void *addr, size_t len)
 	hmm__range_trim(s, s + len);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	/* The contents are not wanted: drop device copies, then unmap. */
-	hmm__invalidate(s, s + len, HMM_NOTIFY_UNMAP, NULL, true);
-	hmm__pages_drop(s, s + len, true, false);
+	hmm__pages_drop(s, s + len, true, false, false, HMM_NOTIFY_UNMAP, true);
 	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
 	hmm__sys_munmap(addr, len);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
@@ -270,10 +286,13 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 	if (!ret)
 		ret = check_vmas(s, e, false, &vmas, &nvmas);
 	if (!ret) {
-		if (dev)
+		if (dev) {
+			pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
 			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas);
-		else
+			pthread_rwlock_unlock(&hmm__ctx.fork_lock);
+		} else {
 			ret = hmm__migrate_to_system(s, e, NULL, 0);
+		}
 		free(vmas);
 	}
 	if (dev)
@@ -303,7 +322,7 @@ int hmm_page_location(const void *addr, hmm_device_t **dev)
 	default: break;
 	}
 	if (dev && loc == HMM_LOC_DEVICE)
-		*dev = hmm__device_get(b->dev[hmm__block_index(p)]);
+		*dev = hmm__device_get(PDEV_ID(b->dev[hmm__block_index(p)]));
 	pthread_mutex_unlock(&b->lock);
 	return loc;
 }

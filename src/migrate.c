@@ -1,90 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The migration engine.  Each 2 MiB block moves in three phases, like the
- * kernel's migrate_vma_*:
+ * The migration engine, towards a device.  Each 2 MiB block moves in three
+ * phases, like the kernel's migrate_vma_*:
  *
- *  1. collect: under the block lock, pages that will move become MIGRATING;
- *     a CPU fault on one of them now parks until phase 3.
+ *  1. collect: under the block lock, the SYSTEM pages that will move become
+ *     MIGRATING; a CPU fault on one of them now parks until phase 3.
  *  2. isolate + copy, without the block lock: device translations are
- *     invalidated, the source is write-protected (to device) so that a CPU
- *     write waits instead of being lost, and the data is copied.
- *  3. commit: the source is dropped (to device: MADV_DONTNEED or a hole
- *     punched in the memfd; to system: UFFDIO_COPY installs the page), the
- *     states are set, and parked faults are woken.
+ *     invalidated, the pages are write-protected (so that a CPU write waits
+ *     instead of being lost) and copied.
+ *  3. commit: the system copies are dropped (MADV_DONTNEED, or a hole
+ *     punched in the memfd), the states set, parked faults woken.
  *
- * A failure in phase 2 rolls every page of the block back to where it was,
- * with its data; nothing is freed before the commit.
+ * Every step touches only the pages this migration collected, in runs of
+ * consecutive pages: a page in between belongs to someone else.  A failure
+ * before the drop rolls every page back to where it was, with its data;
+ * nothing is freed before the commit.
  */
 #include <fcntl.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "compat.h"
-#include "internal.h"
-
-/* A bounce buffer of HMM_BLOCK_SIZE per thread that needs one, unmapped
- * when the thread exits. */
-static pthread_key_t bounce_key;
-static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
-
-static void bounce_free(void *p)
-{
-	hmm__sys_munmap(p, HMM_BLOCK_SIZE);
-}
-
-static void bounce_key_init(void)
-{
-	pthread_key_create(&bounce_key, bounce_free);
-}
-
-static void *bounce_get(void)
-{
-	void *p;
-
-	pthread_once(&bounce_once, bounce_key_init);
-	p = pthread_getspecific(bounce_key);
-	if (!p) {
-		p = mmap(NULL, HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED)
-			return NULL;
-		pthread_setspecific(bounce_key, p);
-	}
-	return p;
-}
-
-/* Wait for a migration in @b to end.  Called and returns with b->lock held.
- * Returns 0, or -ETIMEDOUT. */
-static int wait_block(struct hmm_block *b, const struct timespec *deadline)
-{
-	int r = pthread_cond_timedwait(&b->cond, &b->lock, deadline);
-	return r == ETIMEDOUT ? -ETIMEDOUT : 0;
-}
-
-static void deadline_in(struct timespec *ts, long ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
-static bool past(const struct timespec *deadline)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_REALTIME, &now);
-	return now.tv_sec > deadline->tv_sec ||
-	       (now.tv_sec == deadline->tv_sec &&
-		now.tv_nsec >= deadline->tv_nsec);
-}
+#include "migrate.h"
 
 static int guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
 			const struct hmm_copy_desc *d, size_t n)
@@ -101,75 +41,18 @@ static int guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
 	return ret;
 }
 
-/* ---- to device --------------------------------------------------------- */
+/* ---- libhmm's own zaps ------------------------------------------------- */
 
-struct sel {
-	unsigned idx[HMM_BLOCK_PAGES];
-	uint32_t dpfn[HMM_BLOCK_PAGES];
-	size_t n;
-};
-
-/* Undo phase 1 (and the allocation) for the pages of @s. */
-static void rollback_to_system(struct hmm_block *b, struct sel *s,
-			       hmm_device_t *dev, bool have_dpfns,
-			       uintptr_t span_s, uintptr_t span_e)
+void hmm__zap_push(struct hmm_zap *z)
 {
-	bool waiters = false;
-
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = 0; k < s->n; k++) {
-		uint8_t st = b->state[s->idx[k]];
-		waiters |= st & PSF_WAITERS;
-		b->state[s->idx[k]] = (st & PSF_UNMAPPED) ? PS_NONE : PS_SYSTEM;
-	}
-	b->ndev -= (uint16_t)s->n;
-	pthread_cond_broadcast(&b->cond);
-	pthread_mutex_unlock(&b->lock);
-	if (have_dpfns)
-		hmm__devmem_free(dev, s->dpfn, s->n);
-	if (waiters)
-		hmm__uffd_wake(hmm__ctx.uffd, span_s, span_e - span_s);
-	hmm__stat_add(HMM_STAT_migration_failures, 1);
-}
-
-/* Retry an ioctl-backed step while an event is queued (EAGAIN). */
-static int wp_retry(uintptr_t s, size_t len, bool wp,
-		    const struct timespec *deadline)
-{
-	int r;
-
-	while ((r = hmm__uffd_writeprotect(hmm__ctx.uffd, s, len, wp)) ==
-	       -EAGAIN) {
-		if (past(deadline))
-			return -ETIMEDOUT;
-		sched_yield();
-	}
-	return r;
-}
-
-static void zap_push(struct hmm_zap *z)
-{
+	z->claimed = 0;
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
 	z->next = hmm__ctx.zaps;
 	hmm__ctx.zaps = z;
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 }
 
-bool hmm__own_zap(uintptr_t s, uintptr_t e)
-{
-	bool own = false;
-
-	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next)
-		if (z->start <= s && e <= z->end) {
-			own = true;
-			break;
-		}
-	pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	return own;
-}
-
-static void zap_pop(struct hmm_zap *z)
+void hmm__zap_pop(struct hmm_zap *z)
 {
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
 	for (struct hmm_zap **pp = &hmm__ctx.zaps; *pp; pp = &(*pp)->next)
@@ -180,35 +63,71 @@ static void zap_pop(struct hmm_zap *z)
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 }
 
-/*
- * Drop the system copy of [s, e): MADV_DONTNEED for anonymous memory, a
- * hole punched in the memfd for shared memory.  @z records the zap from
- * before the call until the caller has committed (zap_pop): a fault that
- * finds the page gone meanwhile parks instead of being taken for the
- * application's own drop, and the REMOVE event MADV_DONTNEED sends is
- * recognised as ours.
- */
-static int zap_source(const struct hmm_mrange *r, uintptr_t s, uintptr_t e,
-		      struct hmm_zap *z)
+bool hmm__zap_covers(uintptr_t s, uintptr_t e)
 {
-	int ret = 0;
+	bool own = false;
 
-	z->start = s;
-	z->end = e;
-	zap_push(z);
-	if (r->kind == HMM_MK_SHMEM) {
-		off_t off = (off_t)(r->off + (s - r->start));
-		if (fallocate(r->alloc->memfd,
-			      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
-			      (off_t)(e - s)))
-			ret = -errno;
-		return ret;
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	for (struct hmm_zap *z = hmm__ctx.zaps; z && !own; z = z->next)
+		own = z->start <= s && e <= z->end;
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	return own;
+}
+
+/* Whether [s, e) is exactly the part of one VMA inside [zs, ze), where
+ * [zs, ze) crosses more than one VMA. */
+static bool vma_piece(uintptr_t zs, uintptr_t ze, uintptr_t s, uintptr_t e)
+{
+	struct hmm_vma *v;
+	long n = hmm__vma_snapshot(zs, ze, &v);
+	bool piece = false;
+
+	for (long i = 0; n > 1 && i < n && !piece; i++)
+		piece = HMM_MAX(v[i].start, zs) == s && HMM_MIN(v[i].end, ze) == e;
+	if (n >= 0)
+		free(v);
+	return piece;
+}
+
+/*
+ * One MADV_DONTNEED sends one REMOVE per VMA it crosses, each clipped to
+ * that VMA.  An event is libhmm's own if it is exactly a recorded zap, or
+ * exactly one VMA's piece of a zap that crosses several; each zap claims no
+ * more than its own length.  An application's raw drop (interposed ones
+ * mark their pages themselves) inside a zap is thus never taken for
+ * libhmm's, unless it is exactly the same range -- and then the second of
+ * the two events, over-claiming, is taken for the application's drop of
+ * the whole range, which is what happened.
+ */
+bool hmm__zap_claim(uintptr_t s, uintptr_t e)
+{
+	struct hmm_zap *found = NULL;
+	bool exact = false;
+	uintptr_t zs = 0, ze = 0;
+
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next) {
+		if (!(z->start <= s && e <= z->end) ||
+		    z->claimed + (e - s) > z->end - z->start)
+			continue;
+		found = z;
+		zs = z->start;
+		ze = z->end;
+		exact = z->start == s && z->end == e;
+		if (exact)
+			break;
 	}
-	if (hmm__sys_madvise((void *)s, e - s, MADV_DONTNEED))
-		ret = -errno;
-	/* madvise returns once the REMOVE event is read, not handled. */
-	hmm__service_sync();
-	return ret;
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	if (!found)
+		return false;
+	/* Reading /proc/self/maps outside the lock; the record lives until
+	 * its zap's events are handled (hmm__zap_runs syncs first). */
+	if (!exact && !vma_piece(zs, ze, s, e))
+		return false;
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	found->claimed += e - s;
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	return true;
 }
 
 /* Where libhmm reads the system copy of @va without faulting into a
@@ -219,6 +138,369 @@ static void *source_ptr(const struct hmm_mrange *r, uintptr_t va)
 	if (r->kind == HMM_MK_SHMEM)
 		return (char *)r->alloc->alias + r->off + (va - r->start);
 	return (void *)va;
+}
+
+static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
+{
+	if (r->kind == HMM_MK_SHMEM) {
+		off_t off = (off_t)(r->off + (s - r->start));
+		if (fallocate(r->alloc->memfd,
+			      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off,
+			      (off_t)(e - s)))
+			return -errno;
+		return 0;
+	}
+	return hmm__sys_madvise((void *)s, e - s, MADV_DONTNEED) ? -errno : 0;
+}
+
+int hmm__zap_runs(const struct hmm_mrange *r, struct hmm_block *b,
+		  const struct sel *s, struct hmm_zap *zaps, size_t *nzaps)
+{
+	int ret = 0;
+
+	*nzaps = 0;
+	for (size_t k = 0; k < s->n;) {
+		size_t n = sel_run(s, k), m = 0;
+		/* Within the run, the sub-runs whose flag is set. */
+		while (m < n) {
+			size_t a = m;
+			while (a < n && !s->flag[k + a])
+				a++;
+			size_t z = a;
+			while (z < n && s->flag[k + z])
+				z++;
+			if (a < z) {
+				struct hmm_zap *zp = &zaps[(*nzaps)++];
+				zp->start = sel_va(b, s->idx[k + a]);
+				zp->end = sel_va(b, s->idx[k + z - 1]) +
+					  HMM_PAGE_SIZE;
+				hmm__zap_push(zp);
+				int e = zap_one(r, zp->start, zp->end);
+				if (e && !ret)
+					ret = e;
+			}
+			m = z;
+		}
+		k += n;
+	}
+	/* madvise returns once its REMOVE events are read, not handled: wait
+	 * until they are, so that they meet their records. */
+	if (r->kind == HMM_MK_ANON && *nzaps)
+		hmm__service_sync();
+	return ret;
+}
+
+/* ---- mremap while in flight ------------------------------------------- */
+
+void hmm__forward_add(uintptr_t from, uintptr_t to)
+{
+	struct hmm_forward *f = malloc(sizeof(*f));
+
+	if (!f) {
+		hmm__warn("out of memory recording an mremap in flight");
+		return;
+	}
+	f->from = from;
+	f->to = to;
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	f->next = hmm__ctx.forwards;
+	hmm__ctx.forwards = f;
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+}
+
+uintptr_t hmm__forward_take(uintptr_t from)
+{
+	uintptr_t to = 0;
+
+	pthread_mutex_lock(&hmm__ctx.zap_lock);
+	for (struct hmm_forward **pp = &hmm__ctx.forwards; *pp;
+	     pp = &(*pp)->next) {
+		if ((*pp)->from == from) {
+			struct hmm_forward *f = *pp;
+			to = f->to;
+			*pp = f->next;
+			free(f);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&hmm__ctx.zap_lock);
+	return to;
+}
+
+bool hmm__forward_commit(uintptr_t to, hmm_device_t *dev, uint8_t devbits,
+			 uint32_t dpfn, uint8_t st)
+{
+	struct hmm_block *nb = hmm__block_get(to);
+	unsigned i = hmm__block_index(to);
+	unsigned char vec = 0;
+	bool waiters, on_dev;
+
+	/* Present at the new address: the data moved with the page tables
+	 * (the device copy, if any, is stale or equal).  Absent: only the
+	 * device copy holds it. */
+	if (mincore((void *)to, HMM_PAGE_SIZE, &vec))
+		vec = 0;
+	on_dev = dev && !(vec & 1);
+	if (!nb)
+		return false;
+	pthread_mutex_lock(&nb->lock);
+	/* service.c left a MIGRATING placeholder there. */
+	waiters = nb->state[i] & PSF_WAITERS;
+	if (on_dev) {
+		nb->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
+		nb->dev[i] = devbits;
+		nb->dpfn[i] = dpfn;
+	} else {
+		nb->state[i] = PS_SYSTEM;
+		nb->dev[i] = 0;
+		nb->ndev--;
+	}
+	pthread_cond_broadcast(&nb->cond);
+	pthread_mutex_unlock(&nb->lock);
+	if (waiters)
+		hmm__uffd_wake(hmm__ctx.uffd, to, HMM_PAGE_SIZE);
+	return on_dev;
+}
+
+/* ---- the stash: where anonymous pages wait while they are copied ------- */
+
+/*
+ * UFFDIO_MOVE takes the present pages of a run out of the application's
+ * mapping atomically, with whatever the CPU last wrote: a CPU access after
+ * it faults (and parks), a drop before it left a hole (zeros).  So no
+ * write-protection is needed, and no MADV_DONTNEED of the application's
+ * range, whose REMOVE event could be mistaken for the application's own.
+ * The pages land in a per-thread stash (2 MiB, registered with the same
+ * userfaultfd, as UFFDIO_MOVE requires), are copied to the device from
+ * there, and the stash is emptied.  Index i of a block sits at stash + i
+ * pages.
+ */
+static pthread_key_t stash_key;
+static pthread_once_t stash_once = PTHREAD_ONCE_INIT;
+
+static void stash_free(void *p)
+{
+	if (hmm__ctx.uffd >= 0)
+		hmm__uffd_unregister(hmm__ctx.uffd, (uintptr_t)p, HMM_BLOCK_SIZE);
+	hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+}
+
+static void stash_key_init(void)
+{
+	pthread_key_create(&stash_key, stash_free);
+}
+
+static char *stash_get(void)
+{
+	char *p, *raw;
+	uintptr_t a;
+
+	pthread_once(&stash_once, stash_key_init);
+	p = pthread_getspecific(stash_key);
+	if (p)
+		return p;
+	raw = mmap(NULL, 2 * HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return NULL;
+	/* 2 MiB aligned, so that a whole huge page can move as one. */
+	a = ((uintptr_t)raw + HMM_BLOCK_SIZE - 1) & ~(HMM_BLOCK_SIZE - 1);
+	if (a > (uintptr_t)raw)
+		hmm__sys_munmap(raw, a - (uintptr_t)raw);
+	hmm__sys_munmap((char *)a + HMM_BLOCK_SIZE,
+			(uintptr_t)raw + HMM_BLOCK_SIZE - a);
+	p = (char *)a;
+	if (hmm__uffd_register(hmm__ctx.uffd, a, HMM_BLOCK_SIZE, false)) {
+		hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+		return NULL;
+	}
+	pthread_setspecific(stash_key, p);
+	return p;
+}
+
+/* Empty the stash slots of the runs of @sel. */
+static void stash_clear(char *stash, const struct sel *sel)
+{
+	size_t first = sel->idx[0], last = sel->idx[sel->n - 1];
+
+	/* The stash is libhmm's alone: one madvise over the whole span.  Its
+	 * REMOVE event concerns no managed page. */
+	hmm__sys_madvise(stash + (first << HMM_PAGE_SHIFT),
+			 (last - first + 1) << HMM_PAGE_SHIFT, MADV_DONTNEED);
+}
+
+/* Move each run of @sel from the user's mapping into the stash; then
+ * sel->flag[k] tells whether page k had data.  Returns 0, or -errno with
+ * whatever moved still in the stash (see stash_return). */
+static int stash_take(struct hmm_block *b, struct sel *sel, char *stash,
+		      const struct timespec *deadline)
+{
+	unsigned char vec[HMM_BLOCK_PAGES];
+	size_t first = sel->idx[0], last = sel->idx[sel->n - 1];
+
+	for (size_t k = 0; k < sel->n; k += sel_run(sel, k)) {
+		uintptr_t va = sel_va(b, sel->idx[k]);
+		uintptr_t dst = (uintptr_t)stash +
+				((uintptr_t)sel->idx[k] << HMM_PAGE_SHIFT);
+		size_t len = sel_run(sel, k) << HMM_PAGE_SHIFT, done = 0;
+		while (done < len) {
+			long m = hmm__uffd_move(hmm__ctx.uffd, dst + done,
+						va + done, len - done, true);
+			if (m > 0) {
+				done += (size_t)m;
+			} else if (m == -EAGAIN) {
+				/* The address space is changing: let the
+				 * service thread read the event first. */
+				if (past(deadline))
+					return -ETIMEDOUT;
+				hmm__service_sync();
+			} else {
+				return m ? (int)m : -EIO;
+			}
+		}
+	}
+	if (mincore(stash + (first << HMM_PAGE_SHIFT),
+		    (last - first + 1) << HMM_PAGE_SHIFT, vec))
+		return -errno;
+	for (size_t k = 0; k < sel->n; k++)
+		sel->flag[k] = vec[sel->idx[k] - first] & 1;
+	return 0;
+}
+
+/* Put the stashed pages of @sel back where they came from (the pages are
+ * still MIGRATING, so nothing was installed there meanwhile). */
+static void stash_return(struct hmm_block *b, const struct sel *sel,
+			 char *stash)
+{
+	for (size_t k = 0; k < sel->n; k += sel_run(sel, k)) {
+		uintptr_t va = sel_va(b, sel->idx[k]);
+		uintptr_t src = (uintptr_t)stash +
+				((uintptr_t)sel->idx[k] << HMM_PAGE_SHIFT);
+		size_t len = sel_run(sel, k) << HMM_PAGE_SHIFT, done = 0;
+		for (int tries = 0; done < len && tries < 1000; tries++) {
+			long m = hmm__uffd_move(hmm__ctx.uffd, va + done,
+						src + done, len - done, true);
+			if (m > 0) {
+				done += (size_t)m;
+			} else if (m == -EAGAIN) {
+				hmm__service_sync();
+			} else {
+				/* The mapping is gone (unmapped meanwhile):
+				 * nothing to return the page to. */
+				done += HMM_PAGE_SIZE;
+			}
+		}
+	}
+	stash_clear(stash, sel);
+}
+
+/* Phase 2 from the stash: copy the pages that had data, zero the others. */
+static int copy_from_stash(struct hmm_block *b, hmm_device_t *dev,
+			   const struct sel *sel, char *stash)
+{
+	struct hmm_copy_desc *descs = malloc(sel->n * sizeof(*descs));
+	uint64_t zero[HMM_BLOCK_PAGES];
+	size_t nd = 0, nz = 0;
+	int ret;
+
+	(void)b;
+	if (!descs)
+		return -ENOMEM;
+	for (size_t k = 0; k < sel->n; k++) {
+		if (sel->flag[k])
+			descs[nd++] = (struct hmm_copy_desc){
+				sel->dpfn[k],
+				stash + ((size_t)sel->idx[k] << HMM_PAGE_SHIFT) };
+		else
+			zero[nz++] = sel->dpfn[k];
+	}
+	ret = dev->ops->copy(dev, HMM_COPY_TO_DEVICE, descs, nd);
+	free(descs);
+	if (!ret && nz)
+		ret = dev->ops->zero(dev, zero, nz);
+	return ret;
+}
+
+/* ---- to device --------------------------------------------------------- */
+
+/* Undo phase 1 (and the allocation) for the pages of @s. */
+static void rollback_to_system(struct hmm_block *b, struct sel *s,
+			       hmm_device_t *dev, bool have_dpfns)
+{
+	bool waiters = false;
+
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < s->n; k++) {
+		uint8_t st = b->state[s->idx[k]];
+		waiters |= st & PSF_WAITERS;
+		b->state[s->idx[k]] = (st & PSF_UNMAPPED) ? PS_NONE
+				      : (st & PSF_CLEARED)
+					      ? PS_SYSTEM | PSF_DROPPING
+					      : PS_SYSTEM;
+		if (st & PSF_UNMAPPED) {
+			/* mremap moved it; the data moved with the page
+			 * tables (nothing was dropped yet). */
+			uintptr_t to = hmm__forward_take(sel_va(b, s->idx[k]));
+			if (to)
+				hmm__forward_commit(to, NULL, 0, 0, 0);
+		}
+	}
+	b->ndev -= (uint16_t)s->n;
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	if (have_dpfns)
+		hmm__devmem_free(dev, s->dpfn, s->n);
+	if (waiters)
+		for (size_t k = 0; k < s->n; k += sel_run(s, k))
+			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, s->idx[k]),
+				       sel_run(s, k) << HMM_PAGE_SHIFT);
+	hmm__stat_add(HMM_STAT_migration_failures, 1);
+}
+
+/* Write-protect (or lift it from) each run of @s, retrying while an event
+ * is queued (EAGAIN). */
+static int wp_runs(struct hmm_block *b, const struct sel *s, bool wp,
+		   const struct timespec *deadline)
+{
+	int ret = 0;
+
+	for (size_t k = 0; k < s->n;) {
+		size_t n = sel_run(s, k);
+		int r;
+		while ((r = hmm__uffd_writeprotect(hmm__ctx.uffd,
+						   sel_va(b, s->idx[k]),
+						   n << HMM_PAGE_SHIFT, wp)) ==
+		       -EAGAIN) {
+			if (past(deadline)) {
+				r = -ETIMEDOUT;
+				break;
+			}
+			sched_yield();
+		}
+		if (r && !ret)
+			ret = r;
+		k += n;
+	}
+	return ret;
+}
+
+/*
+ * Whether the application's drop of page @i (@va) is still to happen: its
+ * REMOVE event came (PSF_DROPPING) and the page is still there, so the
+ * kernel has not zapped it yet and whatever data a migration finds there is
+ * about to go.  An absent page means the drop is done: forget the mark.
+ * Called with b->lock held (mincore waits for nothing of libhmm's).
+ */
+static bool drop_pending(struct hmm_block *b, unsigned i, uintptr_t va)
+{
+	unsigned char vec = 0;
+
+	if (!(b->state[i] & PSF_DROPPING))
+		return false;
+	if (!mincore((void *)va, HMM_PAGE_SIZE, &vec) && (vec & 1))
+		return true;
+	b->state[i] &= (uint8_t)~PSF_DROPPING;
+	return false;
 }
 
 /* Phase 1 for one block: returns 0, or -EAGAIN to start over (the caller
@@ -232,24 +514,28 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 
 	pthread_mutex_lock(&b->lock);
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
-		uint8_t st = b->state[hmm__block_index(p)];
+		unsigned i = hmm__block_index(p);
+		uint8_t st = b->state[i];
 		switch (PS_KIND(st)) {
 		case PS_NONE:
 			pthread_mutex_unlock(&b->lock);
 			return -ENOENT;
+		case PS_SYSTEM:
+			if (!(st & PSF_FILLING))
+				break;
+			/* the service thread is filling it: wait */
+			__attribute__((fallthrough));
 		case PS_MIGRATING: {
 			int r = wait_block(b, deadline);
 			pthread_mutex_unlock(&b->lock);
 			return r ? r : -EAGAIN;
 		}
 		case PS_DEVICE:
-			if (b->dev[hmm__block_index(p)] != dev->id) {
+			if (PDEV_ID(b->dev[i]) != dev->id) {
 				if (!other_s)
 					other_s = p;
 				other_e = p + HMM_PAGE_SIZE;
 			}
-			break;
-		default:
 			break;
 		}
 	}
@@ -267,8 +553,10 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			continue;
 		v = hmm__vma_find(vmas, nvmas, p);
 		b->state[i] = PS_MIGRATING | PSF_TO_DEVICE |
+			      (drop_pending(b, i, p) ? PSF_CLEARED : 0) |
 			      (v && (v->prot & PROT_WRITE) ? PSF_DEV_WRITE : 0);
 		b->dev[i] = (uint8_t)dev->id;
+		sel->flag[sel->n] = 0;
 		sel->idx[sel->n++] = i;
 	}
 	b->ndev += (uint16_t)sel->n;
@@ -276,63 +564,27 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	return 0;
 }
 
-static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
-			    uintptr_t e, hmm_device_t *dev,
-			    const struct hmm_vma *vmas, long nvmas,
-			    struct sel *sel)
+/* Phase 2: copy the present pages of @sel, zero the others. */
+static int copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
+			  hmm_device_t *dev, struct sel *sel)
 {
-	struct hmm_block *b = hmm__block_lookup(s);
-	struct hmm_copy_desc *descs;
+	uintptr_t span_s = sel_va(b, sel->idx[0]);
+	uintptr_t span_e = sel_va(b, sel->idx[sel->n - 1]) + HMM_PAGE_SIZE;
 	unsigned char vec[HMM_BLOCK_PAGES];
-	uint32_t zero[HMM_BLOCK_PAGES];
+	struct hmm_copy_desc *descs;
+	uint64_t zero[HMM_BLOCK_PAGES];
 	size_t nd = 0, nz = 0;
-	struct timespec deadline;
-	uintptr_t span_s, span_e;
-	bool waiters = false, wp = hmm__ctx.caps & HMM_CAP_WP;
 	int ret;
 
-	if (!b)
-		return -ENOENT;
-	deadline_in(&deadline, hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS));
-	while ((ret = collect_to_device(b, s, e, dev, vmas, nvmas, sel,
-					&deadline)) == -EAGAIN)
-		;
-	if (ret)
-		return ret;
-	if (!sel->n)
-		return 0;
-	span_s = b->base + ((uintptr_t)sel->idx[0] << HMM_PAGE_SHIFT);
-	span_e = b->base + ((uintptr_t)sel->idx[sel->n - 1] << HMM_PAGE_SHIFT) +
-		 HMM_PAGE_SIZE;
-
-	ret = hmm__devmem_alloc(dev, sel->n, sel->dpfn);
-	if (ret) {
-		rollback_to_system(b, sel, dev, false, span_s, span_e);
-		return ret;
-	}
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = 0; k < sel->n; k++)
-		b->dpfn[sel->idx[k]] = sel->dpfn[k];
-	pthread_mutex_unlock(&b->lock);
-
-	/* Phase 2: no device may keep using the system pages, and no CPU
-	 * write may land after its page was copied. */
-	hmm__invalidate(span_s, span_e, HMM_NOTIFY_MIGRATE, dev, true);
-	if (wp && (ret = wp_retry(span_s, span_e - span_s, true, &deadline)))
-		goto fail;
-	if (mincore((void *)span_s, span_e - span_s, vec)) {
-		ret = errno == ENOMEM ? -EFAULT : -errno;
-		goto fail_unwp;
-	}
+	if (mincore((void *)span_s, span_e - span_s, vec))
+		return errno == ENOMEM ? -EFAULT : -errno;
 	descs = malloc(sel->n * sizeof(*descs));
-	if (!descs) {
-		ret = -ENOMEM;
-		goto fail_unwp;
-	}
+	if (!descs)
+		return -ENOMEM;
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = 0; k < sel->n; k++) {
 		unsigned i = sel->idx[k];
-		uintptr_t va = b->base + ((uintptr_t)i << HMM_PAGE_SHIFT);
+		uintptr_t va = sel_va(b, i);
 		if (vec[(va - span_s) >> HMM_PAGE_SHIFT] & 1) {
 			b->state[i] |= PSF_SRC_PRESENT;
 			descs[nd++] = (struct hmm_copy_desc){
@@ -344,53 +596,46 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	pthread_mutex_unlock(&b->lock);
 	ret = guarded_copy(dev, HMM_COPY_TO_DEVICE, descs, nd);
 	free(descs);
-	if (!ret && nz) {
-		uint64_t z64[HMM_BLOCK_PAGES];
-		for (size_t k = 0; k < nz; k++)
-			z64[k] = zero[k];
-		ret = dev->ops->zero(dev, z64, nz);
-	}
-	if (ret)
-		goto fail_unwp;
+	if (!ret && nz)
+		ret = dev->ops->zero(dev, zero, nz);
+	return ret;
+}
 
-	/* Phase 3 */
-	struct hmm_zap z = { 0 };
-	bool partial = false;
-	ret = zap_source(r, span_s, span_e, &z);
-	if (ret) {
-		/*
-		 * The zap failed part-way (the range changed under us): pages
-		 * it dropped live only on the device now and are committed;
-		 * pages still present are rolled back, their copy freed.
-		 */
-		partial = true;
-		if (mincore((void *)span_s, span_e - span_s, vec))
-			memset(vec, 0, sizeof(vec));
-	}
-	/* Shared memory keeps write-protect markers in the emptied entries:
-	 * lift them while the pages are still ours (MIGRATING), so that no
-	 * later migration's protection is lifted by mistake. */
-	if (wp && (partial || r->kind == HMM_MK_SHMEM))
-		wp_retry(span_s, span_e - span_s, false, &deadline);
-
-	size_t moved = 0, drop = 0;
+/* Phase 3, after the drop: set the states.  @zapped tells, per page, that
+ * its system copy is gone (so its data lives only in the device copy).
+ * Returns pages now on the device. */
+static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
+			       struct sel *sel, bool *waiters)
+{
 	uint32_t dropped[HMM_BLOCK_PAGES];
+	size_t moved = 0, drop = 0;
+
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = 0; k < sel->n; k++) {
 		unsigned i = sel->idx[k];
 		uint8_t st = b->state[i];
-		uintptr_t va = b->base + ((uintptr_t)i << HMM_PAGE_SHIFT);
-		waiters |= st & PSF_WAITERS;
-		if (partial && (vec[(va - span_s) >> HMM_PAGE_SHIFT] & 1) &&
-		    !(st & PSF_UNMAPPED)) {
+		uint8_t devbits = b->dev[i];
+		*waiters |= st & PSF_WAITERS;
+		if (st & PSF_UNMAPPED) {
+			/* Unmapped, or moved by mremap, meanwhile: follow a
+			 * move; the device copy stays only if it holds the
+			 * data (the page is absent at the new address). */
+			uintptr_t to = hmm__forward_take(sel_va(b, i));
+			b->state[i] = PS_NONE;
+			b->ndev--;
+			if (!to || !hmm__forward_commit(to, dev, devbits,
+							sel->dpfn[k], st))
+				dropped[drop++] = sel->dpfn[k];
+		} else if (!sel->flag[k]) {
+			/* Not dropped (the drop failed there): the system
+			 * copy stays, the device copy goes. */
 			dropped[drop++] = sel->dpfn[k];
 			b->state[i] = PS_SYSTEM;
 			b->ndev--;
-		} else if (st & (PSF_CLEARED | PSF_UNMAPPED)) {
-			/* Dropped or unmapped by the application meanwhile:
-			 * its contents are gone, so is the copy. */
+		} else if (st & PSF_CLEARED) {
+			/* Dropped by the application meanwhile. */
 			dropped[drop++] = sel->dpfn[k];
-			b->state[i] = (st & PSF_UNMAPPED) ? PS_NONE : PS_SYSTEM;
+			b->state[i] = PS_SYSTEM;
 			b->ndev--;
 		} else {
 			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
@@ -399,20 +644,122 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	}
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
-	zap_pop(&z);
 	if (drop)
 		hmm__devmem_free(dev, dropped, drop);
+	return moved;
+}
+
+static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
+			    uintptr_t e, hmm_device_t *dev,
+			    const struct hmm_vma *vmas, long nvmas,
+			    struct sel *sel, struct hmm_zap *zaps)
+{
+	struct hmm_block *b = hmm__block_lookup(s);
+	bool waiters = false, wp = hmm__ctx.caps & HMM_CAP_WP;
+	struct timespec deadline;
+	size_t nzaps = 0, moved;
+	char *stash;
+	int ret;
+
+	if (!b)
+		return -ENOENT;
+	deadline_in(&deadline, hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS));
+again:
+	while ((ret = collect_to_device(b, s, e, dev, vmas, nvmas, sel,
+					&deadline)) == -EAGAIN)
+		;
+	if (ret)
+		return ret;
+	if (!sel->n)
+		return 0;
+	ret = hmm__devmem_alloc(dev, sel->n, sel->dpfn);
+	if (ret) {
+		rollback_to_system(b, sel, dev, false);
+		return ret;
+	}
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n; k++)
+		b->dpfn[sel->idx[k]] = sel->dpfn[k];
+	pthread_mutex_unlock(&b->lock);
+
+	/* Phase 2: no device may keep using the system pages, and no CPU
+	 * write may land after its page was copied. */
+	if (!hmm__invalidate(sel_va(b, sel->idx[0]),
+			     sel_va(b, sel->idx[sel->n - 1]) + HMM_PAGE_SIZE,
+			     HMM_NOTIFY_MIGRATE, dev, true)) {
+		/* A device access could not finish (it may be waiting for
+		 * one of these pages): back off, which wakes it, and retry. */
+		rollback_to_system(b, sel, dev, true);
+		if (past(&deadline))
+			return -EBUSY;
+		usleep(1000);
+		goto again;
+	}
+	if (r->kind == HMM_MK_ANON && (hmm__ctx.caps & HMM_CAP_MOVE) &&
+	    hmm__option(HMM_OPT_USE_MOVE) && (stash = stash_get())) {
+		ret = stash_take(b, sel, stash, &deadline);
+		if (!ret) {
+			ret = copy_from_stash(b, dev, sel, stash);
+			if (ret) {
+				stash_return(b, sel, stash);
+				rollback_to_system(b, sel, dev, true);
+				return ret;
+			}
+			stash_clear(stash, sel);
+			/* Every source is gone now: its data, if it had any,
+			 * is the device copy's. */
+			memset(sel->flag, 1, sel->n);
+			goto commit;
+		}
+		/* A page could not move (shared with a child since fork,
+		 * KSM, pinned): put back what moved, take the other way. */
+		stash_return(b, sel, stash);
+		hmm__debug("UFFDIO_MOVE failed (%s): write-protect and drop",
+			   strerror(-ret));
+	}
+	if (wp && (ret = wp_runs(b, sel, true, &deadline)))
+		goto fail_unwp;
+	ret = copy_to_device(r, b, dev, sel);
+	if (ret)
+		goto fail_unwp;
+
+	/* Phase 3 */
+	memset(sel->flag, 1, sel->n);
+	ret = hmm__zap_runs(r, b, sel, zaps, &nzaps);
+	if (ret) {
+		/* The drop failed part-way (the range changed under us):
+		 * pages it dropped live only on the device now and are
+		 * committed; pages still present are rolled back. */
+		unsigned char vec[HMM_BLOCK_PAGES];
+		uintptr_t span_s = sel_va(b, sel->idx[0]);
+		if (mincore((void *)span_s,
+			    sel_va(b, sel->idx[sel->n - 1]) + HMM_PAGE_SIZE -
+				    span_s, vec))
+			memset(vec, 0, sizeof(vec));
+		for (size_t k = 0; k < sel->n; k++)
+			sel->flag[k] = !(vec[sel->idx[k] - sel->idx[0]] & 1);
+	}
+	/* Shared memory keeps write-protect markers in the emptied entries,
+	 * and a failed drop leaves protected pages: lift them while the
+	 * pages are still ours (MIGRATING), run by run. */
+	if (wp && (ret || r->kind == HMM_MK_SHMEM))
+		wp_runs(b, sel, false, &deadline);
+commit:
+	moved = commit_to_device(b, dev, sel, &waiters);
+	for (size_t z = 0; z < nzaps; z++)
+		hmm__zap_pop(&zaps[z]);
 	if (waiters)
-		hmm__uffd_wake(hmm__ctx.uffd, span_s, span_e - span_s);
+		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
+			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
+				       sel_run(sel, k) << HMM_PAGE_SHIFT);
 	hmm__stat_add(HMM_STAT_pages_to_device, moved);
 	hmm__stat_add(HMM_STAT_bytes_to_device, moved * HMM_PAGE_SIZE);
-	return partial ? ret : (long)moved;
+	return ret ? ret : (long)moved;
 
 fail_unwp:
 	if (wp)
-		wp_retry(span_s, span_e - span_s, false, &deadline);
-fail:
-	rollback_to_system(b, sel, dev, true, span_s, span_e);
+		wp_runs(b, sel, false, &deadline);
+	rollback_to_system(b, sel, dev, true);
 	return ret;
 }
 
@@ -421,19 +768,29 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    long nvmas)
 {
 	struct sel *sel = malloc(sizeof(*sel));
-	long total = 0;
+	struct hmm_zap *zaps = malloc(HMM_BLOCK_PAGES * sizeof(*zaps));
+	long total = 0, ret = 0;
 
-	if (!sel)
+	if (!sel || !zaps) {
+		free(sel);
+		free(zaps);
 		return -ENOMEM;
-	for (uintptr_t pos = start; pos < end;) {
+	}
+	/*
+	 * Without write-protection nothing would stop a CPU write between
+	 * the copy and the drop, and it would be lost: refuse.
+	 */
+	if (!(hmm__ctx.caps & HMM_CAP_WP))
+		ret = -EOPNOTSUPP;
+	for (uintptr_t pos = start; pos < end && !ret;) {
 		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
 		struct hmm_mrange r;
-		long ret;
 
 		if (bend > end)
 			bend = end;
-		/* Copy the range entry: the registry may change meanwhile. */
-		pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+		/* Copy the range entry: the registry may change meanwhile;
+		 * the reference keeps a memfd allocation alive. */
+		pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 		struct hmm_mrange *rp = hmm__range_find(pos);
 		if (rp) {
 			r = *rp;
@@ -444,272 +801,23 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 		}
 		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 		if (!rp) {
-			free(sel);
-			return -ENOENT;
+			ret = -ENOENT;
+			break;
 		}
-		ret = block_to_device(&r, pos, bend, dev, vmas, nvmas, sel);
+		ret = block_to_device(&r, pos, bend, dev, vmas, nvmas, sel,
+				      zaps);
 		if (r.alloc) {
 			pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
-			r.alloc->refs--;
+			hmm__alloc_put(r.alloc);
 			pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 		}
-		if (ret < 0) {
-			free(sel);
-			return ret;
+		if (ret >= 0) {
+			total += ret;
+			ret = 0;
 		}
-		total += ret;
 		pos = bend;
 	}
 	free(sel);
-	return total;
-}
-
-/* ---- to system --------------------------------------------------------- */
-
-/*
- * Install @n selected pages starting at sel index @k0 (consecutive
- * addresses) with UFFDIO_COPY, without waking the faulting threads.  Per page, res[k] is set to 1 (installed),
- * 2 (dropped: EEXIST or the mapping is gone), or left 0 (not done: EAGAIN
- * in non-blocking mode).  Returns 0 or -errno.
- */
-static int install_run(hmm_device_t *dev, struct hmm_block *b,
-		       const struct sel *sel, size_t k0, size_t n,
-		       unsigned char *res, int flags,
-		       const struct timespec *deadline)
-{
-	uintptr_t va0 = b->base + ((uintptr_t)sel->idx[k0] << HMM_PAGE_SHIFT);
-	size_t done = 0;
-	void *src = NULL;
-	bool contiguous = dev->ops->host_ptr != NULL;
-	int ret;
-
-	for (size_t k = 1; contiguous && k < n; k++)
-		contiguous = sel->dpfn[k0 + k] == sel->dpfn[k0] + k;
-	if (contiguous) {
-		src = dev->ops->host_ptr(dev, sel->dpfn[k0]);
-	} else {
-		struct hmm_copy_desc d[HMM_BLOCK_PAGES];
-		char *bb = bounce_get();
-		if (!bb)
-			return -ENOMEM;
-		for (size_t k = 0; k < n; k++)
-			d[k] = (struct hmm_copy_desc){ sel->dpfn[k0 + k],
-						       bb + k * HMM_PAGE_SIZE };
-		ret = dev->ops->copy(dev, HMM_COPY_TO_SYSTEM, d, n);
-		if (ret)
-			return ret;
-		src = bb;
-	}
-	/* UFFDIO_COPY fails whole with ENOENT when its range crosses the end
-	 * of a VMA (two adjacent ranges), so on ENOENT try again with half
-	 * the length; only a single page that fails so is really unmapped. */
-	size_t chunk = n;
-	while (done < n) {
-		size_t len = HMM_MIN(chunk, n - done);
-		long r = hmm__uffd_copy(hmm__ctx.uffd,
-					va0 + done * HMM_PAGE_SIZE,
-					(char *)src + done * HMM_PAGE_SIZE,
-					len * HMM_PAGE_SIZE, false, true);
-		if (r > 0) {
-			memset(res + k0 + done, 1, (size_t)r);
-			done += (size_t)r;
-			chunk = n;
-		} else if (r == -ENOENT && len > 1) {
-			chunk = len / 2;
-		} else if (r == -EEXIST || r == -ENOENT || r == -EFAULT) {
-			/* EEXIST: something is mapped there already;
-			 * ENOENT/EFAULT: the mapping is gone. */
-			res[k0 + done] = 2;
-			done++;
-		} else if (r == -EAGAIN) {
-			if ((flags & HMM_MIG_NONBLOCK) || past(deadline))
-				return (flags & HMM_MIG_NONBLOCK) ? 0
-								  : -ETIMEDOUT;
-			sched_yield();
-		} else {
-			return (int)r;
-		}
-	}
-	return 0;
-}
-
-static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
-			    int flags, struct sel *sel)
-{
-	struct hmm_block *b = hmm__block_lookup(s);
-	unsigned char res[HMM_BLOCK_PAGES];
-	struct timespec deadline;
-	hmm_device_t *dev = NULL;
-	bool waiters = false, parked = false;
-	uintptr_t span_s, span_e;
-	int ret = 0;
-
-	if (!b)
-		return 0;
-	deadline_in(&deadline, hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS));
-again:
-	pthread_mutex_lock(&b->lock);
-	sel->n = 0;
-	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
-		unsigned i = hmm__block_index(p);
-		uint8_t st = b->state[i];
-		if (PS_KIND(st) == PS_MIGRATING && !(flags & HMM_MIG_NONBLOCK) &&
-		    (!only || b->dev[i] == only->id)) {
-			if (sel->n)
-				break; /* move what we have first */
-			if (wait_block(b, &deadline)) {
-				pthread_mutex_unlock(&b->lock);
-				return -ETIMEDOUT;
-			}
-			pthread_mutex_unlock(&b->lock);
-			goto again;
-		}
-		if (PS_KIND(st) == PS_MIGRATING)
-			parked = true;
-		if (PS_KIND(st) != PS_DEVICE ||
-		    (only && b->dev[i] != only->id))
-			continue;
-		/* One device per batch: others wait for the next round. */
-		if (sel->n && b->dev[i] != b->dev[sel->idx[0]])
-			continue;
-		b->state[i] = PS_MIGRATING | (st & PSF_DEV_WRITE);
-		sel->idx[sel->n] = i;
-		sel->dpfn[sel->n++] = b->dpfn[i];
-	}
-	if (sel->n)
-		dev = hmm__device_get(b->dev[sel->idx[0]]);
-	pthread_mutex_unlock(&b->lock);
-	if (!sel->n)
-		return parked && (flags & HMM_MIG_NONBLOCK) ? -EINPROGRESS : 0;
-
-	span_s = b->base + ((uintptr_t)sel->idx[0] << HMM_PAGE_SHIFT);
-	span_e = b->base + ((uintptr_t)sel->idx[sel->n - 1] << HMM_PAGE_SHIFT) +
-		 HMM_PAGE_SIZE;
-	hmm__invalidate(span_s, span_e, HMM_NOTIFY_MIGRATE, NULL,
-			!(flags & HMM_MIG_NONBLOCK));
-	memset(res, 0, sel->n);
-	for (size_t k0 = 0; k0 < sel->n && !ret;) {
-		size_t n = 1;
-		while (k0 + n < sel->n && sel->idx[k0 + n] == sel->idx[k0] + n)
-			n++;
-		ret = install_run(dev, b, sel, k0, n, res, flags, &deadline);
-		k0 += n;
-	}
-
-	/* Commit what was installed; put the rest back on the device. */
-	size_t moved = 0, nfree = 0, rolled = 0;
-	uint32_t freed[HMM_BLOCK_PAGES];
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = 0; k < sel->n; k++) {
-		unsigned i = sel->idx[k];
-		uint8_t st = b->state[i];
-		waiters |= st & PSF_WAITERS;
-		if (res[k] == 0 && !(st & PSF_UNMAPPED)) {
-			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
-			rolled++;
-			continue;
-		}
-		freed[nfree++] = sel->dpfn[k];
-		b->ndev--;
-		b->state[i] = (st & PSF_UNMAPPED) ? PS_NONE : PS_SYSTEM;
-		if (res[k] == 1)
-			moved++;
-	}
-	pthread_cond_broadcast(&b->cond);
-	pthread_mutex_unlock(&b->lock);
-	hmm__devmem_free(dev, freed, nfree);
-	/* Pages were installed without waking (DONTWAKE): a thread that
-	 * faulted on one resumes only now, with the state already SYSTEM
-	 * and the device page free. */
-	if (waiters || moved)
-		hmm__uffd_wake(hmm__ctx.uffd, span_s, span_e - span_s);
-	hmm__stat_add(HMM_STAT_pages_to_system, moved);
-	hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);
-	if (ret)
-		return ret;
-	if (rolled)
-		return -EAGAIN; /* non-blocking: an event must be read first */
-	if (!(flags & HMM_MIG_NONBLOCK)) {
-		/* Other devices' pages, or pages that were in flight. */
-		long more = block_to_system(s, e, only, flags, sel);
-		return more < 0 ? more : (long)moved + more;
-	}
-	return (long)moved;
-}
-
-long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
-			    hmm_device_t *only, int flags)
-{
-	struct sel *sel = malloc(sizeof(*sel));
-	long total = 0;
-
-	if (!sel)
-		return -ENOMEM;
-	for (uintptr_t pos = start; pos < end;) {
-		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
-		long r;
-		if (bend > end)
-			bend = end;
-		r = block_to_system(pos, bend, only, flags, sel);
-		if (r < 0) {
-			free(sel);
-			return r;
-		}
-		total += r;
-		pos = bend;
-	}
-	free(sel);
-	return total;
-}
-
-/* ---- dropping ---------------------------------------------------------- */
-
-struct drop_arg {
-	bool unmap;	/* pages become unmanaged */
-	bool keep_data;	/* shared memory after MADV_DONTNEED: data stays */
-};
-
-static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
-		       void *arg)
-{
-	const struct drop_arg *da = arg;
-
-	pthread_mutex_lock(&b->lock);
-	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
-		unsigned i = hmm__block_index(p);
-		uint8_t st = b->state[i];
-		switch (PS_KIND(st)) {
-		case PS_DEVICE:
-			if (da->keep_data && !da->unmap)
-				break;
-			hmm__devmem_free(hmm__device_get(b->dev[i]),
-					 &b->dpfn[i], 1);
-			b->ndev--;
-			b->state[i] = da->unmap ? PS_NONE : PS_SYSTEM;
-			break;
-		case PS_MIGRATING:
-			/* The migrating thread discards its copy at commit
-			 * and wakes the threads parked here. */
-			if (da->keep_data && !da->unmap)
-				break;
-			b->state[i] = st | (da->unmap ? PSF_UNMAPPED
-						      : PSF_CLEARED);
-			break;
-		case PS_SYSTEM:
-			if (da->unmap)
-				b->state[i] = PS_NONE;
-			break;
-		default:
-			break;
-		}
-	}
-	pthread_mutex_unlock(&b->lock);
-}
-
-void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
-		     bool keep_data)
-{
-	struct drop_arg da = { .unmap = unmap, .keep_data = keep_data };
-
-	hmm__blocks_for_each(start, end, drop_block, &da);
+	free(zaps);
+	return ret ? ret : total;
 }

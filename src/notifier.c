@@ -85,7 +85,7 @@ void hmm_interval_set_seq(struct hmm_interval_notifier *sub,
 			      cur_seq, memory_order_release);
 }
 
-void hmm__invalidate(uintptr_t start, uintptr_t end,
+bool hmm__invalidate(uintptr_t start, uintptr_t end,
 		     enum hmm_notifier_event event, const void *owner,
 		     bool blockable)
 {
@@ -95,11 +95,12 @@ void hmm__invalidate(uintptr_t start, uintptr_t end,
 		.flags = blockable ? HMM_NOTIFIER_RANGE_BLOCKABLE : 0,
 	};
 	unsigned long seq;
+	bool ok = true;
 
 	pthread_mutex_lock(&c->notifier_lock);
 	if (!c->notifiers) {
 		pthread_mutex_unlock(&c->notifier_lock);
-		return;
+		return true;
 	}
 	c->notifier_seq += 2;
 	c->notifier_seq |= 1;
@@ -115,11 +116,12 @@ void hmm__invalidate(uintptr_t start, uintptr_t end,
 		 * remove() waits for notifier_active to fall to zero.
 		 */
 		pthread_mutex_unlock(&c->notifier_lock);
-		n->ops->invalidate(n, &r, seq);
+		ok &= n->ops->invalidate(n, &r, seq);
 		hmm__stat_add(HMM_STAT_invalidations, 1);
 		pthread_mutex_lock(&c->notifier_lock);
 	}
 	if (--c->notifier_active == 0)
 		pthread_cond_broadcast(&c->notifier_cond);
 	pthread_mutex_unlock(&c->notifier_lock);
+	return ok;
 }

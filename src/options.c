@@ -30,6 +30,9 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 		3600000, "longest wait for a page in flight, ms" },
 	[HMM_OPT_FORCE_USER_MODE] = { "HMM_FORCE_USER_MODE", 0, 0, 1,
 		"open userfaultfd with UFFD_USER_MODE_ONLY even when privileged" },
+	[HMM_OPT_USE_MOVE] = { "HMM_USE_MOVE", 0, 0, 1,
+		"isolate anonymous pages with UFFDIO_MOVE when migrating "
+		"(experimental: a hang under racing drops is open)" },
 };
 
 /* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */

@@ -181,8 +181,8 @@ int hmm_range_fault(struct hmm_range *range)
 			continue;
 		}
 		if (PS_KIND(st) == PS_DEVICE && owner &&
-		    hmm__device_get(dev) == owner) {
-			if (st & PSF_DEV_NOREAD) {
+		    hmm__device_get(PDEV_ID(dev)) == owner) {
+			if (dev & PDEV_NOREAD) {
 				if (fault) {
 					ret = -EFAULT;
 					break;

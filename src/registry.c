@@ -129,6 +129,8 @@ void hmm__blocks_free_all(void)
 
 int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
 {
+	int ret = 0;
+
 	for (uintptr_t pos = start; pos < end;) {
 		struct hmm_block *b = hmm__block_get(pos);
 		uintptr_t bend = b ? b->base + HMM_BLOCK_SIZE : 0;
@@ -137,12 +139,20 @@ int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
 		if (bend > end)
 			bend = end;
 		pthread_mutex_lock(&b->lock);
-		for (uintptr_t p = pos; p < bend; p += HMM_PAGE_SIZE)
-			b->state[hmm__block_index(p)] = state;
+		for (uintptr_t p = pos; p < bend; p += HMM_PAGE_SIZE) {
+			uint8_t *st = &b->state[hmm__block_index(p)];
+			/* A page on a device or in flight is not ours to
+			 * overwrite: its owner settles it. */
+			if (PS_KIND(*st) == PS_DEVICE ||
+			    PS_KIND(*st) == PS_MIGRATING || (*st & PSF_FILLING))
+				ret = -EAGAIN;
+			else
+				*st = state;
+		}
 		pthread_mutex_unlock(&b->lock);
 		pos = bend;
 	}
-	return 0;
+	return ret;
 }
 
 /* ---- ranges: sorted, disjoint, under hmm__ctx.ranges_lock ------------ */
@@ -227,7 +237,7 @@ int hmm__range_insert(uintptr_t start, uintptr_t end, enum hmm_mkind kind,
 	return 0;
 }
 
-static void alloc_put(struct hmm_alloc *a)
+void hmm__alloc_put(struct hmm_alloc *a)
 {
 	if (!a || --a->refs > 0)
 		return;
@@ -272,7 +282,7 @@ int hmm__range_trim(uintptr_t start, uintptr_t end)
 			memmove(r, r + 1,
 				(c->nranges - i - 1) * sizeof(c->ranges[0]));
 			c->nranges--;
-			alloc_put(a);
+			hmm__alloc_put(a);
 		}
 	}
 	return 0;
@@ -283,7 +293,7 @@ void hmm__ranges_free_all(void)
 	struct hmm_context *c = &hmm__ctx;
 
 	for (size_t i = 0; i < c->nranges; i++)
-		alloc_put(c->ranges[i].alloc);
+		hmm__alloc_put(c->ranges[i].alloc);
 	free(c->ranges);
 	c->ranges = NULL;
 	c->nranges = c->ranges_cap = 0;

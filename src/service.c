@@ -69,8 +69,8 @@ static void fault_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 		*e = bbase + HMM_BLOCK_SIZE;
 }
 
-/* Fill untouched pages [page, end) with zeros, @page first.  Returns 0 or
- * -EAGAIN. */
+/* Fill untouched pages [page, end) with zeros, @page first.  Returns the
+ * pages filled (0 if @page was there already), or -EAGAIN. */
 static int resolve_zero(uintptr_t page, uintptr_t end, bool write)
 {
 	int fd = hmm__ctx.uffd;
@@ -89,60 +89,110 @@ again:
 	}
 	if (r == -EAGAIN)
 		return -EAGAIN;
-	if (r >= 1)
+	if (r >= 1) {
 		hmm__stat_add(HMM_STAT_cpu_zero_fills, (uint64_t)r);
-	else
-		/* EEXIST: another fault resolved it; ENOENT: the range went
-		 * away.  Either way the thread must retry its access. */
-		hmm__uffd_wake(fd, page, HMM_PAGE_SIZE);
+		return (int)r;
+	}
+	/* EEXIST: another fault resolved it; ENOENT: the range went away.
+	 * Either way the thread must retry its access. */
+	hmm__uffd_wake(fd, page, HMM_PAGE_SIZE);
 	return 0;
 }
 
 /*
- * Fault-around for first touches: extend [page, page + 4 KiB) forward over
- * pages that are SYSTEM too (never over a page whose data lives elsewhere).
- * A page that starts migrating after this look is still safe to fill: its
- * migration sees it absent (zeros) or present (zeros) alike.
+ * Fault-around for first touches: [page, end) over pages that are SYSTEM
+ * and idle, never over a page whose data lives elsewhere.  The pages are
+ * marked PSF_FILLING (under b->lock) until the fill is done, so that a
+ * migration cannot collect one meanwhile: it would see it absent, give the
+ * device zeros, and then drop the page the CPU is about to write.
  */
-static uintptr_t zero_window(struct hmm_block *b, uintptr_t page)
+static uintptr_t fill_begin(struct hmm_block *b, uintptr_t page)
 {
-	uintptr_t s, e, end = page + HMM_PAGE_SIZE;
+	uintptr_t s, e, end = page;
 
 	fault_window(page, &s, &e);
-	if (!b)
-		return end;
-	pthread_mutex_lock(&b->lock);
-	while (end < e &&
-	       PS_KIND(b->state[hmm__block_index(end)]) == PS_SYSTEM)
+	while (end < e) {
+		uint8_t *st = &b->state[hmm__block_index(end)];
+		if ((*st & ~PSF_DROPPING) != PS_SYSTEM)
+			break;
+		*st |= PSF_FILLING;
 		end += HMM_PAGE_SIZE;
-	pthread_mutex_unlock(&b->lock);
+	}
 	return end;
 }
 
+/* The fill of [page, end) is over; the first @filled pages got zeros, so
+ * any drop under way there is complete (the pages were absent). */
+static void fill_end(struct hmm_block *b, uintptr_t page, uintptr_t end,
+		     size_t filled)
+{
+	uintptr_t done = page + (filled << HMM_PAGE_SHIFT);
+
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = page; p < end; p += HMM_PAGE_SIZE)
+		b->state[hmm__block_index(p)] &=
+			(uint8_t)~(PSF_FILLING | (p < done ? PSF_DROPPING : 0));
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+}
+
+static bool range_is_shmem(uintptr_t addr)
+{
+	struct hmm_mrange *r;
+	bool shm;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(addr);
+	shm = r && r->kind == HMM_MK_SHMEM;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return shm;
+}
+
 /*
- * A fault on a page migrating to a device whose source was present when the
- * migration began.  Either the migration's own zap has dropped it (then
- * park: the commit is near), or the application dropped it meanwhile
- * (MADV_DONTNEED; its REMOVE event marks the page cleared): its contents
- * are zeros from now on.  Install them write-protected so that a write
- * still waits for the migration and the migrating thread's copy, which may
- * be what faulted, completes.  If the page is there after all (a stale
- * message), UFFDIO_COPY fails with EEXIST and the thread is just woken.
+ * A MISSING fault on a page migrating to a device whose source was present
+ * when the migration began.
+ *  - libhmm's own drop is under way: park, the commit is near.
+ *  - Shared memory: libhmm reads the source through its alias, never
+ *    through the user's mapping, so nothing of libhmm's waits on this
+ *    fault; park (an application drop marks the page cleared and the
+ *    commit settles it).
+ *  - Anonymous memory: the application dropped the page (MADV_DONTNEED),
+ *    and the fault may be the migrating thread's own copy: install zeros
+ *    write-protected, so that the copy completes and a write still waits
+ *    for the migration.  A stale message finds the page there (EEXIST):
+ *    just wake.
  * Called with b->lock held; returns with it released.
  */
 static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 			   uint8_t st)
 {
+	bool shm;
 	long r;
 
-	if (hmm__own_zap(page, page + HMM_PAGE_SIZE)) {
-		b->state[idx] = st | PSF_WAITERS;
+	/* The range's kind, without b->lock (the registry lock comes first
+	 * in the lock order). */
+	pthread_mutex_unlock(&b->lock);
+	shm = range_is_shmem(page);
+	pthread_mutex_lock(&b->lock);
+	if (b->state[idx] != st && b->state[idx] != (st | PSF_WAITERS)) {
+		pthread_mutex_unlock(&b->lock);
+		return -EAGAIN; /* it changed meanwhile: look again */
+	}
+	if (shm || hmm__zap_covers(page, page + HMM_PAGE_SIZE)) {
+		b->state[idx] |= PSF_WAITERS;
 		pthread_mutex_unlock(&b->lock);
 		return 0;
 	}
-	pthread_mutex_unlock(&b->lock);
+	/*
+	 * Install the zeros with b->lock held, so that the migration cannot
+	 * commit (and its zap record vanish) between the check above and the
+	 * install: a zero page must never sit over data that the commit is
+	 * about to declare device-resident.  UFFDIO_COPY does not wait for
+	 * any thread of libhmm, so holding the lock across it is safe.
+	 */
 	r = hmm__uffd_copy(hmm__ctx.uffd, page, zero_page, HMM_PAGE_SIZE,
 			   hmm__ctx.caps & HMM_CAP_WP, false);
+	pthread_mutex_unlock(&b->lock);
 	if (r == -EAGAIN)
 		return -EAGAIN;
 	if (r != 1)
@@ -166,7 +216,8 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 	if (!b)
 		return wp ? hmm__uffd_writeprotect(hmm__ctx.uffd, page,
 						   HMM_PAGE_SIZE, false)
-			  : resolve_zero(page, page + HMM_PAGE_SIZE, write);
+			  : HMM_MIN(resolve_zero(page, page + HMM_PAGE_SIZE,
+						 write), 0);
 	/* A few rounds: a fault-back may find the page changed under it. */
 	for (int round = 0; round < 4; round++) {
 		pthread_mutex_lock(&b->lock);
@@ -216,55 +267,65 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			/* SYSTEM: absent (untouched or dropped), or just
 			 * brought back (then EEXIST makes this a wake).
 			 * NONE: a registered range libhmm forgot. */
-			return resolve_zero(page,
-					    PS_KIND(st) == PS_SYSTEM
-						    ? zero_window(b, page)
-						    : page + HMM_PAGE_SIZE,
-					    write);
+			if (PS_KIND(st) != PS_SYSTEM)
+				return HMM_MIN(resolve_zero(page,
+							    page + HMM_PAGE_SIZE,
+							    write), 0);
+			pthread_mutex_lock(&b->lock);
+			uintptr_t end = fill_begin(b, page);
+			pthread_mutex_unlock(&b->lock);
+			if (end == page)
+				continue; /* it changed: look again */
+			int r = resolve_zero(page, end, write);
+			fill_end(b, page, end, r > 0 ? (size_t)r : 0);
+			return HMM_MIN(r, 0);
 		}
 	}
 	return -EAGAIN;
 }
 
-static bool range_is_shmem(uintptr_t addr)
-{
-	struct hmm_mrange *r;
-	bool shm;
-
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	r = hmm__range_find(addr);
-	shm = r && r->kind == HMM_MK_SHMEM;
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	return shm;
-}
 
 static void handle_remove(uintptr_t s, uintptr_t e)
 {
-	if (hmm__own_zap(s, e))
+	if (hmm__zap_claim(s, e))
 		return;
-	hmm__debug("REMOVE %#lx-%#lx", (unsigned long)s, (unsigned long)e);
+	/* Not managed (libhmm's stash, say): nothing libhmm keeps there.
+	 * Mirrors of unmanaged memory learn of drops through the madvise
+	 * wrapper; no event reaches libhmm for them anyway. */
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	bool managed = hmm__ranges_overlap(s, e);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (!managed)
+		return;
 	hmm__stat_add(HMM_STAT_events_remove, 1);
-	hmm__invalidate(s, e, HMM_NOTIFY_CLEAR, NULL, false);
 	/*
 	 * On shared memory MADV_DONTNEED only unmaps: the data stays in the
 	 * file, so pages on a device keep theirs.  (MADV_REMOVE also sends
 	 * REMOVE and does drop data; telling the two apart needs madvise
 	 * interposition, which comes with the dmirror work.)
 	 */
-	hmm__pages_drop(s, e, false, range_is_shmem(s));
+	hmm__pages_drop(s, e, false, range_is_shmem(s) || hmm__lazy_free(s, e),
+			true,
+			HMM_NOTIFY_CLEAR, false);
 }
 
 static void handle_unmap(uintptr_t s, uintptr_t e)
 {
 	hmm__stat_add(HMM_STAT_events_unmap, 1);
-	hmm__invalidate(s, e, HMM_NOTIFY_UNMAP, NULL, false);
-	hmm__pages_drop(s, e, true, false);
+	hmm__pages_drop(s, e, true, false, false, HMM_NOTIFY_UNMAP, false);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	hmm__range_trim(s, e);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 }
 
 /* Move one page's state from @from to @to (mremap). */
+/*
+ * Move one page's state from @from to @to (mremap moved the page tables).
+ * A page in flight is left to its migration: the old address is marked
+ * unmapped, a forward is recorded, and the new address holds a MIGRATING
+ * placeholder (faults there park) until the migration's commit settles it
+ * (hmm__forward_commit).
+ */
 static void move_page_state(uintptr_t from, uintptr_t to)
 {
 	struct hmm_block *ob = hmm__block_lookup(from), *nb;
@@ -274,38 +335,48 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 
 	if (!ob)
 		return;
+	nb = hmm__block_get(to);
 	pthread_mutex_lock(&ob->lock);
 	st = ob->state[oi];
-	if (PS_KIND(st) == PS_DEVICE) {
-		dev = ob->dev[oi];
-		dpfn = ob->dpfn[oi];
-		ob->ndev--;
-		ob->state[oi] = PS_NONE;
-	} else if (PS_KIND(st) == PS_MIGRATING) {
-		/* The migrating thread discards its copy; the data moved
-		 * with the page tables. */
+	dev = ob->dev[oi];
+	dpfn = ob->dpfn[oi];
+	if (PS_KIND(st) == PS_MIGRATING && nb) {
 		ob->state[oi] = st | PSF_UNMAPPED;
-		st = PS_SYSTEM;
+		hmm__forward_add(from, to);
 	} else {
+		if (PS_KIND(st) == PS_DEVICE)
+			ob->ndev--;
 		ob->state[oi] = PS_NONE;
+		ob->dev[oi] = 0;
 	}
 	pthread_mutex_unlock(&ob->lock);
 	if (PS_KIND(st) == PS_NONE)
 		return;
-	nb = hmm__block_get(to);
 	if (!nb) {
+		/* Out of memory for the new block: the page is lost to
+		 * libhmm's view; at least free its device copy. */
 		if (PS_KIND(st) == PS_DEVICE)
-			hmm__devmem_free(hmm__device_get(dev), &dpfn, 1);
+			hmm__devmem_free(hmm__device_get(PDEV_ID(dev)), &dpfn,
+					 1);
 		return;
 	}
 	pthread_mutex_lock(&nb->lock);
-	if (PS_KIND(st) == PS_DEVICE) {
+	switch (PS_KIND(st)) {
+	case PS_DEVICE:
 		nb->state[ni] = PS_DEVICE | (st & PSF_DEV_WRITE);
 		nb->dev[ni] = dev;
 		nb->dpfn[ni] = dpfn;
 		nb->ndev++;
-	} else {
+		break;
+	case PS_MIGRATING:
+		nb->state[ni] = PS_MIGRATING | (st & (PSF_TO_DEVICE |
+						      PSF_DEV_WRITE));
+		nb->dev[ni] = dev;
+		nb->ndev++;
+		break;
+	default:
 		nb->state[ni] = PS_SYSTEM;
+		break;
 	}
 	pthread_mutex_unlock(&nb->lock);
 }
@@ -318,9 +389,9 @@ static void handle_remap(uintptr_t from, uintptr_t to, size_t len)
 	unsigned char vec;
 
 	hmm__stat_add(HMM_STAT_events_remap, 1);
-	hmm__invalidate(from, from + len, HMM_NOTIFY_UNMAP, NULL, false);
 	for (size_t off = 0; off < len; off += HMM_PAGE_SIZE)
 		move_page_state(from + off, to + off);
+	hmm__invalidate(from, from + len, HMM_NOTIFY_UNMAP, NULL, false);
 
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	r = hmm__range_find(from);
@@ -444,16 +515,19 @@ void hmm__service_sync(void)
 	gen = atomic_fetch_add(&c->sync_req, 1) + 1;
 	if (write(c->sync_fd, &one, sizeof(one)) != sizeof(one))
 		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += 5;
+	/* No deadline: libhmm's own drops rely on this answer, and the
+	 * service thread never waits on a thread that waits here. */
 	pthread_mutex_lock(&c->sync_lock);
-	while (atomic_load(&c->sync_done) < gen &&
-	       atomic_load(&c->service_tid_valid))
+	for (int waited = 0; atomic_load(&c->sync_done) < gen &&
+			     atomic_load(&c->service_tid_valid);) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 5;
 		if (pthread_cond_timedwait(&c->sync_cond, &c->sync_lock, &ts) ==
-		    ETIMEDOUT) {
-			hmm__warn("the service thread did not answer in 5 s");
-			break;
-		}
+			    ETIMEDOUT &&
+		    !waited++)
+			hmm__warn("the fault-service thread has not answered "
+				  "for 5 s; still waiting");
+	}
 	pthread_mutex_unlock(&c->sync_lock);
 }
 

@@ -181,6 +181,25 @@ long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len)
 	return -errno;
 }
 
+long hmm__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
+		    bool holes)
+{
+	struct uffdio_move m = {
+		.dst = dst, .src = src, .len = len,
+		.mode = UFFDIO_MOVE_MODE_DONTWAKE |
+			(holes ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0),
+	};
+
+	if (ioctl(fd, UFFDIO_MOVE, &m) == 0)
+		return (long)len;
+	if (errno == EAGAIN)
+		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
+	/* m.move holds bytes moved before the failure, or -errno. */
+	if (m.move > 0)
+		return m.move;
+	return -errno;
+}
+
 int hmm__uffd_wake(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };

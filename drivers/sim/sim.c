@@ -79,6 +79,15 @@ static const struct hmm_driver_ops sim_ops;
 
 /* ---- mirror -------------------------------------------------------------- */
 
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - t0->tv_sec) * 1000 +
+	       (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
 static bool overlaps(struct sim_engine *e, uintptr_t s, uintptr_t end)
 {
 	uintptr_t bs = atomic_load_explicit(&e->busy_s, memory_order_acquire);
@@ -108,12 +117,22 @@ static bool sim_invalidate(struct hmm_interval_notifier *sub,
 	 */
 	if (!(r->flags & HMM_NOTIFIER_RANGE_BLOCKABLE))
 		return true;
+	/*
+	 * Wait, bounded: an access in flight may itself be waiting for the
+	 * caller (a fault parked on a page the caller is migrating).  Then
+	 * report failure; the caller backs off, which releases the access.
+	 */
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (unsigned i = 0; i < sd->nengines; i++) {
 		struct sim_engine *e = &sd->engines[i];
 		if (pthread_equal(pthread_self(), e->th))
 			continue; /* an engine invalidating its own window */
-		while (overlaps(e, r->start, r->end))
+		while (overlaps(e, r->start, r->end)) {
+			if (ms_since(&t0) > 20)
+				return false;
 			sched_yield();
+		}
 	}
 	return true;
 }
@@ -121,15 +140,6 @@ static bool sim_invalidate(struct hmm_interval_notifier *sub,
 static const struct hmm_interval_notifier_ops sim_notifier_ops = {
 	.invalidate = sim_invalidate,
 };
-
-static long ms_since(const struct timespec *t0)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (now.tv_sec - t0->tv_sec) * 1000 +
-	       (now.tv_nsec - t0->tv_nsec) / 1000000;
-}
 
 /* A device fault: fill the page table for [s, e), page aligned. */
 static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)

@@ -192,7 +192,11 @@ int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
 
 /*
  * hmm_device_close - bring every page living on @dev back to system memory,
- * drop @dev's mirror and free it.  Returns 0, or -EINVAL for NULL.
+ * drop @dev's mirror and free its resources.  Calls in flight on @dev are
+ * waited for; later calls fail with -ENODEV (the handle stays valid for
+ * that, a few dozen bytes).  Returns 0, or -EINVAL for NULL, -ENODEV if
+ * already closed, -EBUSY if pages could not be brought back (the device
+ * then keeps its memory, and accepts no more calls).
  */
 int hmm_device_close(hmm_device_t *dev);
 

@@ -1,0 +1,406 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The migration engine, towards system memory, and dropping pages.
+ *
+ * Collect (DEVICE -> MIGRATING under the block lock), invalidate the device
+ * translations, install each run of pages with UFFDIO_COPY without waking,
+ * commit the states, then wake: a thread that faulted resumes with the page
+ * SYSTEM and its device page free.  An install that meets EAGAIN (an event
+ * is queued: the address space is changing) puts its pages back on the
+ * device and starts over once the event has been handled, so that an
+ * mremap or munmap in between finds them where they are.
+ */
+#include <fcntl.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "migrate.h"
+
+/* A bounce buffer of HMM_BLOCK_SIZE per thread that needs one, unmapped
+ * when the thread exits. */
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+
+static void bounce_free(void *p)
+{
+	hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+}
+
+static void bounce_key_init(void)
+{
+	pthread_key_create(&bounce_key, bounce_free);
+}
+
+static void *bounce_get(void)
+{
+	void *p;
+
+	pthread_once(&bounce_once, bounce_key_init);
+	p = pthread_getspecific(bounce_key);
+	if (!p) {
+		p = mmap(NULL, HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return NULL;
+		pthread_setspecific(bounce_key, p);
+	}
+	return p;
+}
+
+/* Per page results of install_run, in sel->flag */
+enum { INST_NOT_DONE = 0, INST_DONE = 1, INST_GONE = 2 };
+
+/*
+ * Install the run of @n selected pages starting at sel index @k0 with
+ * UFFDIO_COPY, without waking the faulting threads.  Sets sel->flag[k] per
+ * page.  Returns 0 (some pages may be INST_NOT_DONE after EAGAIN), or
+ * -errno.
+ */
+static int install_run(hmm_device_t *dev, struct hmm_block *b,
+		       struct sel *sel, size_t k0, size_t n)
+{
+	uintptr_t va0 = sel_va(b, sel->idx[k0]);
+	size_t done = 0, chunk = n;
+	bool contiguous = dev->ops->host_ptr != NULL;
+	void *src;
+
+	for (size_t k = 1; contiguous && k < n; k++)
+		contiguous = sel->dpfn[k0 + k] == sel->dpfn[k0] + k;
+	if (contiguous) {
+		src = dev->ops->host_ptr(dev, sel->dpfn[k0]);
+	} else {
+		struct hmm_copy_desc d[HMM_BLOCK_PAGES];
+		char *bb = bounce_get();
+		int ret;
+		if (!bb)
+			return -ENOMEM;
+		for (size_t k = 0; k < n; k++)
+			d[k] = (struct hmm_copy_desc){ sel->dpfn[k0 + k],
+						       bb + k * HMM_PAGE_SIZE };
+		ret = dev->ops->copy(dev, HMM_COPY_TO_SYSTEM, d, n);
+		if (ret)
+			return ret;
+		src = bb;
+	}
+	/* UFFDIO_COPY fails whole with ENOENT when its range crosses the end
+	 * of a VMA (two adjacent ranges), so on ENOENT try again with half
+	 * the length; only a single page that fails so is really unmapped. */
+	while (done < n) {
+		size_t len = HMM_MIN(chunk, n - done);
+		long r = hmm__uffd_copy(hmm__ctx.uffd,
+					va0 + done * HMM_PAGE_SIZE,
+					(char *)src + done * HMM_PAGE_SIZE,
+					len * HMM_PAGE_SIZE, false, true);
+		if (r > 0) {
+			memset(sel->flag + k0 + done, INST_DONE, (size_t)r);
+			done += (size_t)r;
+			chunk = n;
+		} else if (r == -ENOENT && len > 1) {
+			chunk = len / 2;
+		} else if (r == -ENOENT || r == -EFAULT) {
+			/* The mapping is gone (an UNMAP event follows). */
+			sel->flag[k0 + done++] = INST_GONE;
+		} else if (r == -EEXIST) {
+			/* A page is there already, which only a mapping
+			 * libhmm does not control can do: keep it, and keep
+			 * the device copy too rather than guess. */
+			hmm__warn("page at %#lx present while its data is on "
+				  "a device", (unsigned long)(va0 + done *
+							       HMM_PAGE_SIZE));
+			return -EEXIST;
+		} else if (r == -EAGAIN) {
+			return 0; /* the rest stays INST_NOT_DONE */
+		} else {
+			return (int)r;
+		}
+	}
+	return 0;
+}
+
+/* Phase 1: select the DEVICE pages of [s, e) (of @only, if set), one
+ * device per batch.  Returns 0, or 1 if it met a page in flight (which it
+ * waited for, unless non-blocking), or -ETIMEDOUT. */
+static int collect_to_system(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			     hmm_device_t *only, int flags, struct sel *sel,
+			     const struct timespec *deadline)
+{
+	int busy = 0;
+
+	pthread_mutex_lock(&b->lock);
+	sel->n = 0;
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		unsigned i = hmm__block_index(p);
+		uint8_t st = b->state[i];
+		unsigned id = PDEV_ID(b->dev[i]);
+		if (PS_KIND(st) == PS_MIGRATING && (!only || id == only->id)) {
+			busy = 1;
+			if ((flags & HMM_MIG_NONBLOCK) || sel->n)
+				continue;
+			int r = wait_block(b, deadline);
+			pthread_mutex_unlock(&b->lock);
+			return r ? r : 1;
+		}
+		if (PS_KIND(st) != PS_DEVICE || (only && id != only->id))
+			continue;
+		if (sel->n && id != PDEV_ID(b->dev[sel->idx[0]]))
+			continue;
+		b->state[i] = PS_MIGRATING | (st & PSF_DEV_WRITE);
+		sel->idx[sel->n] = i;
+		sel->dpfn[sel->n] = b->dpfn[i];
+		sel->flag[sel->n++] = INST_NOT_DONE;
+	}
+	pthread_mutex_unlock(&b->lock);
+	return busy;
+}
+
+/*
+ * Phase 3.  Installed pages become SYSTEM and their device pages are freed;
+ * pages not installed go back to the device.  Pages that the application
+ * dropped meanwhile (PSF_CLEARED) must read zeros: an installed one is
+ * listed in @rezap for the caller to drop again, one not installed loses
+ * its device copy.  Returns pages installed; *rolled counts those put back.
+ */
+static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
+			       struct sel *sel, struct sel *rezap,
+			       bool *waiters, size_t *rolled)
+{
+	uint32_t freed[HMM_BLOCK_PAGES];
+	size_t moved = 0, nfree = 0;
+
+	rezap->n = 0;
+	*rolled = 0;
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n; k++) {
+		unsigned i = sel->idx[k];
+		uint8_t st = b->state[i], res = sel->flag[k];
+		*waiters |= st & PSF_WAITERS;
+		if (st & PSF_UNMAPPED) {
+			/* mremap or munmap meanwhile.  Installed: the page
+			 * moved with the page tables.  Not: only the device
+			 * copy holds the data; follow the move. */
+			uintptr_t to = hmm__forward_take(sel_va(b, i));
+			uint8_t devbits = b->dev[i];
+			b->state[i] = PS_NONE;
+			b->dev[i] = 0;
+			b->ndev--;
+			if (!to || !hmm__forward_commit(to, dev, devbits,
+							sel->dpfn[k], st))
+				freed[nfree++] = sel->dpfn[k];
+			continue;
+		}
+		if (res == INST_NOT_DONE && !(st & PSF_CLEARED)) {
+			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
+			(*rolled)++;
+			continue;
+		}
+		if (res == INST_DONE && (st & PSF_CLEARED))
+			rezap->idx[rezap->n++] = i;
+		freed[nfree++] = sel->dpfn[k];
+		b->ndev--;
+		b->state[i] = PS_SYSTEM;
+		b->dev[i] = 0;
+		if (res == INST_DONE)
+			moved++;
+	}
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	hmm__devmem_free(dev, freed, nfree);
+	return moved;
+}
+
+static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
+			    int flags, struct sel *sel, struct sel *rezap)
+{
+	struct hmm_block *b = hmm__block_lookup(s);
+	struct timespec deadline;
+	long total = 0;
+
+	if (!b)
+		return 0;
+	deadline_in(&deadline, hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS));
+	for (;;) {
+		bool waiters = false;
+		size_t moved, rolled;
+		hmm_device_t *dev;
+		int busy, ret = 0;
+
+		busy = collect_to_system(b, s, e, only, flags, sel, &deadline);
+		if (busy < 0)
+			return busy;
+		if (!sel->n) {
+			if (!busy)
+				return total;
+			if (flags & HMM_MIG_NONBLOCK)
+				return total ? total : -EINPROGRESS;
+			continue; /* waited for a page in flight */
+		}
+		dev = hmm__device_get(PDEV_ID(b->dev[sel->idx[0]]));
+		if (!dev)
+			return -ENODEV; /* cannot happen: close evicts first */
+		hmm__invalidate(sel_va(b, sel->idx[0]),
+				sel_va(b, sel->idx[sel->n - 1]) + HMM_PAGE_SIZE,
+				HMM_NOTIFY_MIGRATE, NULL,
+				!(flags & HMM_MIG_NONBLOCK));
+		for (size_t k0 = 0; k0 < sel->n && !ret; k0 += sel_run(sel, k0))
+			ret = install_run(dev, b, sel, k0, sel_run(sel, k0));
+
+		moved = commit_to_system(b, dev, sel, rezap, &waiters, &rolled);
+		if (rezap->n) {
+			/* The application dropped these during the move;
+			 * drop what came back (never the service thread:
+			 * the REMOVE handler, which it runs itself, cannot
+			 * meet a fault-back in flight). */
+			struct hmm_zap zaps[HMM_BLOCK_PAGES];
+			struct hmm_mrange r = { .kind = HMM_MK_ANON };
+			size_t nz = 0;
+			memset(rezap->flag, 1, rezap->n);
+			pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+			struct hmm_mrange *rp = hmm__range_find(s);
+			if (rp)
+				r = *rp;
+			pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+			if (!(flags & HMM_MIG_NONBLOCK))
+				hmm__zap_runs(&r, b, rezap, zaps, &nz);
+			for (size_t z = 0; z < nz; z++)
+				hmm__zap_pop(&zaps[z]);
+		}
+		/* Pages were installed without waking (DONTWAKE): a thread
+		 * that faulted on one resumes only now, with the state SYSTEM
+		 * and the device page free. */
+		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
+			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
+				       sel_run(sel, k) << HMM_PAGE_SHIFT);
+		hmm__stat_add(HMM_STAT_pages_to_system, moved);
+		hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);
+		total += (long)moved;
+		if (ret)
+			return ret;
+		if (rolled) {
+			/* EAGAIN: an event is queued.  The service thread
+			 * must read it; it cannot, if it is us. */
+			if (flags & HMM_MIG_NONBLOCK)
+				return -EAGAIN;
+			if (past(&deadline))
+				return -ETIMEDOUT;
+			hmm__service_sync();
+		}
+		/* Again: other devices' pages, pages that were in flight,
+		 * pages rolled back. */
+	}
+}
+
+long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
+			    hmm_device_t *only, int flags)
+{
+	struct sel *sel = malloc(2 * sizeof(*sel));
+	long total = 0;
+
+	if (!sel)
+		return -ENOMEM;
+	for (uintptr_t pos = start; pos < end;) {
+		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
+		long r;
+		if (bend > end)
+			bend = end;
+		r = block_to_system(pos, bend, only, flags, &sel[0], &sel[1]);
+		if (r < 0) {
+			free(sel);
+			return r;
+		}
+		total += r;
+		pos = bend;
+	}
+	free(sel);
+	return total;
+}
+
+/* ---- dropping ---------------------------------------------------------- */
+
+struct drop_arg {
+	bool unmap;	/* pages become unmanaged */
+	bool keep_data;	/* shared memory after MADV_DONTNEED: data stays */
+	bool pending;	/* the kernel has not zapped yet (REMOVE event) */
+	uint32_t *freed;	/* device pages to free once invalidated */
+	uint8_t *freed_dev;
+	size_t nfreed, cap;
+};
+
+static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
+		       void *arg)
+{
+	struct drop_arg *da = arg;
+
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		unsigned i = hmm__block_index(p);
+		uint8_t st = b->state[i];
+		switch (PS_KIND(st)) {
+		case PS_DEVICE:
+			if (da->keep_data && !da->unmap)
+				break;
+			if (da->nfreed == da->cap) {
+				size_t cap = da->cap ? 2 * da->cap : 512;
+				uint32_t *f = realloc(da->freed, cap * 4);
+				uint8_t *d = realloc(da->freed_dev, cap);
+				if (f)
+					da->freed = f;
+				if (d)
+					da->freed_dev = d;
+				if (!f || !d)
+					break; /* keep it: a leak, not a loss */
+				da->cap = cap;
+			}
+			da->freed[da->nfreed] = b->dpfn[i];
+			da->freed_dev[da->nfreed++] = PDEV_ID(b->dev[i]);
+			b->ndev--;
+			b->state[i] = da->unmap ? PS_NONE : PS_SYSTEM;
+			b->dev[i] = 0;
+			break;
+		case PS_MIGRATING:
+			/* The migrating thread discards its copy at commit
+			 * and wakes the threads parked here. */
+			if (da->keep_data && !da->unmap)
+				break;
+			b->state[i] = st | (da->unmap ? PSF_UNMAPPED
+						      : PSF_CLEARED);
+			break;
+		case PS_SYSTEM:
+			if (da->unmap)
+				b->state[i] = PS_NONE;
+			else if (da->pending && !da->keep_data &&
+				 !(st & PSF_FILLING))
+				b->state[i] = st | PSF_DROPPING;
+			else if (!da->pending)
+				b->state[i] = st & (uint8_t)~PSF_DROPPING;
+			break;
+		default:
+			break;
+		}
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+/*
+ * States first, then the invalidation, then the device pages are freed: a
+ * device fault in between sees the new state, and a translation taken
+ * before it is cleared before its page can be reused.
+ */
+void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
+		     bool keep_data, bool pending,
+		     enum hmm_notifier_event event, bool blockable)
+{
+	struct drop_arg da = { .unmap = unmap, .keep_data = keep_data,
+			       .pending = pending };
+
+	hmm__blocks_for_each(start, end, drop_block, &da);
+	hmm__invalidate(start, end, event, NULL, blockable);
+	for (size_t i = 0; i < da.nfreed; i++)
+		hmm__devmem_free(hmm__device_get(da.freed_dev[i]), &da.freed[i],
+				 1);
+	free(da.freed);
+	free(da.freed_dev);
+}
