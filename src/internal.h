@@ -239,6 +239,8 @@ struct hmm_alloc {
 	int refs;		/* ranges pointing here; ctx.ranges_lock */
 };
 
+/* Whether @addr is in libhmm's memfd-backed memory (takes the lock). */
+bool hmm__range_is_shmem(uintptr_t addr);
 /* Under ctx.ranges_lock (read or write). */
 struct hmm_mrange *hmm__range_find(uintptr_t addr);
 /* 0 if [start, end) is covered by managed ranges, else -ENOENT. */

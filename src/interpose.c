@@ -150,19 +150,6 @@ int munmap(void *addr, size_t len)
 	return ret;
 }
 
-/* Whether [s, e) holds shared (memfd) managed memory. */
-static bool shared_range(uintptr_t s)
-{
-	struct hmm_mrange *r;
-	bool shm;
-
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	r = hmm__range_find(s);
-	shm = r && r->kind == HMM_MK_SHMEM;
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	return shm;
-}
-
 /*
  * A drop the application asked for (MADV_DONTNEED and friends).  Once the
  * system call succeeded, the pages' contents are gone; mark them here, in
@@ -207,7 +194,7 @@ int madvise(void *addr, size_t len, int advice)
 		pthread_mutex_unlock(&hmm__ctx.zap_lock);
 	}
 	if (up && ret == 0 && advice != MADV_FREE &&
-	    (advice == MADV_REMOVE || !shared_range(s)))
+	    (advice == MADV_REMOVE || !hmm__range_is_shmem(s)))
 		hmm__pages_drop(s, e, false, false, false, HMM_NOTIFY_CLEAR,
 				!hmm__on_service_thread());
 	else if (m)

@@ -181,6 +181,18 @@ struct hmm_mrange *hmm__range_find(uintptr_t addr)
 	return NULL;
 }
 
+bool hmm__range_is_shmem(uintptr_t addr)
+{
+	struct hmm_mrange *r;
+	bool shm;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(addr);
+	shm = r && r->kind == HMM_MK_SHMEM;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return shm;
+}
+
 bool hmm__ranges_overlap(uintptr_t start, uintptr_t end)
 {
 	size_t i = range_lower(start);

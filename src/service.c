@@ -136,18 +136,6 @@ static void fill_end(struct hmm_block *b, uintptr_t page, uintptr_t end,
 	pthread_mutex_unlock(&b->lock);
 }
 
-static bool range_is_shmem(uintptr_t addr)
-{
-	struct hmm_mrange *r;
-	bool shm;
-
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	r = hmm__range_find(addr);
-	shm = r && r->kind == HMM_MK_SHMEM;
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	return shm;
-}
-
 /*
  * A MISSING fault on a page migrating to a device whose source was present
  * when the migration began.
@@ -172,7 +160,7 @@ static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 	/* The range's kind, without b->lock (the registry lock comes first
 	 * in the lock order). */
 	pthread_mutex_unlock(&b->lock);
-	shm = range_is_shmem(page);
+	shm = hmm__range_is_shmem(page);
 	pthread_mutex_lock(&b->lock);
 	if (b->state[idx] != st && b->state[idx] != (st | PSF_WAITERS)) {
 		pthread_mutex_unlock(&b->lock);
@@ -304,7 +292,7 @@ static void handle_remove(uintptr_t s, uintptr_t e)
 	 * REMOVE and does drop data; telling the two apart needs madvise
 	 * interposition, which comes with the dmirror work.)
 	 */
-	hmm__pages_drop(s, e, false, range_is_shmem(s) || hmm__lazy_free(s, e),
+	hmm__pages_drop(s, e, false, hmm__range_is_shmem(s) || hmm__lazy_free(s, e),
 			true,
 			HMM_NOTIFY_CLEAR, false);
 }
