@@ -15,11 +15,6 @@ static struct sigaction old_segv, old_bus;
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 static int guard_err;
 
-struct hmm_guard **hmm__guard_slot(void)
-{
-	return &guard_top;
-}
-
 void hmm__guard_arm(struct hmm_guard *g)
 {
 	g->prev = guard_top;

@@ -33,7 +33,6 @@
 #define HMM_BLOCK_PAGES (HMM_BLOCK_SIZE >> HMM_PAGE_SHIFT)
 #define HMM_MAX_DEVICES 64
 
-#define hmm__unlikely(x) __builtin_expect(!!(x), 0)
 #define HMM_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define HMM_MAX(a, b) ((a) > (b) ? (a) : (b))
 
@@ -160,7 +159,6 @@ struct hmm_guard {
 	struct hmm_guard *prev;
 };
 int hmm__guard_install(void);
-struct hmm_guard **hmm__guard_slot(void);
 /* Use as: if (hmm__guard_begin(&g)) { tripped } else { access;
  * hmm__guard_end(&g); } -- the tripped branch runs with the guard
  * already ended. */
@@ -208,7 +206,6 @@ struct hmm_block {
 };
 struct hmm_block *hmm__block_lookup(uintptr_t addr);
 struct hmm_block *hmm__block_get(uintptr_t addr); /* creates; NULL: ENOMEM */
-void hmm__blocks_free_all(void);
 static inline unsigned hmm__block_index(uintptr_t addr)
 {
 	return (unsigned)((addr >> HMM_PAGE_SHIFT) & (HMM_BLOCK_PAGES - 1));

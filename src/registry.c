@@ -107,26 +107,6 @@ void hmm__blocks_for_each(uintptr_t start, uintptr_t end,
 	}
 }
 
-/* Only at teardown, with no other thread of libhmm left. */
-void hmm__blocks_free_all(void)
-{
-	for (size_t t = 0; t < (1UL << TOP_BITS); t++) {
-		block_slot *leaf = atomic_load(&top[t]);
-		if (!leaf)
-			continue;
-		for (size_t l = 0; l < LEAF_SIZE; l++) {
-			struct hmm_block *b = atomic_load(&leaf[l]);
-			if (b) {
-				pthread_mutex_destroy(&b->lock);
-				pthread_cond_destroy(&b->cond);
-				free(b);
-			}
-		}
-		free(leaf);
-		atomic_store(&top[t], NULL);
-	}
-}
-
 int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
 {
 	int ret = 0;
