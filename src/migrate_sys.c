@@ -269,13 +269,13 @@ static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
 				hmm__zap_pop(&zaps[z]);
 		}
 		/* Pages were installed without waking (DONTWAKE): a thread
-		 * that faulted on one resumes only now, with the state SYSTEM
-		 * and the device page free. */
+		 * that faulted on one resumes only now, with the state SYSTEM,
+		 * the device page free and the counters up to date. */
+		hmm__stat_add(HMM_STAT_pages_to_system, moved);
+		hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);
 		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
 			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
 				       sel_run(sel, k) << HMM_PAGE_SHIFT);
-		hmm__stat_add(HMM_STAT_pages_to_system, moved);
-		hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);
 		total += (long)moved;
 		if (ret)
 			return ret;
