@@ -59,15 +59,7 @@ static void atfork_prepare(void)
 	if (atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
 		return;
 	pthread_rwlock_wrlock(&hmm__ctx.fork_lock);
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	size_t n = hmm__ctx.nranges;
-	struct hmm_mrange *copy = malloc(n * sizeof(*copy) + 1);
-	if (copy)
-		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	for (size_t i = 0; copy && i < n; i++)
-		hmm__migrate_to_system(copy[i].start, copy[i].end, NULL, 0);
-	free(copy);
+	hmm__migrate_all_to_system(NULL);
 }
 
 static void atfork_parent(void)

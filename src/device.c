@@ -175,16 +175,7 @@ static bool evict_all(hmm_device_t *dev)
 		pthread_mutex_unlock(&dev->mem->lock);
 		if (!used)
 			return true;
-		pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-		size_t n = hmm__ctx.nranges;
-		struct hmm_mrange *copy = malloc(n * sizeof(*copy) + 1);
-		if (copy)
-			memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
-		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-		for (size_t i = 0; copy && i < n; i++)
-			hmm__migrate_to_system(copy[i].start, copy[i].end, dev,
-					       0);
-		free(copy);
+		hmm__migrate_all_to_system(dev);
 		if (round)
 			sched_yield();
 	}

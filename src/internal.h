@@ -26,6 +26,8 @@
 #include "hmm/hmm.h"
 #include "hmm/hmm_driver.h"
 
+struct hmm_zap;
+
 #define HMM_PAGE_SHIFT 12
 #define HMM_PAGE_MASK (HMM_PAGE_SIZE - 1)
 #define HMM_BLOCK_SHIFT 21
@@ -289,13 +291,15 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
  */
 long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 			    hmm_device_t *only, int flags);
-/* Whether [s, e) is being dropped by libhmm itself right now. */
-bool hmm__zap_covers(uintptr_t s, uintptr_t e);
+/* Records of ranges (libhmm's own zaps in ctx.zaps, MADV_FREE calls in
+ * progress in ctx.lazy), under ctx.zap_lock: add, remove, and whether one
+ * covers [s, e). */
+void hmm__rec_push(struct hmm_zap **list, struct hmm_zap *z);
+void hmm__rec_pop(struct hmm_zap **list, struct hmm_zap *z);
+bool hmm__rec_covers(struct hmm_zap *const *list, uintptr_t s, uintptr_t e);
 /* REMOVE [s, e): if it is libhmm's own, count it against the zap that
  * caused it (each zap claims exactly its own length) and return true. */
 bool hmm__zap_claim(uintptr_t s, uintptr_t e);
-/* Whether [s, e) is inside an MADV_FREE call in progress. */
-bool hmm__lazy_free(uintptr_t s, uintptr_t e);
 /* mremap moved @from (in flight) to @to. */
 void hmm__forward_add(uintptr_t from, uintptr_t to);
 /* Forget the contents of [start, end): device copies are freed (unless
@@ -305,6 +309,9 @@ void hmm__forward_add(uintptr_t from, uintptr_t to);
 void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 		     bool keep_data, bool pending,
 		     enum hmm_notifier_event event, bool blockable);
+/* Every managed range, to system memory (pages of @only, or of any device
+ * if NULL). */
+void hmm__migrate_all_to_system(hmm_device_t *only);
 long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    hmm_device_t *dev, const struct hmm_vma *vmas,
 			    long nvmas);

@@ -33,17 +33,6 @@ int hmm__sys_madvise(void *addr, size_t len, int advice)
 	return (int)syscall(SYS_madvise, addr, len, advice);
 }
 
-bool hmm__lazy_free(uintptr_t s, uintptr_t e)
-{
-	bool lazy = false;
-
-	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	for (struct hmm_zap *z = hmm__ctx.lazy; z && !lazy; z = z->next)
-		lazy = z->start <= s && e <= z->end;
-	pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	return lazy;
-}
-
 /* Whether anybody mirrors anything: the wrappers cost one load otherwise. */
 static bool mirrored(void)
 {
@@ -173,34 +162,23 @@ int madvise(void *addr, size_t len, int advice)
 	 * kernel frees it: tell the REMOVE handler not to take the event for
 	 * a drop. */
 	struct hmm_zap lazy = { .start = s, .end = e };
-	if (up && advice == MADV_FREE) {
-		pthread_mutex_lock(&hmm__ctx.zap_lock);
-		lazy.next = hmm__ctx.lazy;
-		hmm__ctx.lazy = &lazy;
-		pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	}
+	if (up && advice == MADV_FREE)
+		hmm__rec_push(&hmm__ctx.lazy, &lazy);
 	if (m)
 		before(s, e, HMM_NOTIFY_CLEAR);
 	ret = hmm__sys_madvise(addr, len, advice);
-	if (up && advice == MADV_FREE) {
-		hmm__service_sync(); /* its events are handled */
-		pthread_mutex_lock(&hmm__ctx.zap_lock);
-		for (struct hmm_zap **pp = &hmm__ctx.lazy; *pp;
-		     pp = &(*pp)->next)
-			if (*pp == &lazy) {
-				*pp = lazy.next;
-				break;
-			}
-		pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	}
+	/* Wait for the REMOVE events of this call to be handled: they see the
+	 * MADV_FREE record, and a drop marked below is not undone by them. */
+	if (up)
+		hmm__service_sync();
+	if (up && advice == MADV_FREE)
+		hmm__rec_pop(&hmm__ctx.lazy, &lazy);
 	if (up && ret == 0 && advice != MADV_FREE &&
 	    (advice == MADV_REMOVE || !hmm__range_is_shmem(s)))
 		hmm__pages_drop(s, e, false, false, false, HMM_NOTIFY_CLEAR,
 				!hmm__on_service_thread());
 	else if (m)
 		after(s, e, HMM_NOTIFY_CLEAR);
-	if (up)
-		hmm__service_sync();
 	return ret;
 }
 

@@ -43,19 +43,19 @@ static int guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
 
 /* ---- libhmm's own zaps ------------------------------------------------- */
 
-void hmm__zap_push(struct hmm_zap *z)
+void hmm__rec_push(struct hmm_zap **list, struct hmm_zap *z)
 {
 	z->claimed = 0;
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	z->next = hmm__ctx.zaps;
-	hmm__ctx.zaps = z;
+	z->next = *list;
+	*list = z;
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 }
 
-void hmm__zap_pop(struct hmm_zap *z)
+void hmm__rec_pop(struct hmm_zap **list, struct hmm_zap *z)
 {
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	for (struct hmm_zap **pp = &hmm__ctx.zaps; *pp; pp = &(*pp)->next)
+	for (struct hmm_zap **pp = list; *pp; pp = &(*pp)->next)
 		if (*pp == z) {
 			*pp = z->next;
 			break;
@@ -63,15 +63,15 @@ void hmm__zap_pop(struct hmm_zap *z)
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 }
 
-bool hmm__zap_covers(uintptr_t s, uintptr_t e)
+bool hmm__rec_covers(struct hmm_zap *const *list, uintptr_t s, uintptr_t e)
 {
-	bool own = false;
+	bool in = false;
 
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	for (struct hmm_zap *z = hmm__ctx.zaps; z && !own; z = z->next)
-		own = z->start <= s && e <= z->end;
+	for (struct hmm_zap *z = *list; z && !in; z = z->next)
+		in = z->start <= s && e <= z->end;
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	return own;
+	return in;
 }
 
 /* Whether [s, e) is exactly the part of one VMA inside [zs, ze), where
@@ -174,7 +174,7 @@ int hmm__zap_runs(const struct hmm_mrange *r, struct hmm_block *b,
 				zp->start = sel_va(b, s->idx[k + a]);
 				zp->end = sel_va(b, s->idx[k + z - 1]) +
 					  HMM_PAGE_SIZE;
-				hmm__zap_push(zp);
+				hmm__rec_push(&hmm__ctx.zaps, zp);
 				int e = zap_one(r, zp->start, zp->end);
 				if (e && !ret)
 					ret = e;
@@ -747,7 +747,7 @@ again:
 commit:
 	moved = commit_to_device(b, dev, sel, &waiters);
 	for (size_t z = 0; z < nzaps; z++)
-		hmm__zap_pop(&zaps[z]);
+		hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
 	if (waiters)
 		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
 			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),

@@ -62,8 +62,6 @@ static inline int wait_block(struct hmm_block *b,
 }
 
 /* migrate.c */
-void hmm__zap_push(struct hmm_zap *z);
-void hmm__zap_pop(struct hmm_zap *z);
 /* If @from was forwarded by mremap, remove the record and return the new
  * address; else 0. */
 uintptr_t hmm__forward_take(uintptr_t from);

@@ -266,7 +266,7 @@ static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
 			if (!(flags & HMM_MIG_NONBLOCK))
 				hmm__zap_runs(&r, b, rezap, zaps, &nz);
 			for (size_t z = 0; z < nz; z++)
-				hmm__zap_pop(&zaps[z]);
+				hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
 		}
 		/* Pages were installed without waking (DONTWAKE): a thread
 		 * that faulted on one resumes only now, with the state SYSTEM,
@@ -316,6 +316,24 @@ long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 	}
 	free(sel);
 	return total;
+}
+
+void hmm__migrate_all_to_system(hmm_device_t *only)
+{
+	struct hmm_mrange *copy;
+	size_t n;
+
+	/* A copy of the ranges: migrating must not hold the registry lock
+	 * (a fault it causes may need it). */
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	n = hmm__ctx.nranges;
+	copy = malloc(n * sizeof(*copy) + 1);
+	if (copy)
+		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	for (size_t i = 0; copy && i < n; i++)
+		hmm__migrate_to_system(copy[i].start, copy[i].end, only, 0);
+	free(copy);
 }
 
 /* ---- dropping ---------------------------------------------------------- */

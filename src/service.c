@@ -166,7 +166,8 @@ static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 		pthread_mutex_unlock(&b->lock);
 		return -EAGAIN; /* it changed meanwhile: look again */
 	}
-	if (shm || hmm__zap_covers(page, page + HMM_PAGE_SIZE)) {
+	if (shm || hmm__rec_covers(&hmm__ctx.zaps, page,
+					    page + HMM_PAGE_SIZE)) {
 		b->state[idx] |= PSF_WAITERS;
 		pthread_mutex_unlock(&b->lock);
 		return 0;
@@ -292,7 +293,7 @@ static void handle_remove(uintptr_t s, uintptr_t e)
 	 * REMOVE and does drop data; telling the two apart needs madvise
 	 * interposition, which comes with the dmirror work.)
 	 */
-	hmm__pages_drop(s, e, false, hmm__range_is_shmem(s) || hmm__lazy_free(s, e),
+	hmm__pages_drop(s, e, false, hmm__range_is_shmem(s) || hmm__rec_covers(&hmm__ctx.lazy, s, e),
 			true,
 			HMM_NOTIFY_CLEAR, false);
 }
