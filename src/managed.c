@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -26,8 +27,10 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 	for (long i = 0; !ret && i < n; i++) {
 		if ((*vmas)[i].prot == PROT_NONE || (*vmas)[i].special)
 			ret = -EFAULT;
-		else if (adopt && (!(*vmas)[i].anon || (*vmas)[i].shared))
+		else if (adopt && !(*vmas)[i].anon && !(*vmas)[i].shmem_anon)
 			ret = -EOPNOTSUPP;
+		else if (adopt && (*vmas)[i].shmem_anon && n > 1)
+			ret = -EOPNOTSUPP; /* shared: one mapping at a time */
 	}
 	if (ret) {
 		free(*vmas);
@@ -41,7 +44,9 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
+	struct hmm_alloc *a = NULL;
 	struct hmm_vma *vmas;
+	bool shared;
 	long nvmas;
 	int ret;
 
@@ -57,7 +62,25 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 	ret = check_vmas(s, e, true, &vmas, &nvmas);
 	if (ret)
 		return ret;
+	shared = vmas[0].shmem_anon;
 	free(vmas);
+	if (shared) {
+		/* A second mapping of the same shmem pages, made before the
+		 * range is registered so that it is not: libhmm reads and
+		 * punches pages through it (mremap with old size 0). */
+		a = calloc(1, sizeof(*a));
+		if (!a)
+			return -ENOMEM;
+		a->alias = (void *)syscall(SYS_mremap, addr, 0, len,
+					   MREMAP_MAYMOVE);
+		if (a->alias == MAP_FAILED) {
+			free(a);
+			return -ENOMEM;
+		}
+		a->start = s;
+		a->len = len;
+		a->memfd = -1;
+	}
 
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	if (hmm__ranges_overlap(s, e)) {
@@ -74,13 +97,18 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 	}
 	ret = hmm__pages_set_state(s, e, PS_SYSTEM);
 	if (!ret)
-		ret = hmm__range_insert(s, e, HMM_MK_ANON, NULL, 0);
+		ret = hmm__range_insert(s, e, shared ? HMM_MK_SHMEM : HMM_MK_ANON,
+					a, 0);
 	if (ret) {
 		hmm__pages_set_state(s, e, PS_NONE);
 		hmm__uffd_unregister(hmm__ctx.uffd, s, len);
 	}
 out:
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret && a) {
+		hmm__sys_munmap(a->alias, len);
+		free(a);
+	}
 	return ret;
 }
 
@@ -129,6 +157,8 @@ static int unmanage(uintptr_t s, uintptr_t e)
 int hmm_range_release(void *addr, size_t len)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
+	struct hmm_alloc *alloc = NULL;
+	uint64_t off = 0;
 	int ret = hmm__check_range(addr, len);
 
 	if (ret)
@@ -141,28 +171,48 @@ int hmm_range_release(void *addr, size_t len)
 	if (!ret) {
 		for (uintptr_t p = s; p < e;) {
 			struct hmm_mrange *r = hmm__range_find(p);
-			if (r->kind == HMM_MK_SHMEM) {
+			if (r->kind == HMM_MK_SHMEM && r->alloc->memfd >= 0) {
 				ret = -EINVAL; /* use hmm_mem_free */
+				break;
+			}
+			if (r->kind == HMM_MK_SHMEM) {
+				/* Adopted shared memory: keep the alias
+				 * until the pages are home. */
+				if ((alloc && alloc != r->alloc) ||
+				    (!alloc && p != s)) {
+					ret = -EINVAL; /* one at a time */
+					break;
+				}
+				if (!alloc)
+					off = r->off + (s - r->start);
+				alloc = r->alloc;
+			} else if (alloc) {
+				ret = -EINVAL; /* shared and private mixed */
 				break;
 			}
 			p = r->end;
 		}
 	}
-	if (!ret)
+	if (!ret) {
+		if (alloc)
+			alloc->refs++;
 		ret = hmm__range_trim(s, e);
+	}
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	if (ret)
 		return ret;
 	/* New migrations of [s, e) now fail with -ENOENT. */
 	ret = unmanage(s, e);
-	if (ret) {
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	if (ret)
 		/* Pages are still on a device: keep the registration, or
 		 * they would read as zeros.  Manage the range again. */
-		pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
-		hmm__range_insert(s, e, HMM_MK_ANON, NULL, 0);
-		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		hmm__range_insert(s, e, alloc ? HMM_MK_SHMEM : HMM_MK_ANON,
+				  alloc, off);
+	hmm__alloc_put(alloc);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret)
 		return ret;
-	}
 	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
 	return 0;
 }
@@ -242,8 +292,8 @@ int hmm_mem_free(void *addr, size_t len)
 	len = (len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	r = hmm__range_find(s);
-	if (!r || r->kind != HMM_MK_SHMEM || r->alloc->start != s ||
-	    r->alloc->len != len) {
+	if (!r || r->kind != HMM_MK_SHMEM || r->alloc->memfd < 0 ||
+	    r->alloc->start != s || r->alloc->len != len) {
 		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 		return -EINVAL;
 	}

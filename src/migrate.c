@@ -142,6 +142,12 @@ static void *source_ptr(const struct hmm_mrange *r, uintptr_t va)
 
 static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 {
+	if (r->kind == HMM_MK_SHMEM && r->alloc->memfd < 0) {
+		/* Adopted shared anonymous memory: punch the hole through
+		 * the alias (no userfaultfd event there). */
+		char *a = (char *)r->alloc->alias + r->off + (s - r->start);
+		return hmm__sys_madvise(a, e - s, MADV_REMOVE) ? -errno : 0;
+	}
 	if (r->kind == HMM_MK_SHMEM) {
 		off_t off = (off_t)(r->off + (s - r->start));
 		if (fallocate(r->alloc->memfd,

@@ -234,7 +234,8 @@ void hmm__alloc_put(struct hmm_alloc *a)
 	if (!a || --a->refs > 0)
 		return;
 	hmm__sys_munmap(a->alias, a->len);
-	close(a->memfd);
+	if (a->memfd >= 0)
+		close(a->memfd);
 	free(a);
 }
 

@@ -76,8 +76,11 @@ static int parse_line(char *line, struct hmm_vma *v)
 		  !strncmp(p, "[anon:", 6);
 	v->special = !strcmp(p, "[vvar]") || !strcmp(p, "[vdso]") ||
 		     !strcmp(p, "[vsyscall]") || !strcmp(p, "[vvar_vclock]");
-	if (v->shared && v->anon)
-		v->anon = false; /* MAP_SHARED|MAP_ANONYMOUS shows no path */
+	/* MAP_SHARED|MAP_ANONYMOUS is shmem: "/dev/zero (deleted)". */
+	v->shmem_anon = v->shared &&
+			(!*p || !strcmp(p, "/dev/zero (deleted)"));
+	if (v->shared)
+		v->anon = false;
 	return 0;
 }
 

@@ -210,16 +210,24 @@ Test(badinput, adopt_private_file_mapping, .timeout = T_SHORT)
 	check_untouched_then_adopt(region(210), 210);
 }
 
-Test(badinput, adopt_shared_anonymous, .timeout = T_SHORT)
+/* Shared anonymous memory is adopted one mapping at a time: a range over
+ * two of them is refused, and nothing changes. */
+Test(badinput, adopt_two_shared_anonymous_mappings, .timeout = T_SHORT)
 {
-	char *p;
+	char *p, *q;
 
 	need_hmm();
 	p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(p, MAP_FAILED);
+	q = mmap(p + 2 * PG, 2 * PG, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	cr_assert_eq(q, p + 2 * PG);
 	fill_pattern(p, 4 * PG, 22);
-	check_unsupported(p, 22);
+	cr_assert_eq(hmm_range_adopt(p, 4 * PG, 0), -EOPNOTSUPP);
+	cr_assert_eq(hmm_range_adopt(p + PG, 2 * PG, 0), -EOPNOTSUPP);
+	assert_all_loc(p, 4 * PG, HMM_LOC_UNMANAGED, NULL);
+	assert_pattern(p, 4 * PG, 22);
 	check_untouched_then_adopt(region(220), 220);
 }
 

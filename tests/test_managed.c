@@ -278,3 +278,63 @@ Test(managed, fork_child_sees_device_data, .timeout = T_SHORT)
 		     "child: 2 = wrong data after fork, 3 = write failed");
 	assert_pattern(p, len, 0xf0f0);
 }
+
+/* MAP_SHARED|MAP_ANONYMOUS memory can be adopted (the kernel cannot move
+ * shared anonymous pages to device-private memory; libhmm can): it keeps
+ * its contents, migrates, faults back, and stays shared with a child. */
+Test(managed, adopt_shared_anonymous, .timeout = T_SHORT)
+{
+	const size_t len = 16 * PG;
+	hmm_device_t *dev;
+	int status = -1;
+	pid_t pid;
+	char *p;
+
+	need_hmm();
+	dev = open_sim(len);
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		 -1, 0);
+	cr_assert_neq(p, MAP_FAILED);
+	fill_pattern(p, len, 0x5a5a);
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	assert_all_loc(p, len, HMM_LOC_SYSTEM, NULL);
+	assert_migrate(p, len, dev, len / PG);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, dev);
+	assert_pattern(p, len, 0x5a5a);		/* faults back */
+	assert_migrate(p, len, dev, len / PG);
+	pid = fork();	/* brings the pages home first */
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		alarm(20);
+		if (pattern_mismatch(p, len, 0x5a5a, 0) != -1)
+			_exit(2);
+		fill_pattern(p, len, 0x77);
+		_exit(0);
+	}
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "child: status %#x (2 = wrong data)", status);
+	assert_pattern(p, len, 0x77);		/* the child's writes */
+	assert_migrate(p, len, dev, len / PG);
+	cr_assert_eq(hmm_range_release(p, len), 0);
+	assert_all_loc(p, len, HMM_LOC_UNMANAGED, NULL);
+	assert_pattern(p, len, 0x77);
+	cr_assert_eq(munmap(p, len), 0);
+}
+
+/* hmm_mem_free is for hmm_mem_alloc memory only. */
+Test(managed, mem_free_refuses_adopted_shared, .timeout = T_SHORT)
+{
+	const size_t len = 4 * PG;
+	char *p;
+
+	need_hmm();
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		 -1, 0);
+	cr_assert_neq(p, MAP_FAILED);
+	fill_pattern(p, len, 3);
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	cr_assert_eq(hmm_mem_free(p, len), -EINVAL);
+	assert_all_loc(p, len, HMM_LOC_SYSTEM, NULL);
+	assert_pattern(p, len, 3);
+}

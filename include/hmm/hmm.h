@@ -124,15 +124,17 @@ int hmm_caps(void);
 /* ------------------------------------------------------------------ */
 
 /*
- * hmm_range_adopt - manage an existing private anonymous range.
+ * hmm_range_adopt - manage an existing anonymous range.
  *
  * @addr, @len: page aligned; the range may come from malloc (if aligned),
- * mmap(MAP_PRIVATE|MAP_ANONYMOUS) or the heap.  Its contents are kept.
- * @flags: must be 0.
+ * mmap(MAP_PRIVATE|MAP_ANONYMOUS) or the heap, or lie within one
+ * mmap(MAP_SHARED|MAP_ANONYMOUS) mapping (which the kernel's HMM cannot
+ * migrate; libhmm can).  Its contents are kept.  @flags: must be 0.
  *
  * Returns 0, or -EINVAL, -EFAULT (not entirely mapped, or PROT_NONE),
- * -EEXIST (overlaps managed memory), -EOPNOTSUPP (file-backed or shared
- * memory), -EBUSY (another userfaultfd owns it), -ENOMEM, -EPERM, -ESHUTDOWN.
+ * -EEXIST (overlaps managed memory), -EOPNOTSUPP (file-backed memory, or a
+ * range over more than one shared anonymous mapping), -EBUSY (another
+ * userfaultfd owns it), -ENOMEM, -EPERM, -ESHUTDOWN.
  */
 int hmm_range_adopt(void *addr, size_t len, unsigned int flags);
 
