@@ -9,14 +9,18 @@
  * brought back by the ordinary CPU fault path; an unmapped or PROT_NONE page
  * trips the guard (-EFAULT), a read-only one the write touch (-EPERM).
  * Pages that live in dev_private_owner's memory are reported, not touched.
- * Snapshots (no request) read /proc/self/maps, mincore and pagemap.
+ * Snapshots (no request) read /proc/self/maps and pagemap, and ask
+ * PAGEMAP_SCAN for the zero page and huge mappings.
  */
 #include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "internal.h"
 
 #define PM_PRESENT (1ULL << 63)
@@ -82,7 +86,54 @@ struct snap {
 	long nvmas;
 	uint64_t *pm;		/* pagemap entries for the range */
 	unsigned char *mc;	/* mincore for the range */
+	uint8_t *kind;		/* SNAP_* per page, from PAGEMAP_SCAN */
 };
+
+/* What PAGEMAP_SCAN (Linux 6.7) says of a present page, beyond pagemap:
+ * the shared zero page (unprivileged pagemap shows no frame numbers to
+ * compare with), and mappings by a huge page (THP or hugetlb). */
+#define SNAP_ZERO 1
+#define SNAP_HUGE 2
+
+/* Fill sn->kind; on kernels without PAGEMAP_SCAN leave it NULL (no zero
+ * page or mapping size is reported then). */
+static void snap_scan(struct snap *sn, int fd, uintptr_t s, uintptr_t e)
+{
+	struct page_region vec[64];
+	struct pm_scan_arg a = {
+		.size = sizeof(a),
+		.start = s,
+		.end = e,
+		.vec = (uintptr_t)vec,
+		.vec_len = 64,
+		.category_anyof_mask = PAGE_IS_PFNZERO | PAGE_IS_HUGE,
+		.return_mask = PAGE_IS_PFNZERO | PAGE_IS_HUGE,
+	};
+
+	sn->kind = calloc((e - s) >> HMM_PAGE_SHIFT, 1);
+	if (!sn->kind)
+		return;
+	while (a.start < e) {
+		long n = ioctl(fd, PAGEMAP_SCAN, &a);
+		if (n < 0) {
+			free(sn->kind);
+			sn->kind = NULL;
+			return;
+		}
+		for (long i = 0; i < n; i++) {
+			uint8_t k = (uint8_t)(
+				((vec[i].categories & PAGE_IS_PFNZERO) ?
+					 SNAP_ZERO : 0) |
+				((vec[i].categories & PAGE_IS_HUGE) ? SNAP_HUGE
+								    : 0));
+			memset(sn->kind + ((vec[i].start - s) >> HMM_PAGE_SHIFT),
+			       k, (vec[i].end - vec[i].start) >> HMM_PAGE_SHIFT);
+		}
+		if (a.walk_end <= a.start)
+			break;
+		a.start = a.walk_end;
+	}
+}
 
 static int snap_load(struct snap *sn, uintptr_t s, uintptr_t e)
 {
@@ -100,6 +151,7 @@ static int snap_load(struct snap *sn, uintptr_t s, uintptr_t e)
 		ssize_t r = pread(fd, sn->pm, n * sizeof(uint64_t),
 				  (off_t)((s >> HMM_PAGE_SHIFT) * 8));
 		(void)r; /* short reads leave zeros: "not present" */
+		snap_scan(sn, fd, s, e);
 		close(fd);
 	}
 	return 0;
@@ -116,6 +168,14 @@ static uint64_t snapshot_page(struct snap *sn, uintptr_t s, uintptr_t va)
 	if (!(pm & PM_PRESENT))
 		return 0;
 	out = HMM_PFN_VALID | (va >> HMM_PAGE_SHIFT);
+	if (sn->kind) {
+		uint8_t k = sn->kind[(va - s) >> HMM_PAGE_SHIFT];
+		if (k & SNAP_ZERO)
+			return out | HMM_PFN_ZERO; /* never writable */
+		if (k & SNAP_HUGE)
+			out |= (uint64_t)(HMM_BLOCK_SHIFT - HMM_PAGE_SHIFT)
+			       << HMM_PFN_ORDER_SHIFT;
+	}
 	/* A private page is writable once it is exclusively ours; shared
 	 * mappings write through. */
 	if ((v->prot & PROT_WRITE) && (v->shared || (pm & PM_EXCLUSIVE)))
@@ -127,6 +187,7 @@ static void snap_free(struct snap *sn)
 {
 	free(sn->vmas);
 	free(sn->pm);
+	free(sn->kind);
 }
 
 int hmm_range_fault(struct hmm_range *range)
