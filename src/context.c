@@ -189,7 +189,7 @@ int hmm_caps(void)
 bool hmm__on_service_thread(void)
 {
 	return atomic_load(&hmm__ctx.service_tid_valid) &&
-	       pthread_equal(pthread_self(), hmm__ctx.service);
+	       pthread_equal(pthread_self(), hmm__ctx.service.th);
 }
 
 /* Unregister every range after bringing its pages back. */

@@ -88,7 +88,8 @@ int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
 	struct hmm_devmem *m = dev->mem;
 
 	pthread_mutex_lock(&m->lock);
-	if (m->nfree < n) {
+	if (m->nfree < n || (m->fail & HMM_FAIL_DEVMEM)) {
+		m->fail &= ~HMM_FAIL_DEVMEM;
 		pthread_mutex_unlock(&m->lock);
 		return -ENOMEM;
 	}
@@ -97,6 +98,24 @@ int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
 	pthread_mutex_unlock(&m->lock);
 	hmm__stat_add(HMM_STAT_device_bytes_in_use, n * HMM_PAGE_SIZE);
 	return 0;
+}
+
+void hmm__devmem_fail_arm(hmm_device_t *dev, unsigned int what)
+{
+	pthread_mutex_lock(&dev->mem->lock);
+	dev->mem->fail |= what;
+	pthread_mutex_unlock(&dev->mem->lock);
+}
+
+bool hmm__devmem_fail_take(hmm_device_t *dev, unsigned int what)
+{
+	bool armed;
+
+	pthread_mutex_lock(&dev->mem->lock);
+	armed = dev->mem->fail & what;
+	dev->mem->fail &= ~what;
+	pthread_mutex_unlock(&dev->mem->lock);
+	return armed;
 }
 
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n)

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <linux/userfaultfd.h>
 
 #include "hmm/hmm.h"
@@ -34,6 +35,12 @@ struct hmm_zap;
 #define HMM_BLOCK_SIZE (1UL << HMM_BLOCK_SHIFT)
 #define HMM_BLOCK_PAGES (HMM_BLOCK_SIZE >> HMM_PAGE_SHIFT)
 #define HMM_MAX_DEVICES 64
+
+/* A thread of libhmm, on a stack of its own mapping (ownmap.c). */
+struct hmm_thread {
+	pthread_t th;
+	void *stack;
+};
 
 #define HMM_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define HMM_MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -133,6 +140,7 @@ struct hmm_vma {
 	int prot;		/* PROT_* */
 	bool shared;
 	bool anon;		/* no file, or [heap]/[stack] */
+	bool shmem_anon;	/* MAP_SHARED|MAP_ANONYMOUS */
 	bool special;		/* [vvar], [vdso], [vsyscall] */
 };
 /* VMAs overlapping [start, end), sorted; *out is malloc'd.  Returns count
@@ -229,11 +237,13 @@ struct hmm_mrange {
 };
 
 /* An allocation of hmm_mem_alloc: a memfd, mapped at the user's address
- * and at an alias no application pointer reaches. */
+ * and at an alias no application pointer reaches.  Adopted shared
+ * anonymous memory has the same shape without the memfd (-1): its alias
+ * is a second mapping of the same shmem pages. */
 struct hmm_alloc {
 	uintptr_t start;	/* user address of file offset 0 */
 	size_t len;
-	int memfd;
+	int memfd;		/* -1: adopted MAP_SHARED|MAP_ANONYMOUS */
 	void *alias;
 	int refs;		/* ranges pointing here; ctx.ranges_lock */
 };
@@ -261,10 +271,18 @@ int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {
-	pthread_mutex_t lock;	/* protects free/nfree */
+	pthread_mutex_t lock;	/* protects free/nfree/fail */
 	uint32_t *free;		/* stack of free device page numbers */
 	size_t nfree, npages;
+	unsigned int fail;	/* HMM_FAIL_* armed: each fails once */
 };
+/* Allocation-failure injection (the dmirror FLAGS command): the next
+ * device-page allocation, or the next system-page install of a move back
+ * from this device, fails with -ENOMEM once. */
+#define HMM_FAIL_DEVMEM (1u << 0)
+#define HMM_FAIL_SYSMEM (1u << 1)
+void hmm__devmem_fail_arm(hmm_device_t *dev, unsigned int what);
+bool hmm__devmem_fail_take(hmm_device_t *dev, unsigned int what);
 hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
@@ -337,7 +355,7 @@ struct hmm_context {
 	uint64_t features;	/* userfaultfd features granted */
 	unsigned int caps;	/* enum hmm_cap */
 	int stop_fd;		/* eventfd: tells the service thread to stop */
-	pthread_t service;
+	struct hmm_thread service;
 	_Atomic(pthread_t) service_tid_valid;
 
 	pthread_rwlock_t ranges_lock; /* protects ranges, nranges */
@@ -382,6 +400,19 @@ void hmm__block_signals(void);
 /* ---- interpose.c ---------------------------------------------------- */
 /* libhmm's own unmaps and madvises: straight to the kernel. */
 int hmm__sys_munmap(void *addr, size_t len);
+
+/* ---- ownmap.c ------------------------------------------------------- */
+/* libhmm's own mappings, which the munmap/madvise/mprotect wrappers spare
+ * when an application call covers them. */
+void *hmm__mmap_own(size_t len, int prot, int flags, int fd, off_t off);
+void hmm__own_add(void *p, size_t len);	/* a mapping made otherwise */
+void hmm__munmap_own(void *p, size_t len);
+/* Call @fn on each piece of [s, e) outside libhmm's mappings; returns the
+ * first error. */
+int hmm__outside_own(uintptr_t s, uintptr_t e,
+		     int (*fn)(uintptr_t s, uintptr_t e, void *arg), void *arg);
+int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg);
+void hmm__thread_join(struct hmm_thread *t);
 int hmm__sys_madvise(void *addr, size_t len, int advice);
 
 /* ---- service.c ------------------------------------------------------ */

@@ -33,6 +33,35 @@ int hmm__sys_madvise(void *addr, size_t len, int advice)
 	return (int)syscall(SYS_madvise, addr, len, advice);
 }
 
+/*
+ * The system call @nr (munmap, madvise, mprotect, pkey_mprotect) over
+ * [addr, addr + len), minus libhmm's own mappings (ownmap.c), which an
+ * application call over a hole it made may cover.  Returns like syscall().
+ */
+struct sysop {
+	long nr, a2, a3;
+};
+
+static int sysop_piece(uintptr_t s, uintptr_t e, void *arg)
+{
+	const struct sysop *op = arg;
+
+	return syscall(op->nr, s, e - s, op->a2, op->a3) ? -1 : 0;
+}
+
+static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
+{
+	struct sysop op = { nr, a2, a3 };
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+
+	/* Let the kernel judge bad arguments. */
+	if ((s & HMM_PAGE_MASK) || !len || e < s ||
+	    e > (UINTPTR_MAX & ~HMM_PAGE_MASK))
+		return syscall(nr, addr, len, a2, a3);
+	e = (e + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
+	return hmm__outside_own(s, e, sysop_piece, &op);
+}
+
 /* Whether anybody mirrors anything: the wrappers cost one load otherwise. */
 static bool mirrored(void)
 {
@@ -103,7 +132,7 @@ int mprotect(void *addr, size_t len, int prot)
 	range_of(addr, len, &s, &e);
 	if (mirrored())
 		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
-	ret = syscall(SYS_mprotect, addr, len, prot);
+	ret = spare_own(SYS_mprotect, addr, len, prot, 0);
 	return protect(addr, len, prot, ret);
 }
 
@@ -115,7 +144,7 @@ int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 	range_of(addr, len, &s, &e);
 	if (mirrored())
 		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
-	ret = syscall(SYS_pkey_mprotect, addr, len, prot, pkey);
+	ret = spare_own(SYS_pkey_mprotect, addr, len, prot, pkey);
 	return protect(addr, len, prot, ret);
 }
 
@@ -128,7 +157,7 @@ int munmap(void *addr, size_t len)
 	range_of(addr, len, &s, &e);
 	if (m)
 		before(s, e, HMM_NOTIFY_UNMAP);
-	ret = hmm__sys_munmap(addr, len);
+	ret = (int)spare_own(SYS_munmap, addr, len, 0, 0);
 	if (m)
 		after(s, e, HMM_NOTIFY_UNMAP);
 	/* The UNMAP event of a managed range was read before munmap returned;
@@ -166,7 +195,7 @@ int madvise(void *addr, size_t len, int advice)
 		hmm__rec_push(&hmm__ctx.lazy, &lazy);
 	if (m)
 		before(s, e, HMM_NOTIFY_CLEAR);
-	ret = hmm__sys_madvise(addr, len, advice);
+	ret = (int)spare_own(SYS_madvise, addr, len, advice, 0);
 	/* Wait for the REMOVE events of this call to be handled: they see the
 	 * MADV_FREE record, and a drop marked below is not undone by them. */
 	if (up)

@@ -77,6 +77,7 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 			free(a);
 			return -ENOMEM;
 		}
+		hmm__own_add(a->alias, len);
 		a->start = s;
 		a->len = len;
 		a->memfd = -1;
@@ -106,7 +107,7 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 out:
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	if (ret && a) {
-		hmm__sys_munmap(a->alias, len);
+		hmm__munmap_own(a->alias, len);
 		free(a);
 	}
 	return ret;
@@ -237,8 +238,8 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 		ret = errno == EMFILE || errno == ENFILE ? -EMFILE : -ENOMEM;
 		goto fail_fd;
 	}
-	a->alias = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
-			a->memfd, 0);
+	a->alias = hmm__mmap_own(len, PROT_READ | PROT_WRITE, MAP_SHARED,
+				 a->memfd, 0);
 	if (a->alias == MAP_FAILED) {
 		ret = -ENOMEM;
 		goto fail_fd;
@@ -270,7 +271,7 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	*out = user;
 	return 0;
 fail_alias:
-	hmm__sys_munmap(a->alias, len);
+	hmm__munmap_own(a->alias, len);
 fail_fd:
 	if (a->memfd >= 0)
 		close(a->memfd);
@@ -307,7 +308,7 @@ int hmm_mem_free(void *addr, size_t len)
 	hmm__sys_munmap(addr, len);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	if (--a->refs == 0) {
-		hmm__sys_munmap(a->alias, a->len);
+		hmm__munmap_own(a->alias, a->len);
 		close(a->memfd);
 		free(a);
 	}

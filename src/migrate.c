@@ -288,7 +288,7 @@ static void stash_free(void *p)
 {
 	if (hmm__ctx.uffd >= 0)
 		hmm__uffd_unregister(hmm__ctx.uffd, (uintptr_t)p, HMM_BLOCK_SIZE);
-	hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+	hmm__munmap_own(p, HMM_BLOCK_SIZE);
 }
 
 static void stash_key_init(void)
@@ -320,6 +320,7 @@ static char *stash_get(void)
 		hmm__sys_munmap(p, HMM_BLOCK_SIZE);
 		return NULL;
 	}
+	hmm__own_add(p, HMM_BLOCK_SIZE);
 	pthread_setspecific(stash_key, p);
 	return p;
 }

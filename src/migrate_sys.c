@@ -27,7 +27,7 @@ static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
 
 static void bounce_free(void *p)
 {
-	hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+	hmm__munmap_own(p, HMM_BLOCK_SIZE);
 }
 
 static void bounce_key_init(void)
@@ -42,8 +42,8 @@ static void *bounce_get(void)
 	pthread_once(&bounce_once, bounce_key_init);
 	p = pthread_getspecific(bounce_key);
 	if (!p) {
-		p = mmap(NULL, HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		p = hmm__mmap_own(HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (p == MAP_FAILED)
 			return NULL;
 		pthread_setspecific(bounce_key, p);
@@ -68,6 +68,8 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	bool contiguous = dev->ops->host_ptr != NULL;
 	void *src;
 
+	if (hmm__devmem_fail_take(dev, HMM_FAIL_SYSMEM))
+		return -ENOMEM; /* injected: nothing installed yet */
 	for (size_t k = 1; contiguous && k < n; k++)
 		contiguous = sel->dpfn[k0 + k] == sel->dpfn[k0] + k;
 	if (contiguous) {

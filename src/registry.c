@@ -233,7 +233,7 @@ void hmm__alloc_put(struct hmm_alloc *a)
 {
 	if (!a || --a->refs > 0)
 		return;
-	hmm__sys_munmap(a->alias, a->len);
+	hmm__munmap_own(a->alias, a->len);
 	if (a->memfd >= 0)
 		close(a->memfd);
 	free(a);

@@ -522,13 +522,8 @@ void hmm__service_sync(void)
 
 int hmm__service_start(void)
 {
-	pthread_attr_t attr;
-	int ret;
+	int ret = hmm__thread_create(&hmm__ctx.service, service_main, NULL);
 
-	pthread_attr_init(&attr);
-	pthread_attr_setstacksize(&attr, 256 << 10);
-	ret = -pthread_create(&hmm__ctx.service, &attr, service_main, NULL);
-	pthread_attr_destroy(&attr);
 	if (!ret)
 		atomic_store(&hmm__ctx.service_tid_valid, 1);
 	return ret;
@@ -543,6 +538,6 @@ void hmm__service_stop(void)
 	if (write(hmm__ctx.stop_fd, &one, sizeof(one)) != sizeof(one))
 		hmm__warn("cannot stop the service thread: %s",
 			  strerror(errno));
-	pthread_join(hmm__ctx.service, NULL);
+	hmm__thread_join(&hmm__ctx.service);
 	atomic_store(&hmm__ctx.service_tid_valid, 0);
 }

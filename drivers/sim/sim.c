@@ -50,7 +50,7 @@ struct sim_dev;
 
 struct sim_engine {
 	struct sim_dev *sd;
-	pthread_t th;
+	struct hmm_thread th;
 	/* The system-memory window this engine is accessing without the
 	 * mirror lock; 0 when none.  Written by the engine, read by
 	 * blockable invalidations. */
@@ -126,7 +126,7 @@ static bool sim_invalidate(struct hmm_interval_notifier *sub,
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (unsigned i = 0; i < sd->nengines; i++) {
 		struct sim_engine *e = &sd->engines[i];
-		if (pthread_equal(pthread_self(), e->th))
+		if (pthread_equal(pthread_self(), e->th.th))
 			continue; /* an engine invalidating its own window */
 		while (overlaps(e, r->start, r->end)) {
 			if (ms_since(&t0) > 20)
@@ -475,8 +475,9 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 	size = (size + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 	sd->dev = dev;
 	sd->pool_size = size;
-	sd->pool = mmap(NULL, size, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	sd->pool = hmm__mmap_own(size, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+				 -1, 0);
 	if (sd->pool == MAP_FAILED) {
 		free(sd);
 		return -ENOMEM;
@@ -496,8 +497,8 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 		goto fail;
 	for (unsigned i = 0; i < ne; i++) {
 		sd->engines[i].sd = sd;
-		ret = -pthread_create(&sd->engines[i].th, NULL, engine_main,
-				      &sd->engines[i]);
+		ret = hmm__thread_create(&sd->engines[i].th, engine_main,
+					 &sd->engines[i]);
 		if (ret)
 			break;
 		sd->nengines++;
@@ -507,7 +508,7 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 	return ret; /* on failure hmm_device_open calls fini */
 fail:
 	free(sd->engines);
-	hmm__sys_munmap(sd->pool, size);
+	hmm__munmap_own(sd->pool, size);
 	free(sd);
 	return ret;
 }
@@ -521,10 +522,10 @@ static void sim_fini(hmm_device_t *dev)
 	pthread_cond_broadcast(&sd->qcond);
 	pthread_mutex_unlock(&sd->qlock);
 	for (unsigned i = 0; i < sd->nengines; i++)
-		pthread_join(sd->engines[i].th, NULL);
+		hmm__thread_join(&sd->engines[i].th);
 	hmm_interval_notifier_remove(&sd->notifier);
 	sim_pt_destroy(&sd->pt);
-	hmm__sys_munmap(sd->pool, sd->pool_size);
+	hmm__munmap_own(sd->pool, sd->pool_size);
 	pthread_mutex_destroy(&sd->lock);
 	pthread_mutex_destroy(&sd->qlock);
 	pthread_cond_destroy(&sd->qcond);
