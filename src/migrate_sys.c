@@ -330,7 +330,7 @@ void hmm__migrate_all_to_system(hmm_device_t *only)
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	n = hmm__ctx.nranges;
 	copy = malloc(n * sizeof(*copy) + 1);
-	if (copy)
+	if (copy && n)
 		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	for (size_t i = 0; copy && i < n; i++)
