@@ -1,21 +1,35 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 #
-# Run test_unpriv as an unprivileged user ("nobody").
+# Run a test program as an unprivileged user ("nobody").
 #
-# usage: unprivileged.sh TEST_UNPRIV_BINARY [LIBHMM_SHARED_LIBRARY]
+# usage: unprivileged.sh BINARY [FILE...] [-- ARG...]
 #
-# As root, the binary runs under setpriv (or runuser) as nobody.  If nobody
-# cannot reach the binary where it was built (a build directory that is not
-# world-traversable), the binary and libhmm are copied into a fresh
-# world-readable temporary directory and run from there with
-# LD_LIBRARY_PATH.  Not root: the binary runs as the current user.
+# As root, BINARY runs under setpriv (or runuser) as nobody, with ARGs.  If
+# nobody cannot reach the files where they were built (a build directory
+# that is not world-traversable), BINARY and the FILEs (shared libraries,
+# programs it runs) are copied into a fresh world-readable temporary
+# directory and run from there with LD_LIBRARY_PATH; an ARG naming a FILE
+# names its copy.  Not root: BINARY runs as the current user.
 # Exit status 77 tells meson the test was skipped.
 
 set -u
 
-bin=${1:?usage: unprivileged.sh TEST_UNPRIV_BINARY [LIBHMM]}
-lib=${2:-}
+bin=${1:?usage: unprivileged.sh BINARY [FILE...] [-- ARG...]}
+shift
+files=
+while [ $# -gt 0 ] && [ "$1" != -- ]; do
+	case "$1" in /*) f=$1 ;; *) f=$(pwd)/$1 ;; esac
+	files="$files $f"
+	shift
+done
+[ $# -gt 0 ] && shift
+# ARGs naming files relative to here: absolute (the test runs from /).
+for a in "$@"; do
+	case "$a" in /*) ;; *) [ -e "$a" ] && a=$(pwd)/$a ;; esac
+	set -- "$@" "$a"
+	shift
+done
 
 skip() {
 	echo "SKIP: $*"
@@ -25,11 +39,10 @@ skip() {
 [ -x "$bin" ] || { echo "FAIL: $bin is not an executable"; exit 1; }
 # Absolute paths: the test runs from / (nobody may not reach the cwd).
 case "$bin" in /*) ;; *) bin=$(pwd)/$bin ;; esac
-case "$lib" in /* | '') ;; *) lib=$(pwd)/$lib ;; esac
 
 if [ "$(id -u)" != 0 ]; then
 	echo "not root: running $bin as $(id -un)"
-	exec "$bin"
+	exec "$bin" "$@"
 fi
 
 id nobody >/dev/null 2>&1 || skip "no user nobody"
@@ -60,21 +73,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 
+reachable=yes
+for f in "$bin" $files; do
+	as_nobody test -r "$f" >/dev/null 2>&1 || reachable=no
+done
+
 run=$bin
-if ! as_nobody test -r "$bin" -a -x "$bin" >/dev/null 2>&1 ||
-   { [ -n "$lib" ] && ! as_nobody test -r "$lib" >/dev/null 2>&1; }; then
+if [ $reachable = no ]; then
 	tmp=$(mktemp -d /tmp/libhmm-unpriv.XXXXXX) || skip "mktemp failed"
 	chmod 755 "$tmp"
-	cp "$bin" "$tmp/" || skip "cannot copy $bin"
-	run=$tmp/$(basename "$bin")
-	chmod 755 "$run"
-	case "$lib" in
-	*.so*)
-		# libhmm.so.0.1.0: also provide libhmm.so.0.1, libhmm.so.0 and
-		# libhmm.so, so that the SONAME the binary needs is found.
-		name=$(basename "$lib")
-		cp "$lib" "$tmp/$name" || skip "cannot copy $lib"
-		chmod 644 "$tmp/$name"
+	for f in "$bin" $files; do
+		name=$(basename "$f")
+		cp "$f" "$tmp/$name" || skip "cannot copy $f"
+		chmod 755 "$tmp/$name"
+		# libhmm.so.0.1.0: also provide libhmm.so.0.1, libhmm.so.0
+		# and libhmm.so, so that the SONAME a binary needs is found.
 		alias=$name
 		while :; do
 			case "$alias" in
@@ -83,16 +96,24 @@ if ! as_nobody test -r "$bin" -a -x "$bin" >/dev/null 2>&1 ||
 			esac
 			[ -e "$tmp/$alias" ] || ln -s "$name" "$tmp/$alias"
 		done
-		;;
-	esac
+	done
+	run=$tmp/$(basename "$bin")
+	# ARGs naming a FILE name its copy.
+	for a in "$@"; do
+		for f in $files; do
+			[ "$a" = "$f" ] && a=$tmp/$(basename "$f")
+		done
+		set -- "$@" "$a"
+		shift
+	done
 	echo "running a copy in $tmp (nobody cannot reach $bin)"
 	LD_LIBRARY_PATH=$tmp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 	export LD_LIBRARY_PATH
 fi
 
 cd / || exit 1
-echo "running $run as nobody"
-as_nobody "$run"
+echo "running $run $* as nobody"
+as_nobody "$run" "$@"
 rc=$?
-[ $rc = 77 ] && echo "SKIP: test_unpriv skipped itself"
+[ $rc = 77 ] && echo "SKIP: $(basename "$run") skipped itself"
 exit $rc
