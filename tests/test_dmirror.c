@@ -1250,3 +1250,70 @@ Test(dmirror, migrate_anon_huge_zero_err, .timeout = 60)
 	cr_assert_eq(((uint32_t *)p)[2048], 0);
 	assert_zero(p, size, "zero huge page after a failed allocation");
 }
+
+/* ---- CPU-side changes reach the mirror ---------------------------------- */
+
+/*
+ * A warm mirror (a second READ needs no fault round) loses its
+ * translations when the CPU side changes through libc: the next device
+ * access faults again and sees the new state.  Each case starts from a
+ * fresh buffer and checks that the change was seen.
+ */
+static char *warm_buffer(int fd, char *m, size_t size)
+{
+	char *p = map_anon(size, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	const size_t npages = size / pg();
+
+	fill_words(p, size, SEED_CPU, 0);
+	dm_ok(fd, HMM_DMIRROR_READ, p, m, npages, npages, 1);
+	dm_ok(fd, HMM_DMIRROR_READ, p, m, npages, npages, 0);
+	return p;
+}
+
+Test(dmirror, cpu_changes_invalidate, .timeout = 60)
+{
+	const size_t size = 64 * pg(), npages = size / pg();
+	int fd = dm_open(0);
+	char *m = mirror_alloc(size, SEED_DEV);
+	char *p, *q;
+
+	/* mprotect read-only: a device write is refused, a read faults. */
+	p = warm_buffer(fd, m, size);
+	cr_assert_eq(mprotect(p, size, PROT_READ), 0);
+	dm_expect(fd, HMM_DMIRROR_WRITE, p, m, npages, -EPERM);
+	dm_ok(fd, HMM_DMIRROR_READ, p, m, npages, npages, 1);
+	cr_assert_eq(mprotect(p, size, PROT_NONE), 0);
+	dm_expect(fd, HMM_DMIRROR_READ, p, m, npages, -EFAULT);
+	cr_assert_eq(munmap(p, size), 0);
+
+	/* pkey_mprotect (no key) does the same. */
+	p = warm_buffer(fd, m, size);
+	cr_assert_eq(pkey_mprotect(p, size, PROT_READ, -1), 0);
+	dm_expect(fd, HMM_DMIRROR_WRITE, p, m, npages, -EPERM);
+	cr_assert_eq(munmap(p, size), 0);
+
+	/* madvise(MADV_DONTNEED): the device reads the zeros, not the old
+	 * pages. */
+	p = warm_buffer(fd, m, size);
+	cr_assert_eq(madvise(p, size, MADV_DONTNEED), 0);
+	dm_ok(fd, HMM_DMIRROR_READ, p, m, npages, npages, 1);
+	assert_zero(m, size, "device read after MADV_DONTNEED");
+	cr_assert_eq(munmap(p, size), 0);
+
+	/* mremap: the old address is gone for the device too; the new one
+	 * faults in with the data. */
+	p = warm_buffer(fd, m, size);
+	q = mremap(p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED,
+		   map_anon(size, PROT_NONE, MAP_PRIVATE));
+	cr_assert_neq(q, MAP_FAILED, "mremap: %s", strerror(errno));
+	dm_expect(fd, HMM_DMIRROR_READ, p, m, npages, -EFAULT);
+	fill_words(m, size, SEED_DEV, 0);
+	dm_ok(fd, HMM_DMIRROR_READ, q, m, npages, npages, 1);
+	assert_words(m, size, SEED_CPU, 0, "device read after mremap");
+	cr_assert_eq(munmap(q, size), 0);
+
+	/* munmap: the device gets -EFAULT, never the old pages. */
+	p = warm_buffer(fd, m, size);
+	cr_assert_eq(munmap(p, size), 0);
+	dm_expect(fd, HMM_DMIRROR_READ, p, m, npages, -EFAULT);
+}
