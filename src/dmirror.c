@@ -29,12 +29,15 @@
  * lock, never the other way round.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "hmm/hmm_dmirror.h"
+#include "compat.h"
 #include "internal.h"
 #include "../drivers/sim/sim_pt.h"
 
@@ -49,6 +52,7 @@
 #define DM_FAULT_TIMEOUT_MS 1000 /* the kernel's HMM_RANGE_DEFAULT_TIMEOUT */
 #define DM_MAX_ROUNDS 10000	/* fault rounds before a command gives up */
 #define DM_MEM_SIZE (1UL << 30)	/* device memory per device number */
+#define DM_BUF_SIZE (256UL << 10) /* bounce buffer kept by each mirror */
 
 struct dm_mdev {
 	hmm_device_t *dev;	/* dm_lock */
@@ -72,6 +76,8 @@ struct hmm_dmirror {
 	pthread_mutex_t lock;		/* protects pt and flags */
 	struct sim_pt pt;
 	uint64_t flags;			/* HMM_DMIRROR_FLAG_* */
+	void *buf;			/* bounce buffer of DM_BUF_SIZE */
+	atomic_bool buf_busy;		/* a command is using buf */
 };
 
 /*
@@ -154,6 +160,13 @@ static int dm_bind(struct hmm_dmirror *m)
 	m->gen = dm_gen;
 	pthread_mutex_init(&m->lock, NULL);
 	memset(&m->pt, 0, sizeof(m->pt));
+	atomic_store(&m->buf_busy, false);
+	if (!m->buf) {
+		m->buf = hmm__mmap_own(DM_BUF_SIZE, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m->buf == MAP_FAILED)
+			m->buf = NULL;
+	}
 	ret = dm_mdev_get(m->devno, &m->dev);
 	if (ret)
 		return ret;
@@ -218,6 +231,8 @@ int hmm_dmirror_close(hmm_dmirror_t *m)
 	}
 	if (m->bound)
 		sim_pt_destroy(&m->pt);
+	if (m->buf)
+		hmm__munmap_own(m->buf, DM_BUF_SIZE);
 	free(m);
 	return 0;
 }
@@ -696,16 +711,33 @@ static int dm_command(struct hmm_dmirror *m, unsigned long request,
 		return 0;
 	}
 
+	/*
+	 * The bounce buffer: the mirror's own, made when it was opened, if
+	 * it is big enough and free; else from the heap.  Keeping it out of
+	 * the heap helps programs that hand a buffer shorter than the pages
+	 * they ask for (the kernel driver copies whole pages): they overrun
+	 * their own heap, not a chunk libhmm is about to free.
+	 */
 	switch (request) {
 	case HMM_DMIRROR_READ:
 	case HMM_DMIRROR_READ_UNLOCKED:
 	case HMM_DMIRROR_WRITE:
 	case HMM_DMIRROR_MIGRATE_TO_DEV:
 	case HMM_DMIRROR_EXCLUSIVE:
+		break;
+	case HMM_DMIRROR_SNAPSHOT:
+		len = cmd->npages;
+		break;
+	default:
+		len = 0;
+	}
+	if (len && len <= DM_BUF_SIZE && m->buf &&
+	    !atomic_exchange(&m->buf_busy, true)) {
+		buf = m->buf;
+	} else if (len) {
 		buf = malloc(len);
 		if (!buf)
 			return -ENOMEM;
-		break;
 	}
 	switch (request) {
 	case HMM_DMIRROR_READ:
@@ -728,9 +760,6 @@ static int dm_command(struct hmm_dmirror *m, unsigned long request,
 		ret = dm_migrate_to_sys(m, cmd, s, e);
 		break;
 	case HMM_DMIRROR_SNAPSHOT:
-		buf = malloc(cmd->npages);
-		if (!buf)
-			return -ENOMEM;
 		ret = dm_snapshot(m, cmd, s, e, (uint8_t *)buf);
 		if (!ret)
 			ret = copy_guarded((void *)cmd->ptr, buf, cmd->npages);
@@ -746,7 +775,10 @@ static int dm_command(struct hmm_dmirror *m, unsigned long request,
 	default:
 		ret = -ENOTTY;
 	}
-	free(buf);
+	if (buf == m->buf)
+		atomic_store(&m->buf_busy, false);
+	else
+		free(buf);
 	return ret;
 }
 
@@ -793,6 +825,7 @@ void *hmm_dmirror_mmap(hmm_dmirror_t *m, void *addr, size_t len, int prot,
 		       int flags)
 {
 	int share = flags & (MAP_SHARED | MAP_PRIVATE);
+	int fd, err;
 	char *p;
 
 	if (!m || !len || !share || (flags & MAP_ANONYMOUS)) {
@@ -800,19 +833,29 @@ void *hmm_dmirror_mmap(hmm_dmirror_t *m, void *addr, size_t len, int prot,
 		return MAP_FAILED;
 	}
 	len = (len + HMM_PAGE_MASK) & ~(size_t)HMM_PAGE_MASK;
-	/* The kernel driver inserts freshly allocated zeroed pages: present,
-	 * not the zero page.  Write them in, then apply @prot. */
-	p = mmap(addr, len, PROT_READ | PROT_WRITE,
-		 share | MAP_ANONYMOUS | (flags & MAP_FIXED), -1, 0);
-	if (p == MAP_FAILED)
+	/*
+	 * The kernel driver inserts freshly allocated zeroed pages of its
+	 * own: present, not the zero page, and in a private mapping copied
+	 * on the first write.  A memfd's pages, populated by a read, are
+	 * all that.
+	 */
+	fd = memfd_create("hmm_dmirror_mmap", MFD_CLOEXEC);
+	if (fd < 0)
 		return MAP_FAILED;
-	for (size_t off = 0; off < len; off += HMM_PAGE_SIZE)
-		*(volatile char *)(p + off) = 0;
-	if (prot != (PROT_READ | PROT_WRITE) && mprotect(p, len, prot)) {
-		int err = errno;
-		munmap(p, len);
+	if (ftruncate(fd, (off_t)len)) {
+		err = errno;
+		close(fd);
 		errno = err;
 		return MAP_FAILED;
 	}
+	p = mmap(addr, len, prot, share | (flags & MAP_FIXED), fd, 0);
+	err = errno;
+	close(fd);
+	if (p == MAP_FAILED) {
+		errno = err;
+		return MAP_FAILED;
+	}
+	if (prot & PROT_READ)
+		madvise(p, len, MADV_POPULATE_READ);
 	return p;
 }

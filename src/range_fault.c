@@ -24,6 +24,7 @@
 #include "internal.h"
 
 #define PM_PRESENT (1ULL << 63)
+#define PM_FILE (1ULL << 61)	/* file page or shared anonymous */
 #define PM_EXCLUSIVE (1ULL << 56)
 
 /* Look at the managed state of @va.  Returns the state byte (PS_NONE for
@@ -176,9 +177,11 @@ static uint64_t snapshot_page(struct snap *sn, uintptr_t s, uintptr_t va)
 			out |= (uint64_t)(HMM_BLOCK_SHIFT - HMM_PAGE_SHIFT)
 			       << HMM_PFN_ORDER_SHIFT;
 	}
-	/* A private page is writable once it is exclusively ours; shared
-	 * mappings write through. */
-	if ((v->prot & PROT_WRITE) && (v->shared || (pm & PM_EXCLUSIVE)))
+	/* A private page is writable once it is an anonymous page that is
+	 * exclusively ours (a file page is copied on the first write);
+	 * shared mappings write through. */
+	if ((v->prot & PROT_WRITE) &&
+	    (v->shared || ((pm & PM_EXCLUSIVE) && !(pm & PM_FILE))))
 		out |= HMM_PFN_WRITE;
 	return out;
 }

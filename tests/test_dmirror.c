@@ -751,6 +751,29 @@ Test(dmirror, mixedmap, .timeout = 60)
 	cr_assert_eq(munmap(p, pg()), 0);
 }
 
+/*
+ * Mapped private and writable (what the kernel selftest does): the pages
+ * are the device's until the first CPU write copies one, so SNAPSHOT says
+ * READ; after a write, that page is the process's own: WRITE.
+ */
+Test(dmirror, mixedmap_private_writable, .timeout = 60)
+{
+	int fd = dm_open(0);
+	uint8_t s[2] = { 0xEE, 0xEE };
+	char *p;
+
+	p = mmap(NULL, 2 * pg(), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	cr_assert_neq(p, MAP_FAILED, "mmap(dmirror fd): %s", strerror(errno));
+	dm_ok(fd, HMM_DMIRROR_SNAPSHOT, p, s, 2, 2, DM_ANY);
+	cr_assert_eq(s[0], HMM_DMIRROR_PROT_READ, "SNAPSHOT[0] = %#x", s[0]);
+	cr_assert_eq(s[1], HMM_DMIRROR_PROT_READ, "SNAPSHOT[1] = %#x", s[1]);
+	p[0] = 1; /* copy-on-write of page 0 */
+	dm_ok(fd, HMM_DMIRROR_SNAPSHOT, p, s, 2, 2, DM_ANY);
+	cr_assert_eq(s[0], HMM_DMIRROR_PROT_WRITE, "after a write: %#x", s[0]);
+	cr_assert_eq(s[1], HMM_DMIRROR_PROT_READ, "untouched: %#x", s[1]);
+	cr_assert_eq(munmap(p, 2 * pg()), 0);
+}
+
 /* The device file mapped shared and writable: zeroed memory that the CPU
  * and the device both reach. */
 Test(dmirror, mmap_device_rw, .timeout = 60)
