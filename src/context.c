@@ -103,6 +103,17 @@ static void atfork_child(void)
 	atomic_store(&hmm__stats[HMM_STAT_device_bytes_in_use], 0);
 }
 
+/*
+ * Process exit or dlclose of libhmm: at_exit (an atexit handler of this
+ * library, so run by dlclose too) has torn libhmm down; give the
+ * application its signal handlers back, so that no signal lands in code
+ * that is about to be unmapped.
+ */
+__attribute__((destructor)) static void unload(void)
+{
+	hmm__guard_uninstall();
+}
+
 static pthread_once_t once_handlers = PTHREAD_ONCE_INIT;
 static void install_handlers(void)
 {

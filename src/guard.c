@@ -1,19 +1,80 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Guarded accesses (see internal.h).  The handler is installed once, for
- * SIGSEGV and SIGBUS, with SA_NODEFER so that a guard can trip again after a
- * siglongjmp without restoring the signal mask.  A fault outside a guard is
- * handed to the handler that was installed before libhmm's, or gets the
- * default action.
+ * Guarded accesses (see internal.h), and the application's SIGSEGV and
+ * SIGBUS handlers.
+ *
+ * libhmm's handler is installed once, for SIGSEGV and SIGBUS, with
+ * SA_NODEFER so that a guard can trip again after a siglongjmp without
+ * restoring the signal mask.  A fault outside a guard goes to the
+ * application's handler, or gets the default action.
+ *
+ * The application's handler is whatever it installed before libhmm's or
+ * installs after: libhmm defines sigaction() and signal(), and while its
+ * handler is in place they record the application's handler for these two
+ * signals (and report it back as the current one) instead of replacing
+ * libhmm's.  So a program that installs its own SIGSEGV handler after
+ * libhmm started keeps both working.  Other signals, and every call made
+ * while libhmm's handler is not installed, go to libc.  The library's
+ * destructor (process exit, or dlclose) puts the application's handlers
+ * back in the kernel.
  */
+#include <dlfcn.h>
 #include <string.h>
 
 #include "internal.h"
 
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+
 static __thread struct hmm_guard *guard_top;
-static struct sigaction old_segv, old_bus;
-static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool installed;		/* guard_lock; read racily by the wrappers */
 static int guard_err;
+
+/*
+ * The application's handlers, read by the signal handler without a lock:
+ * a writer fills the slot not in use, then publishes its index.
+ */
+struct app_handlers {
+	struct sigaction act[2];
+	atomic_int cur;
+};
+static struct app_handlers app_segv, app_bus; /* writers hold guard_lock */
+
+static struct app_handlers *app_of(int sig)
+{
+	return sig == SIGSEGV ? &app_segv : &app_bus;
+}
+
+static void app_get(int sig, struct sigaction *out)
+{
+	struct app_handlers *a = app_of(sig);
+
+	*out = a->act[atomic_load_explicit(&a->cur, memory_order_acquire)];
+}
+
+static void app_set(int sig, const struct sigaction *act)
+{
+	struct app_handlers *a = app_of(sig);
+	int next = !atomic_load_explicit(&a->cur, memory_order_relaxed);
+
+	a->act[next] = *act;
+	atomic_store_explicit(&a->cur, next, memory_order_release);
+}
+
+/* libc's sigaction, behind ours. */
+static sigaction_fn real_sigaction(void)
+{
+	static _Atomic(sigaction_fn) fn;
+	sigaction_fn f = atomic_load_explicit(&fn, memory_order_acquire);
+
+	if (!f) {
+		f = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+		if (!f)
+			f = (sigaction_fn)dlsym(RTLD_DEFAULT, "__sigaction");
+		atomic_store_explicit(&fn, f, memory_order_release);
+	}
+	return f;
+}
 
 void hmm__guard_arm(struct hmm_guard *g)
 {
@@ -31,21 +92,34 @@ void hmm__guard_end(struct hmm_guard *g)
 	guard_top = g->prev;
 }
 
+/* A fault that is not libhmm's: the application's handler, or death. */
 static void chain(int sig, siginfo_t *si, void *uc)
 {
-	const struct sigaction *old = sig == SIGSEGV ? &old_segv : &old_bus;
+	struct sigaction app;
+	sigset_t old;
 
-	if (old->sa_flags & SA_SIGINFO) {
-		if (old->sa_sigaction) {
-			old->sa_sigaction(sig, si, uc);
-			return;
+	app_get(sig, &app);
+	if ((app.sa_flags & SA_SIGINFO) ? app.sa_sigaction != NULL
+					 : (app.sa_handler != SIG_DFL &&
+					    app.sa_handler != SIG_IGN)) {
+		if (app.sa_flags & SA_RESETHAND) {
+			struct sigaction dfl = { .sa_handler = SIG_DFL };
+			app_set(sig, &dfl);
 		}
-	} else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
-		old->sa_handler(sig);
+		/* The mask the application asked for while its handler runs
+		 * (if it jumps out, its sigsetjmp decides the mask). */
+		pthread_sigmask(SIG_BLOCK, &app.sa_mask, &old);
+		if (app.sa_flags & SA_SIGINFO)
+			app.sa_sigaction(sig, si, uc);
+		else
+			app.sa_handler(sig);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		return;
 	}
-	/* Default action: restore it and let the access fault again. */
-	signal(sig, SIG_DFL);
+	/* Default action (a synchronous fault cannot be ignored): restore
+	 * it and let the access fault again. */
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	real_sigaction()(sig, &dfl, NULL);
 }
 
 static void guard_handler(int sig, siginfo_t *si, void *uc)
@@ -61,21 +135,92 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
 	chain(sig, si, uc);
 }
 
-static void install(void)
+int hmm__guard_install(void)
 {
-	struct sigaction sa;
+	struct sigaction sa, old_segv, old_bus;
+	sigaction_fn real = real_sigaction();
 
+	pthread_mutex_lock(&guard_lock);
+	if (installed || guard_err || !real) {
+		int ret = real ? guard_err : -ENOSYS;
+		pthread_mutex_unlock(&guard_lock);
+		return ret;
+	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = guard_handler;
 	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGSEGV, &sa, &old_segv) ||
-	    sigaction(SIGBUS, &sa, &old_bus))
+	if (real(SIGSEGV, &sa, &old_segv) || real(SIGBUS, &sa, &old_bus)) {
 		guard_err = -errno;
+	} else {
+		app_set(SIGSEGV, &old_segv);
+		app_set(SIGBUS, &old_bus);
+		__atomic_store_n(&installed, true, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&guard_lock);
+	return guard_err;
 }
 
-int hmm__guard_install(void)
+void hmm__guard_uninstall(void)
 {
-	pthread_once(&guard_once, install);
-	return guard_err;
+	struct sigaction a;
+
+	pthread_mutex_lock(&guard_lock);
+	if (installed) {
+		__atomic_store_n(&installed, false, __ATOMIC_RELEASE);
+		app_get(SIGSEGV, &a);
+		real_sigaction()(SIGSEGV, &a, NULL);
+		app_get(SIGBUS, &a);
+		real_sigaction()(SIGBUS, &a, NULL);
+	}
+	pthread_mutex_unlock(&guard_lock);
+}
+
+/* ---- the application's calls ------------------------------------------- */
+
+static bool ours(int sig)
+{
+	return (sig == SIGSEGV || sig == SIGBUS) &&
+	       __atomic_load_n(&installed, __ATOMIC_ACQUIRE);
+}
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
+{
+	sigaction_fn real;
+
+	if (ours(sig)) {
+		pthread_mutex_lock(&guard_lock);
+		if (installed) {
+			if (oldact)
+				app_get(sig, oldact);
+			if (act)
+				app_set(sig, act);
+			pthread_mutex_unlock(&guard_lock);
+			return 0;
+		}
+		pthread_mutex_unlock(&guard_lock);
+	}
+	real = real_sigaction();
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(sig, act, oldact);
+}
+
+sighandler_t signal(int sig, sighandler_t handler)
+{
+	struct sigaction act, old;
+
+	/* glibc's signal(): BSD semantics. */
+	memset(&act, 0, sizeof(act));
+	act.sa_handler = handler;
+	act.sa_flags = SA_RESTART;
+	sigemptyset(&act.sa_mask);
+	sigaddset(&act.sa_mask, sig);
+	if (sig <= 0 || sig >= NSIG || sigaction(sig, &act, &old)) {
+		errno = EINVAL;
+		return SIG_ERR;
+	}
+	return old.sa_handler; /* shares its storage with sa_sigaction */
 }

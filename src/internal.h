@@ -169,6 +169,7 @@ struct hmm_guard {
 	struct hmm_guard *prev;
 };
 int hmm__guard_install(void);
+void hmm__guard_uninstall(void);	/* the application's handlers back */
 /* Use as: if (hmm__guard_begin(&g)) { tripped } else { access;
  * hmm__guard_end(&g); } -- the tripped branch runs with the guard
  * already ended. */
@@ -411,7 +412,9 @@ void hmm__munmap_own(void *p, size_t len);
  * first error. */
 int hmm__outside_own(uintptr_t s, uintptr_t e,
 		     int (*fn)(uintptr_t s, uintptr_t e, void *arg), void *arg);
-int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg);
+/* Named @name (15 characters at most, "hmm-" first by convention). */
+int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
+		       const char *name);
 void hmm__thread_join(struct hmm_thread *t);
 int hmm__sys_madvise(void *addr, size_t len, int advice);
 

@@ -296,6 +296,12 @@ static void stash_key_init(void)
 	pthread_key_create(&stash_key, stash_free);
 }
 
+__attribute__((destructor)) static void stash_key_fini(void)
+{
+	pthread_once(&stash_once, stash_key_init);
+	pthread_key_delete(stash_key);
+}
+
 static char *stash_get(void)
 {
 	char *p, *raw;

@@ -35,6 +35,14 @@ static void bounce_key_init(void)
 	pthread_key_create(&bounce_key, bounce_free);
 }
 
+/* dlclose: no thread may run bounce_free once the library is gone (the
+ * buffers of threads still alive are left mapped). */
+__attribute__((destructor)) static void bounce_key_fini(void)
+{
+	pthread_once(&bounce_once, bounce_key_init);
+	pthread_key_delete(bounce_key);
+}
+
 static void *bounce_get(void)
 {
 	void *p;

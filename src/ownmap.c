@@ -112,7 +112,8 @@ int hmm__outside_own(uintptr_t s, uintptr_t e,
 #define STACK_SIZE (1UL << 20)	/* reserved; touched pages only count */
 #define STACK_GUARD HMM_PAGE_SIZE
 
-int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg)
+int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
+		       const char *name)
 {
 	pthread_attr_t attr;
 	int ret;
@@ -132,6 +133,8 @@ int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg)
 			      STACK_SIZE - STACK_GUARD);
 	ret = -pthread_create(&t->th, &attr, fn, arg);
 	pthread_attr_destroy(&attr);
+	if (!ret)
+		pthread_setname_np(t->th, name); /* at most 15 characters */
 	if (ret) {
 		hmm__munmap_own(t->stack, STACK_SIZE);
 		t->stack = NULL;

@@ -522,7 +522,8 @@ void hmm__service_sync(void)
 
 int hmm__service_start(void)
 {
-	int ret = hmm__thread_create(&hmm__ctx.service, service_main, NULL);
+	int ret = hmm__thread_create(&hmm__ctx.service, service_main, NULL,
+				     "hmm-service");
 
 	if (!ret)
 		atomic_store(&hmm__ctx.service_tid_valid, 1);

@@ -498,7 +498,7 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 	for (unsigned i = 0; i < ne; i++) {
 		sd->engines[i].sd = sd;
 		ret = hmm__thread_create(&sd->engines[i].th, engine_main,
-					 &sd->engines[i]);
+					 &sd->engines[i], "hmm-sim-engine");
 		if (ret)
 			break;
 		sd->nengines++;
