@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -422,6 +423,61 @@ static void bench_munmap(void)
 				 " (1/4 device-resident)" });
 }
 
+/* ---- fork_1g_device ---------------------------------------------------- */
+
+/* fork() and the child's _exit, as the parent waits for them. */
+static double fork_exit_ms(void)
+{
+	double t = now_s();
+	pid_t pid = fork();
+	int st;
+
+	if (pid < 0)
+		die("fork", -errno);
+	if (pid == 0)
+		_exit(0);
+	waitpid(pid, &st, 0);
+	return (now_s() - t) * 1e3;
+}
+
+/*
+ * fork with the whole buffer on a device: the pages stay there, the child
+ * gets a copy of libhmm's state and of the device memory (copied on write)
+ * and registers its ranges again.  Baseline: fork with the same buffer as
+ * plain populated memory.
+ */
+static void bench_fork(void)
+{
+	size_t len = opt_size;
+	double v[opt_repeat], b[opt_repeat];
+	hmm_device_t *dev = open_sim(len), *d2;
+	char *p = map_anon(len);
+	long r;
+	int on;
+
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, len);
+	if ((r = hmm_migrate(p, len, dev, 0)) < 0)
+		die("hmm_migrate", r);
+	for (int k = 0; k < opt_repeat; k++)
+		v[k] = fork_exit_ms();
+	on = hmm_page_location(p, &d2) == HMM_LOC_DEVICE && d2 == dev;
+	munmap(p, len);
+	hmm_device_close(dev);
+	p = map_anon(len);
+	populate(p, len);
+	for (int k = 0; k < opt_repeat; k++)
+		b[k] = fork_exit_ms();
+	munmap(p, len);
+	report(&(struct result){ "fork_1g_device", "ms", "fork, 1 GiB plain",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 true,
+				 on ? " (fork + child exit; pages stay on the "
+				      "device)"
+				    : " (pages left the device!)" });
+}
+
 /* ---- fault_threads_2v1 ------------------------------------------------- */
 
 struct toucher {
@@ -593,6 +649,7 @@ static const struct {
 	{ "faultback_10k_ranges", bench_many_ranges },
 	{ "device_stream_read", bench_stream_read },
 	{ "metadata_per_gib", bench_metadata },
+	{ "fork_1g_device", bench_fork },
 	{ "idle", bench_idle },
 };
 

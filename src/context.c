@@ -18,6 +18,7 @@ struct hmm_context hmm__ctx = {
 	.sync_fd = -1,
 	.ranges_lock = PTHREAD_RWLOCK_INITIALIZER,
 	.fork_lock = PTHREAD_RWLOCK_INITIALIZER,
+	.pause_lock = PTHREAD_MUTEX_INITIALIZER,
 	.zap_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_cond = PTHREAD_COND_INITIALIZER,
@@ -50,57 +51,209 @@ static void at_exit(void)
 }
 
 /*
- * fork: a child keeps no userfaultfd registration, so pages that live on a
- * device would read as zeros there.  Bring everything back before the fork,
- * and give the child a clean slate (it starts its own libhmm on first use).
+ * fork.
+ *
+ * The child gets a copy of everything: the page states, the device
+ * structures and device memory (a driver with fork_child keeps it in
+ * private memory, which fork copies on write), the notifiers.  What it
+ * lacks is the userfaultfd registration (fork does not carry it over
+ * without UFFD_FEATURE_EVENT_FORK, which would hand the child's faults to
+ * the parent) and libhmm's threads.  So the child opens a userfaultfd of
+ * its own, registers every managed range again and starts its service
+ * thread before fork() returns there; a page that was on a device at the
+ * fork is a hole in the child, and its first access copies it from the
+ * child's copy of the device memory.  Interval notifiers are not copied
+ * (the kernel's are not either): a driver's fork_child inserts its own
+ * again if its device is to mirror the child.  The parent changes nothing: its
+ * device-resident pages stay where they are, and later writes on either
+ * side stay on that side.
+ *
+ * Two things cannot be copied that way and come home before the fork:
+ *  - pages of shared memory (hmm_mem_alloc, adopted MAP_SHARED memory):
+ *    parent and child would each think they own the one shmem page.  Such
+ *    memory is marked "forked" and does not go to a device again while
+ *    another process maps it (see migrate.c);
+ *  - pages of devices whose driver has no fork_child.
+ *
+ * The copy must be consistent: prepare takes fork_lock for writing (no
+ * migration by an application thread in flight) and pause_lock (the
+ * service thread between two rounds of messages).
  */
+static bool shared_pages_home(bool evict)
+{
+	struct hmm_mrange *copy;
+	bool home = true;
+	size_t n;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	n = hmm__ctx.nranges;
+	copy = malloc(n * sizeof(*copy) + 1);
+	if (copy && n)
+		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (!copy)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (copy[i].kind != HMM_MK_SHMEM)
+			continue;
+		if (evict)
+			hmm__migrate_to_system(copy[i].start, copy[i].end, NULL,
+					       0);
+		for (uintptr_t p = copy[i].start; p < copy[i].end && home;
+		     p += HMM_PAGE_SIZE) {
+			struct hmm_block *b = hmm__block_lookup(p);
+			uint8_t k = b ? PS_KIND(b->state[hmm__block_index(p)])
+				      : PS_NONE;
+			home = k != PS_DEVICE && k != PS_MIGRATING;
+		}
+	}
+	free(copy);
+	return home;
+}
+
+static void mark_shared_forked(void)
+{
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	for (size_t i = 0; i < hmm__ctx.nranges; i++)
+		if (hmm__ctx.ranges[i].alloc)
+			hmm__ctx.ranges[i].alloc->forked = true;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+}
+
 static void atfork_prepare(void)
 {
-	if (atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+	struct hmm_context *c = &hmm__ctx;
+
+	if (atomic_load(&c->state) != HMM_CTX_UP)
 		return;
-	pthread_rwlock_wrlock(&hmm__ctx.fork_lock);
-	hmm__migrate_all_to_system(NULL);
+	for (int round = 0;; round++) {
+		bool evicted = shared_pages_home(true);
+		evicted &= hmm__devices_fork_ready(true);
+		pthread_rwlock_wrlock(&c->fork_lock);
+		/* Another thread may have moved some again meanwhile. */
+		if ((evicted && shared_pages_home(false) &&
+		     hmm__devices_fork_ready(false)) || round == 100) {
+			if (round == 100)
+				hmm__warn("fork: shared pages keep moving to "
+					  "devices; the child may miss some");
+			break;
+		}
+		pthread_rwlock_unlock(&c->fork_lock);
+	}
+	mark_shared_forked();
+	pthread_mutex_lock(&c->pause_lock);
 }
 
 static void atfork_parent(void)
 {
 	if (atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
 		return;
+	pthread_mutex_unlock(&hmm__ctx.pause_lock);
 	pthread_rwlock_unlock(&hmm__ctx.fork_lock);
+}
+
+/* The child's libhmm could not be set up: give every device-resident page
+ * its data in place (the ranges are not registered here, so the stores
+ * just allocate), and start from a clean slate. */
+static void child_give_up(int err)
+{
+	struct hmm_context *c = &hmm__ctx;
+
+	hmm__warn("fork: the child's libhmm cannot start (%s); its data is "
+		  "copied back now", strerror(-err));
+	for (size_t i = 0; i < c->nranges; i++) {
+		for (uintptr_t p = c->ranges[i].start; p < c->ranges[i].end;
+		     p += HMM_PAGE_SIZE) {
+			struct hmm_block *b = hmm__block_lookup(p);
+			unsigned idx = hmm__block_index(p);
+			hmm_device_t *d;
+			if (!b || PS_KIND(b->state[idx]) != PS_DEVICE)
+				continue;
+			d = hmm__ctx.devices[PDEV_ID(b->dev[idx])];
+			if (d && d->ops->host_ptr) {
+				memcpy((void *)p,
+				       d->ops->host_ptr(d, b->dpfn[idx]),
+				       HMM_PAGE_SIZE);
+			} else if (d) {
+				struct hmm_copy_desc desc = { b->dpfn[idx],
+							      (void *)p };
+				d->ops->copy(d, HMM_COPY_TO_SYSTEM, &desc, 1);
+			}
+		}
+	}
+	close(c->uffd);
+	c->uffd = c->stop_fd = c->sync_fd = -1;
+	c->ranges = NULL;
+	c->nranges = c->ranges_cap = 0;
+	c->notifiers = NULL;
+	memset(c->devices, 0, sizeof(c->devices));
+	atomic_store(&c->state, HMM_CTX_NONE);
+	atomic_store(&hmm__stats[HMM_STAT_device_bytes_in_use], 0);
+}
+
+static int child_restart(void)
+{
+	struct hmm_context *c = &hmm__ctx;
+	bool wp;
+	int ret;
+
+	close(c->uffd);
+	close(c->stop_fd);
+	close(c->sync_fd);
+	c->uffd = c->stop_fd = c->sync_fd = -1;
+	ret = hmm__uffd_open(&c->uffd, &c->features, &c->caps);
+	if (ret)
+		return ret;
+	c->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	c->sync_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (c->stop_fd < 0 || c->sync_fd < 0)
+		return -errno;
+	wp = c->caps & HMM_CAP_WP;
+	for (size_t i = 0; i < c->nranges; i++) {
+		ret = hmm__uffd_register(c->uffd, c->ranges[i].start,
+					 c->ranges[i].end - c->ranges[i].start,
+					 wp);
+		if (ret)
+			return ret;
+	}
+	return hmm__service_start();
 }
 
 static void atfork_child(void)
 {
 	struct hmm_context *c = &hmm__ctx;
+	int ret;
 
 	if (atomic_load(&c->state) != HMM_CTX_UP)
 		return;
-	/* The parent's threads do not exist here; its memory is a copy.
-	 * Leak the copies of the parent's structures rather than touch locks
-	 * another thread may have held at fork time. */
-	close(c->uffd);
-	close(c->stop_fd);
-	c->uffd = c->stop_fd = -1;
+	/* Only this thread exists here.  Every lock anew: a thread of the
+	 * parent may have held any of them; their records of work in
+	 * progress (zaps, forwards, lazy frees) were the parent's. */
 	pthread_mutex_init(&c->init_lock, NULL);
 	pthread_rwlock_init(&c->ranges_lock, NULL);
 	pthread_rwlock_init(&c->fork_lock, NULL);
-	c->forwards = NULL;
+	pthread_mutex_init(&c->pause_lock, NULL);
 	pthread_mutex_init(&c->zap_lock, NULL);
 	pthread_mutex_init(&c->notifier_lock, NULL);
 	pthread_cond_init(&c->notifier_cond, NULL);
 	pthread_mutex_init(&c->dev_lock, NULL);
 	pthread_mutex_init(&c->sync_lock, NULL);
 	pthread_cond_init(&c->sync_cond, NULL);
-	close(c->sync_fd);
-	c->sync_fd = -1;
-	c->ranges = NULL;
-	c->nranges = c->ranges_cap = 0;
-	c->zaps = NULL;
+	c->zaps = c->lazy = NULL;
+	c->forwards = NULL;
+	/* Notifiers do not follow a fork, as in the kernel; drivers insert
+	 * theirs again from fork_child. */
 	c->notifiers = NULL;
 	c->notifier_active = 0;
-	memset(c->devices, 0, sizeof(c->devices));
-	atomic_store(&c->state, HMM_CTX_NONE);
-	atomic_store(&hmm__stats[HMM_STAT_device_bytes_in_use], 0);
+	atomic_store(&c->sync_req, 0);
+	atomic_store(&c->sync_done, 0);
+	hmm__thread_forget(&c->service);
+	atomic_store(&c->service_tid_valid, 0);
+	hmm__blocks_fork_child();
+	hmm__devices_fork_child();
+	ret = child_restart();
+	if (ret)
+		child_give_up(ret);
 }
 
 /*

@@ -277,3 +277,54 @@ void hmm__devices_close_all(void)
 			hmm_device_close(d);
 	}
 }
+
+/* ---- fork ---------------------------------------------------------------- */
+
+static bool forkable(const hmm_device_t *d)
+{
+	return d->ops->fork_child != NULL;
+}
+
+bool hmm__devices_fork_ready(bool evict)
+{
+	bool ready = true;
+
+	for (unsigned i = 0; i < HMM_MAX_DEVICES; i++) {
+		hmm_device_t *d = hmm__device_get(i);
+		size_t used;
+		if (!d || forkable(d) || atomic_load((_Atomic int *)&d->closed))
+			continue;
+		if (evict)
+			hmm__migrate_all_to_system(d);
+		pthread_mutex_lock(&d->mem->lock);
+		used = d->mem->npages - d->mem->nfree;
+		pthread_mutex_unlock(&d->mem->lock);
+		ready &= used == 0;
+	}
+	return ready;
+}
+
+void hmm__devices_fork_child(void)
+{
+	for (unsigned i = 0; i < HMM_MAX_DEVICES; i++) {
+		hmm_device_t *d = hmm__ctx.devices[i];
+		int ret = -ENOTSUP;
+		if (!d)
+			continue;
+		/* The parent's calls in flight are not the child's. */
+		atomic_store((_Atomic int *)&d->users, 0);
+		if (atomic_load((_Atomic int *)&d->closed))
+			continue; /* kept for pages that name it */
+		pthread_mutex_init(&d->mem->lock, NULL);
+		if (forkable(d))
+			ret = d->ops->fork_child(d);
+		if (ret) {
+			/* Its pages came home before the fork: the child's
+			 * copy is not a device the child can use. */
+			if (forkable(d))
+				hmm__warn("device %u is not usable after fork: "
+					  "%s", d->id, strerror(-ret));
+			atomic_store((_Atomic int *)&d->closed, 1);
+		}
+	}
+}

@@ -56,48 +56,25 @@
 
 struct dm_mdev {
 	hmm_device_t *dev;	/* dm_lock */
-	unsigned int users;	/* mirrors bound to it; dm_lock */
+	unsigned int users;	/* mirrors open on it; dm_lock */
 };
-
-static pthread_mutex_t dm_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct dm_mdev dm_mdevs[HMM_DMIRROR_NDEVICES]; /* dm_lock */
-/* Bumped in a child after fork: mirrors bound before are the parent's.
- * Written only there (single-threaded); read under dm_lock or by the
- * mirror's own calls. */
-static unsigned int dm_gen;
-static pthread_once_t dm_once = PTHREAD_ONCE_INIT;
 
 struct hmm_dmirror {
 	unsigned int devno;
-	unsigned int gen;		/* dm_gen when bound */
-	bool bound;			/* notifier inserted, device held */
-	hmm_device_t *dev;		/* set while bound */
+	hmm_device_t *dev;
 	struct hmm_interval_notifier notifier;
 	pthread_mutex_t lock;		/* protects pt and flags */
 	struct sim_pt pt;
 	uint64_t flags;			/* HMM_DMIRROR_FLAG_* */
 	void *buf;			/* bounce buffer of DM_BUF_SIZE */
 	atomic_bool buf_busy;		/* a command is using buf */
+	struct hmm_dmirror *next;	/* dm_mirrors; dm_lock */
 };
 
-/*
- * fork: the child's libhmm starts afresh (the parent's devices and
- * notifiers are not its own), and so do the mirrors it inherited through
- * descriptors: each rebinds to the child's address space on its next
- * command.  The kernel would go on mirroring the parent's address space
- * there, which a process cannot do for another.
- */
-static void dm_atfork_child(void)
-{
-	pthread_mutex_init(&dm_lock, NULL);
-	memset(dm_mdevs, 0, sizeof(dm_mdevs)); /* the parent's: leak */
-	dm_gen++;
-}
-
-static void dm_once_init(void)
-{
-	pthread_atfork(NULL, NULL, dm_atfork_child);
-}
+static pthread_mutex_t dm_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dm_mdev dm_mdevs[HMM_DMIRROR_NDEVICES]; /* dm_lock */
+static struct hmm_dmirror *dm_mirrors;		      /* dm_lock */
+static pthread_once_t dm_once = PTHREAD_ONCE_INIT;
 
 static bool dm_invalidate(struct hmm_interval_notifier *sub,
 			  const struct hmm_notifier_range *r,
@@ -119,13 +96,39 @@ static const struct hmm_interval_notifier_ops dm_notifier_ops = {
 	.invalidate = dm_invalidate,
 };
 
+/*
+ * fork: the child's libhmm goes on with copies of the devices (and of
+ * their memory), so the mirrors a child inherits through its descriptors
+ * go on too, mirroring the child's address space: locks anew, page
+ * tables empty, notifiers inserted again (notifiers do not follow a
+ * fork).  The kernel driver would go on mirroring the parent's address
+ * space there, which a process cannot do for another.  This runs after
+ * libhmm's own child handler (registered first).
+ */
+static void dm_atfork_child(void)
+{
+	pthread_mutex_init(&dm_lock, NULL);
+	for (struct hmm_dmirror *m = dm_mirrors; m; m = m->next) {
+		pthread_mutex_init(&m->lock, NULL);
+		sim_pt_destroy(&m->pt);
+		atomic_store(&m->buf_busy, false);
+		if (hmm_interval_notifier_insert(&m->notifier, 0, 0,
+						 &dm_notifier_ops))
+			hmm__warn("dmirror: a mirror cannot follow the fork");
+	}
+}
+
+static void dm_once_init(void)
+{
+	pthread_atfork(NULL, NULL, dm_atfork_child);
+}
+
 /* Take a reference on device @devno, opening it on first use. */
 static int dm_mdev_get(unsigned int devno, hmm_device_t **out)
 {
 	struct dm_mdev *md = &dm_mdevs[devno];
 	int ret = 0;
 
-	pthread_mutex_lock(&dm_lock);
 	if (!md->dev) {
 		struct hmm_device_attr attr = { .mem_size = DM_MEM_SIZE };
 		ret = hmm_device_open("sim", &attr, &md->dev);
@@ -134,64 +137,20 @@ static int dm_mdev_get(unsigned int devno, hmm_device_t **out)
 		md->users++;
 		*out = md->dev;
 	}
-	pthread_mutex_unlock(&dm_lock);
 	return ret;
 }
 
-static void dm_mdev_put(unsigned int devno, unsigned int gen)
+/* Drop it; returns the device to close if that was the last mirror. */
+static hmm_device_t *dm_mdev_put(unsigned int devno)
 {
 	struct dm_mdev *md = &dm_mdevs[devno];
 	hmm_device_t *close_dev = NULL;
 
-	pthread_mutex_lock(&dm_lock);
-	if (gen == dm_gen && md->users && --md->users == 0) {
+	if (md->users && --md->users == 0) {
 		close_dev = md->dev;
 		md->dev = NULL;
 	}
-	pthread_mutex_unlock(&dm_lock);
-	if (close_dev)
-		hmm_device_close(close_dev); /* brings its pages home */
-}
-
-static int dm_bind(struct hmm_dmirror *m)
-{
-	int ret;
-
-	m->gen = dm_gen;
-	pthread_mutex_init(&m->lock, NULL);
-	memset(&m->pt, 0, sizeof(m->pt));
-	atomic_store(&m->buf_busy, false);
-	if (!m->buf) {
-		m->buf = hmm__mmap_own(DM_BUF_SIZE, PROT_READ | PROT_WRITE,
-				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (m->buf == MAP_FAILED)
-			m->buf = NULL;
-	}
-	ret = dm_mdev_get(m->devno, &m->dev);
-	if (ret)
-		return ret;
-	ret = hmm_interval_notifier_insert(&m->notifier, 0, 0,
-					   &dm_notifier_ops);
-	if (ret) {
-		dm_mdev_put(m->devno, m->gen);
-		return ret;
-	}
-	m->bound = true;
-	return 0;
-}
-
-/* A mirror inherited across fork rebinds to this process. */
-static int dm_current(struct hmm_dmirror *m)
-{
-	if (m->bound && m->gen == dm_gen)
-		return 0;
-	if (m->bound) {
-		/* The parent's page table, as copied by fork: free it; its
-		 * notifier and device belong to the parent's libhmm. */
-		sim_pt_destroy(&m->pt);
-		m->bound = false;
-	}
-	return dm_bind(m);
+	return close_dev;
 }
 
 int hmm_dmirror_open(unsigned int devno, hmm_dmirror_t **out)
@@ -211,8 +170,27 @@ int hmm_dmirror_open(unsigned int devno, hmm_dmirror_t **out)
 	if (!m)
 		return -ENOMEM;
 	m->devno = devno;
-	ret = dm_bind(m);
+	pthread_mutex_init(&m->lock, NULL);
+	m->buf = hmm__mmap_own(DM_BUF_SIZE, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m->buf == MAP_FAILED)
+		m->buf = NULL;
+	pthread_mutex_lock(&dm_lock);
+	ret = dm_mdev_get(devno, &m->dev);
+	if (!ret) {
+		ret = hmm_interval_notifier_insert(&m->notifier, 0, 0,
+						   &dm_notifier_ops);
+		if (ret)
+			dm_mdev_put(devno); /* the device stays open */
+	}
+	if (!ret) {
+		m->next = dm_mirrors;
+		dm_mirrors = m;
+	}
+	pthread_mutex_unlock(&dm_lock);
 	if (ret) {
+		if (m->buf)
+			hmm__munmap_own(m->buf, DM_BUF_SIZE);
 		free(m);
 		return ret;
 	}
@@ -222,15 +200,24 @@ int hmm_dmirror_open(unsigned int devno, hmm_dmirror_t **out)
 
 int hmm_dmirror_close(hmm_dmirror_t *m)
 {
+	hmm_device_t *close_dev;
+
 	if (!m)
 		return -EINVAL;
-	if (m->bound && m->gen == dm_gen) {
-		hmm_interval_notifier_remove(&m->notifier);
-		dm_mdev_put(m->devno, m->gen);
-		pthread_mutex_destroy(&m->lock);
+	hmm_interval_notifier_remove(&m->notifier);
+	pthread_mutex_lock(&dm_lock);
+	for (struct hmm_dmirror **pp = &dm_mirrors; *pp; pp = &(*pp)->next) {
+		if (*pp == m) {
+			*pp = m->next;
+			break;
+		}
 	}
-	if (m->bound)
-		sim_pt_destroy(&m->pt);
+	close_dev = dm_mdev_put(m->devno);
+	pthread_mutex_unlock(&dm_lock);
+	if (close_dev)
+		hmm_device_close(close_dev); /* brings its pages home */
+	pthread_mutex_destroy(&m->lock);
+	sim_pt_destroy(&m->pt);
 	if (m->buf)
 		hmm__munmap_own(m->buf, DM_BUF_SIZE);
 	free(m);
@@ -808,8 +795,6 @@ int hmm_dmirror_ioctl(hmm_dmirror_t *m, unsigned long request,
 	if (copy_guarded(&cmd, ucmd, sizeof(cmd)))
 		return -EFAULT;
 	ret = hmm__ensure();
-	if (!ret)
-		ret = dm_current(m);
 	if (ret)
 		return ret;
 	cmd.cpages = 0;

@@ -141,6 +141,7 @@ struct hmm_vma {
 	bool shared;
 	bool anon;		/* no file, or [heap]/[stack] */
 	bool shmem_anon;	/* MAP_SHARED|MAP_ANONYMOUS */
+	unsigned long dev_major, dev_minor, ino; /* the file mapped, if any */
 	bool special;		/* [vvar], [vdso], [vsyscall] */
 };
 /* VMAs overlapping [start, end), sorted; *out is malloc'd.  Returns count
@@ -151,6 +152,9 @@ int hmm__vma_covered(const struct hmm_vma *v, long n, uintptr_t start,
 		     uintptr_t end);
 const struct hmm_vma *hmm__vma_find(const struct hmm_vma *v, long n,
 				    uintptr_t addr);
+/* Whether another process maps the file (or shmem object) @v maps: a scan
+ * of /proc/PID/maps, for shared memory only. */
+bool hmm__mapped_elsewhere(const struct hmm_vma *v);
 
 /* ---- guard.c -------------------------------------------------------- */
 /*
@@ -221,6 +225,9 @@ static inline unsigned hmm__block_index(uintptr_t addr)
 {
 	return (unsigned)((addr >> HMM_PAGE_SHIFT) & (HMM_BLOCK_PAGES - 1));
 }
+/* In the child of fork: every block's lock and condition anew (a thread
+ * of the parent may have held one), and no waiters. */
+void hmm__blocks_fork_child(void);
 /* Call fn on each existing block overlapping [start, end). */
 void hmm__blocks_for_each(uintptr_t start, uintptr_t end,
 			  void (*fn)(struct hmm_block *, uintptr_t, uintptr_t,
@@ -246,6 +253,11 @@ struct hmm_alloc {
 	size_t len;
 	int memfd;		/* -1: adopted MAP_SHARED|MAP_ANONYMOUS */
 	void *alias;
+	/* The shmem object (as /proc/PID/maps names it), and whether a fork
+	 * may have shared it with another process: then nothing of it moves
+	 * to a device while another process maps it (it would read holes). */
+	struct hmm_vma obj;	/* dev_major, dev_minor, ino */
+	bool forked;		/* ctx.ranges_lock */
 	int refs;		/* ranges pointing here; ctx.ranges_lock */
 };
 
@@ -288,6 +300,11 @@ hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
 void hmm__devices_close_all(void);
+/* fork: whether no page lives on a device that cannot follow a fork (one
+ * without fork_child), bringing such pages home first if @evict; and, in
+ * the child, every device made usable again (or closed). */
+bool hmm__devices_fork_ready(bool evict);
+void hmm__devices_fork_child(void);
 int hmm__sim_register(void); /* drivers/sim/sim.c */
 
 /* ---- notifier.c ----------------------------------------------------- */
@@ -363,10 +380,13 @@ struct hmm_context {
 	struct hmm_mrange *ranges;    /* sorted by start, disjoint */
 	size_t nranges, ranges_cap;
 
-	/* Held for reading by migrations towards a device, for writing
-	 * across fork (atfork), so that none starts between bringing every
-	 * page home and the fork itself. */
+	/* Held for reading by migrations started by application threads,
+	 * for writing across fork (atfork), so that no page is in flight
+	 * when the child gets its copy of the state. */
 	pthread_rwlock_t fork_lock;
+	/* Held by the service thread while it handles a round of messages,
+	 * and across fork: the state is not half-way through a fault. */
+	pthread_mutex_t pause_lock;
 
 	pthread_mutex_t zap_lock; /* protects zaps, forwards, lazy */
 	struct hmm_zap *zaps;
@@ -416,6 +436,8 @@ int hmm__outside_own(uintptr_t s, uintptr_t e,
 int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
 		       const char *name);
 void hmm__thread_join(struct hmm_thread *t);
+/* In the child of fork: the thread does not exist here; free its stack. */
+void hmm__thread_forget(struct hmm_thread *t);
 int hmm__sys_madvise(void *addr, size_t len, int advice);
 
 /* ---- service.c ------------------------------------------------------ */

@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -63,7 +65,12 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 	if (ret)
 		return ret;
 	shared = vmas[0].shmem_anon;
-	free(vmas);
+	if (shared && hmm__mapped_elsewhere(&vmas[0])) {
+		/* Another process (a child from an earlier fork) maps it:
+		 * moving its pages would leave holes there. */
+		free(vmas);
+		return -EBUSY;
+	}
 	if (shared) {
 		/* A second mapping of the same shmem pages, made before the
 		 * range is registered so that it is not: libhmm reads and
@@ -81,7 +88,9 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 		a->start = s;
 		a->len = len;
 		a->memfd = -1;
+		a->obj = vmas[0];
 	}
+	free(vmas);
 
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	if (hmm__ranges_overlap(s, e)) {
@@ -220,6 +229,7 @@ int hmm_range_release(void *addr, size_t len)
 
 int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 {
+	struct stat sb;
 	struct hmm_alloc *a;
 	void *user;
 	int ret;
@@ -237,6 +247,11 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	if (a->memfd < 0 || ftruncate(a->memfd, (off_t)len)) {
 		ret = errno == EMFILE || errno == ENFILE ? -EMFILE : -ENOMEM;
 		goto fail_fd;
+	}
+	if (fstat(a->memfd, &sb) == 0) {
+		a->obj.dev_major = major(sb.st_dev);
+		a->obj.dev_minor = minor(sb.st_dev);
+		a->obj.ino = sb.st_ino;
 	}
 	a->alias = hmm__mmap_own(len, PROT_READ | PROT_WRITE, MAP_SHARED,
 				 a->memfd, 0);
@@ -338,9 +353,7 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 		ret = check_vmas(s, e, false, &vmas, &nvmas);
 	if (!ret) {
 		if (dev) {
-			pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
 			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas);
-			pthread_rwlock_unlock(&hmm__ctx.fork_lock);
 		} else {
 			ret = hmm__migrate_to_system(s, e, NULL, 0);
 		}

@@ -776,6 +776,28 @@ fail_unwp:
 	return ret;
 }
 
+/*
+ * Shared memory that a fork shared with another process must stay in
+ * system memory while that process maps it: it would find holes where
+ * pages went to the device.  Once nobody else maps it, it may move again.
+ */
+static bool shared_here_only(struct hmm_alloc *a)
+{
+	bool forked;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	forked = a->forked;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (!forked)
+		return true;
+	if (hmm__mapped_elsewhere(&a->obj))
+		return false;
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	a->forked = false;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return true;
+}
+
 long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    hmm_device_t *dev, const struct hmm_vma *vmas,
 			    long nvmas)
@@ -795,6 +817,8 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 	 */
 	if (!(hmm__ctx.caps & HMM_CAP_WP))
 		ret = -EOPNOTSUPP;
+	/* No fork while pages are in flight (context.c). */
+	pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
 	for (uintptr_t pos = start; pos < end && !ret;) {
 		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
 		struct hmm_mrange r;
@@ -817,8 +841,11 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			ret = -ENOENT;
 			break;
 		}
-		ret = block_to_device(&r, pos, bend, dev, vmas, nvmas, sel,
-				      zaps);
+		if (r.alloc && !shared_here_only(r.alloc))
+			ret = -EBUSY;
+		else
+			ret = block_to_device(&r, pos, bend, dev, vmas, nvmas,
+					      sel, zaps);
 		if (r.alloc) {
 			pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 			hmm__alloc_put(r.alloc);
@@ -830,6 +857,7 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 		}
 		pos = bend;
 	}
+	pthread_rwlock_unlock(&hmm__ctx.fork_lock);
 	free(sel);
 	free(zaps);
 	return ret ? ret : total;

@@ -307,10 +307,15 @@ long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 			    hmm_device_t *only, int flags)
 {
 	struct sel *sel = malloc(2 * sizeof(*sel));
+	bool app = !(flags & HMM_MIG_NONBLOCK);
 	long total = 0;
 
 	if (!sel)
 		return -ENOMEM;
+	/* No fork while pages are in flight (context.c); the service
+	 * thread is paused for fork instead. */
+	if (app)
+		pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
 	for (uintptr_t pos = start; pos < end;) {
 		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
 		long r;
@@ -318,12 +323,14 @@ long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 			bend = end;
 		r = block_to_system(pos, bend, only, flags, &sel[0], &sel[1]);
 		if (r < 0) {
-			free(sel);
-			return r;
+			total = r;
+			break;
 		}
 		total += r;
 		pos = bend;
 	}
+	if (app)
+		pthread_rwlock_unlock(&hmm__ctx.fork_lock);
 	free(sel);
 	return total;
 }

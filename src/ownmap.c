@@ -142,6 +142,13 @@ int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
 	return ret;
 }
 
+void hmm__thread_forget(struct hmm_thread *t)
+{
+	if (t->stack)
+		hmm__munmap_own(t->stack, STACK_SIZE);
+	t->stack = NULL;
+}
+
 void hmm__thread_join(struct hmm_thread *t)
 {
 	pthread_join(t->th, NULL);

@@ -89,6 +89,22 @@ struct hmm_block *hmm__block_get(uintptr_t addr)
 	return b;
 }
 
+void hmm__blocks_fork_child(void)
+{
+	for (size_t t = 0; t < (1UL << TOP_BITS); t++) {
+		block_slot *leaf = atomic_load(&top[t]);
+		for (size_t l = 0; leaf && l < LEAF_SIZE; l++) {
+			struct hmm_block *b = atomic_load(&leaf[l]);
+			if (!b)
+				continue;
+			pthread_mutex_init(&b->lock, NULL);
+			pthread_cond_init(&b->cond, NULL);
+			for (size_t i = 0; i < HMM_BLOCK_PAGES; i++)
+				b->state[i] &= (uint8_t)~PSF_WAITERS;
+		}
+	}
+}
+
 void hmm__blocks_for_each(uintptr_t start, uintptr_t end,
 			  void (*fn)(struct hmm_block *, uintptr_t, uintptr_t,
 				     void *),

@@ -476,6 +476,8 @@ static void *service_main(void *arg)
 			break;
 		if (pfd[1].revents & POLLIN)
 			break;
+		/* fork holds this while it copies libhmm's state. */
+		pthread_mutex_lock(&c->pause_lock);
 		for (;;) {
 			ssize_t n = read(c->uffd, msgs, sizeof(msgs));
 			size_t cnt = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
@@ -488,6 +490,7 @@ static void *service_main(void *arg)
 			answer_sync(c);
 		if (rl.n)
 			run_retries(&rl);
+		pthread_mutex_unlock(&c->pause_lock);
 	}
 	free(rl.msgs);
 	return NULL;

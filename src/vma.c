@@ -3,7 +3,9 @@
  * What the CPU mapping looks like, from /proc/self/maps.  Used to validate
  * ranges (mapped, readable, private anonymous) and to learn protections.
  */
+#include <dirent.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -11,11 +13,11 @@
 
 #include "internal.h"
 
-static char *read_maps(size_t *lenp)
+static char *read_maps(const char *path, size_t *lenp)
 {
 	size_t cap = 1 << 16, len = 0;
 	char *buf = malloc(cap);
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
 	if (!buf || fd < 0) {
 		free(buf);
@@ -64,8 +66,16 @@ static int parse_line(char *line, struct hmm_vma *v)
 	v->prot = (p[0] == 'r' ? PROT_READ : 0) | (p[1] == 'w' ? PROT_WRITE : 0) |
 		  (p[2] == 'x' ? PROT_EXEC : 0);
 	v->shared = p[3] == 's';
-	/* skip perms, offset, dev, inode */
+	/* skip perms, offset, dev, inode (keeping the last two) */
+	v->dev_major = v->dev_minor = v->ino = 0;
 	while (*p && field < 4) {
+		if (field == 2) {
+			v->dev_major = strtoul(p, &end, 16);
+			if (*end == ':')
+				v->dev_minor = strtoul(end + 1, NULL, 16);
+		} else if (field == 3) {
+			v->ino = strtoul(p, NULL, 10);
+		}
 		while (*p && *p != ' ')
 			p++;
 		while (*p == ' ')
@@ -87,7 +97,7 @@ static int parse_line(char *line, struct hmm_vma *v)
 long hmm__vma_snapshot(uintptr_t start, uintptr_t end, struct hmm_vma **out)
 {
 	size_t len, n = 0, cap = 8;
-	char *buf = read_maps(&len), *line, *save = NULL;
+	char *buf = read_maps("/proc/self/maps", &len), *line, *save = NULL;
 	struct hmm_vma *v = malloc(cap * sizeof(*v));
 
 	if (!buf || !v) {
@@ -142,4 +152,35 @@ const struct hmm_vma *hmm__vma_find(const struct hmm_vma *v, long n,
 		if (v[i].start <= addr && addr < v[i].end)
 			return &v[i];
 	return NULL;
+}
+
+bool hmm__mapped_elsewhere(const struct hmm_vma *v)
+{
+	char needle[64], path[64];
+	bool found = false;
+	struct dirent *d;
+	DIR *dir;
+	pid_t self = getpid();
+
+	if (!v->ino)
+		return false;
+	snprintf(needle, sizeof(needle), " %02lx:%02lx %lu ", v->dev_major,
+		 v->dev_minor, v->ino);
+	dir = opendir("/proc");
+	if (!dir)
+		return true; /* cannot tell: assume the worst */
+	while (!found && (d = readdir(dir))) {
+		char *buf, *end;
+		long pid = strtol(d->d_name, &end, 10);
+		size_t len;
+		if (*end || pid <= 0 || pid == self)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%ld/maps", pid);
+		buf = read_maps(path, &len);
+		if (buf)
+			found = strstr(buf, needle) != NULL;
+		free(buf); /* unreadable: another user's, cannot share ours */
+	}
+	closedir(dir);
+	return found;
 }

@@ -580,6 +580,46 @@ static void *sim_host_ptr(hmm_device_t *dev, uint64_t dpfn)
 	return sd->pool + (dpfn << HMM_PAGE_SHIFT);
 }
 
+/*
+ * The child of fork: the pool (private, copied on write) holds the
+ * parent's device data as it was at the fork, and the page table mirrors
+ * an address space laid out the same.  The engines are not there, and
+ * commands the parent's threads queued are theirs to wait for: drop them,
+ * take the locks anew, start engines.
+ */
+static int sim_fork_child(hmm_device_t *dev)
+{
+	struct sim_dev *sd = dev->priv;
+	unsigned ne = sd->nengines;
+	int ret = 0;
+
+	pthread_mutex_init(&sd->qlock, NULL);
+	pthread_cond_init(&sd->qcond, NULL);
+	pthread_cond_init(&sd->dcond, NULL);
+	pthread_mutex_init(&sd->lock, NULL);
+	sd->head = sd->tail = NULL;
+	sd->stop = 0;
+	sd->nengines = 0;
+	/* Notifiers do not follow a fork (the kernel's do not either): the
+	 * device mirrors the child's address space from now on. */
+	sim_pt_destroy(&sd->pt);
+	ret = hmm_interval_notifier_insert(&sd->notifier, 0, 0,
+					   &sim_notifier_ops);
+	if (ret)
+		return ret;
+	for (unsigned i = 0; i < ne; i++) {
+		atomic_store(&sd->engines[i].busy_s, 0);
+		atomic_store(&sd->engines[i].busy_e, 0);
+		hmm__thread_forget(&sd->engines[i].th);
+		ret = hmm__thread_create(&sd->engines[i].th, engine_main,
+					 &sd->engines[i], "hmm-sim-engine");
+		if (ret)
+			break;
+		sd->nengines++;
+	}
+	return sd->nengines ? 0 : ret;
+}
+
 static const struct hmm_driver_ops sim_ops = {
 	.name = "sim",
 	.init = sim_init,
@@ -587,6 +627,7 @@ static const struct hmm_driver_ops sim_ops = {
 	.copy = sim_copy,
 	.zero = sim_zero,
 	.host_ptr = sim_host_ptr,
+	.fork_child = sim_fork_child,
 };
 
 int hmm__sim_register(void)

@@ -229,6 +229,14 @@ struct hmm_copy_desc {
  *  - host_ptr, if not NULL, returns a host address of a device page that
  *    libhmm may copy from directly (the sim pool); otherwise copies go
  *    through bounce buffers.
+ *  - fork_child, if not NULL, runs in the child of fork() (one thread,
+ *    before fork returns there) for each open device: the child's copy of
+ *    the device's memory is the parent's at the moment of the fork (the
+ *    driver must keep it in private memory, copied on write by fork), and
+ *    the hook makes the device usable in the child: locks anew, threads
+ *    started again, work queued by the parent's threads dropped.  It
+ *    returns 0 or -errno.  Devices without it have their pages brought
+ *    home before the fork, and are closed in the child.
  */
 struct hmm_driver_ops {
 	const char *name;
@@ -238,6 +246,7 @@ struct hmm_driver_ops {
 		    const struct hmm_copy_desc *descs, size_t n);
 	int (*zero)(hmm_device_t *dev, const uint64_t *dpfns, size_t n);
 	void *(*host_ptr)(hmm_device_t *dev, uint64_t dpfn);
+	int (*fork_child)(hmm_device_t *dev);
 };
 
 /* The device as drivers see it.  Fields marked (core) are libhmm's. */
