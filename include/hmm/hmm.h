@@ -134,7 +134,8 @@ int hmm_caps(void);
  * Returns 0, or -EINVAL, -EFAULT (not entirely mapped, or PROT_NONE),
  * -EEXIST (overlaps managed memory), -EOPNOTSUPP (file-backed memory, or a
  * range over more than one shared anonymous mapping), -EBUSY (another
- * userfaultfd owns it), -ENOMEM, -EPERM, -ESHUTDOWN.
+ * userfaultfd owns it, or shared memory another process maps), -ENOMEM,
+ * -EPERM, -ESHUTDOWN.
  */
 int hmm_range_adopt(void *addr, size_t len, unsigned int flags);
 
@@ -223,7 +224,8 @@ int hmm_device_mem_usage(hmm_device_t *dev, size_t *used_pages,
  * Returns the number of pages moved (>= 0), or -EINVAL, -EFAULT (part of
  * the range is unmapped or PROT_NONE), -ENOENT (not managed), -ENOMEM
  * (device memory exhausted), -ENODEV (closed device), -EIO (copy failed),
- * -ESHUTDOWN.
+ * -EBUSY (shared memory that another process maps since a fork: it stays
+ * in system memory while that lasts), -ESHUTDOWN.
  */
 long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 		 unsigned int flags);
