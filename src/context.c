@@ -29,10 +29,13 @@ struct hmm_context hmm__ctx = {
 
 static int init_err;	/* sticky error of the first failed init */
 
+__thread bool hmm__own_thread;
+
 void hmm__block_signals(void)
 {
 	sigset_t all;
 
+	hmm__own_thread = true;
 	sigfillset(&all);
 	/* Synchronous faults cannot be blocked usefully: the kernel would
 	 * kill the process instead of running the guard handler. */

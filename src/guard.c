@@ -99,9 +99,12 @@ static void chain(int sig, siginfo_t *si, void *uc)
 	sigset_t old;
 
 	app_get(sig, &app);
-	if ((app.sa_flags & SA_SIGINFO) ? app.sa_sigaction != NULL
-					 : (app.sa_handler != SIG_DFL &&
-					    app.sa_handler != SIG_IGN)) {
+	/* libhmm's own threads never run the application's handlers: a
+	 * fault there outside a guard is a bug of libhmm's, and fatal. */
+	if (!hmm__own_thread &&
+	    ((app.sa_flags & SA_SIGINFO) ? app.sa_sigaction != NULL
+					  : (app.sa_handler != SIG_DFL &&
+					     app.sa_handler != SIG_IGN))) {
 		if (app.sa_flags & SA_RESETHAND) {
 			struct sigaction dfl = { .sa_handler = SIG_DFL };
 			app_set(sig, &dfl);

@@ -416,7 +416,10 @@ extern struct hmm_context hmm__ctx;
 int hmm__ensure(void);
 bool hmm__on_service_thread(void);
 /* Block every signal but the synchronous fault ones. */
+/* Called first by every thread of libhmm: blocks signals, and marks the
+ * thread as libhmm's (hmm__own_thread). */
 void hmm__block_signals(void);
+extern __thread bool hmm__own_thread;
 
 /* ---- interpose.c ---------------------------------------------------- */
 /* libhmm's own unmaps and madvises: straight to the kernel. */
