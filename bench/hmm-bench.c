@@ -423,6 +423,57 @@ static void bench_munmap(void)
 				 " (1/4 device-resident)" });
 }
 
+/* ---- oversubscribe_4x -------------------------------------------------- */
+
+/*
+ * A working set four times the device's memory, streamed through the
+ * device in 2 MiB chunks, round after round: every migration in evicts
+ * least recently used pages first.  Value: GB/s moved to the device
+ * (evictions included); baseline: migrate_to_device into a device with
+ * room, in the same run.
+ */
+static void bench_oversubscribe(void)
+{
+	size_t len = opt_size, chunk = 2UL << 20;
+	hmm_device_t *dev = open_sim(len / 4), *big = open_sim(len);
+	char *p = map_anon(len);
+	double v[opt_repeat], b[opt_repeat];
+	uint64_t ev0 = 0, ev1 = 0;
+	long r;
+
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", r);
+	populate(p, len);
+	hmm_stat_get("pages_evicted", &ev0);
+	for (int k = 0; k < opt_repeat; k++) {
+		double t = now_s();
+		for (size_t off = 0; off < len; off += chunk)
+			if ((r = hmm_migrate(p + off, chunk, dev, 0)) < 0)
+				die("hmm_migrate (oversubscribed)", r);
+		v[k] = len / (now_s() - t) / 1e9;
+	}
+	hmm_stat_get("pages_evicted", &ev1);
+	hmm_migrate(p, len, NULL, 0);
+	for (int k = 0; k < opt_repeat; k++) {
+		double t = now_s();
+		for (size_t off = 0; off < len; off += chunk)
+			if ((r = hmm_migrate(p + off, chunk, big, 0)) < 0)
+				die("hmm_migrate", r);
+		b[k] = len / (now_s() - t) / 1e9;
+		hmm_migrate(p, len, NULL, 0);
+	}
+	munmap(p, len);
+	hmm_device_close(dev);
+	hmm_device_close(big);
+	char note[96];
+	snprintf(note, sizeof(note), " (%.0f pages evicted per round)",
+		 (double)(ev1 - ev0) / opt_repeat);
+	report(&(struct result){ "oversubscribe_4x", "GB/s",
+				 "migrate, device with room",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 false, note });
+}
+
 /* ---- fork_1g_device ---------------------------------------------------- */
 
 /* fork() and the child's _exit, as the parent waits for them. */
@@ -650,6 +701,7 @@ static const struct {
 	{ "device_stream_read", bench_stream_read },
 	{ "metadata_per_gib", bench_metadata },
 	{ "fork_1g_device", bench_fork },
+	{ "oversubscribe_4x", bench_oversubscribe },
 	{ "idle", bench_idle },
 };
 

@@ -70,10 +70,17 @@ static int devmem_init(hmm_device_t *dev)
 		return m ? -EINVAL : -ENOMEM;
 	}
 	m->free = malloc(dev->mem_pages * sizeof(uint32_t));
-	if (!m->free) {
+	m->owner = calloc(dev->mem_pages, sizeof(*m->owner));
+	m->ref = calloc(dev->mem_pages, sizeof(*m->ref));
+	if (!m->free || !m->owner || !m->ref) {
+		free(m->free);
+		free((void *)m->owner);
+		free((void *)m->ref);
 		free(m);
 		return -ENOMEM;
 	}
+	hmm__stat_add(HMM_STAT_metadata_bytes,
+		      dev->mem_pages * (sizeof(*m->owner) + sizeof(*m->ref)));
 	/* Hand out low page numbers first. */
 	for (size_t i = 0; i < dev->mem_pages; i++)
 		m->free[i] = (uint32_t)(dev->mem_pages - 1 - i);
@@ -126,8 +133,11 @@ void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n)
 		return;
 	m = dev->mem;
 	pthread_mutex_lock(&m->lock);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		atomic_store_explicit(&m->owner[dpfns[i]], 0,
+				      memory_order_relaxed);
 		m->free[m->nfree++] = dpfns[i];
+	}
 	pthread_mutex_unlock(&m->lock);
 	hmm__stat_sub(HMM_STAT_device_bytes_in_use, n * HMM_PAGE_SIZE);
 }
@@ -247,7 +257,12 @@ int hmm_device_close(hmm_device_t *dev)
 	hmm__ctx.devices[dev->id] = NULL;
 	pthread_mutex_unlock(&hmm__ctx.dev_lock);
 	pthread_mutex_destroy(&dev->mem->lock);
+	hmm__stat_sub(HMM_STAT_metadata_bytes,
+		      dev->mem->npages *
+			      (sizeof(*dev->mem->owner) + sizeof(*dev->mem->ref)));
 	free(dev->mem->free);
+	free((void *)dev->mem->owner);
+	free((void *)dev->mem->ref);
 	free(dev->mem);
 	dev->mem = NULL;
 	return 0;
@@ -327,4 +342,81 @@ void hmm__devices_fork_child(void)
 			atomic_store((_Atomic int *)&d->closed, 1);
 		}
 	}
+}
+
+/* ---- eviction ------------------------------------------------------------ */
+
+/* A page that just arrived is not "referenced": only device use counts,
+ * so that a page the device keeps using outlives one migrated after it
+ * and never touched (the inactive-list insertion of the kernel's LRU). */
+void hmm__devmem_set_owner(hmm_device_t *dev, uint32_t dpfn, uintptr_t va)
+{
+	atomic_store_explicit(&dev->mem->owner[dpfn], va, memory_order_relaxed);
+	atomic_store_explicit(&dev->mem->ref[dpfn], 0, memory_order_relaxed);
+}
+
+void hmm_device_mark_used(hmm_device_t *dev, uint64_t dpfn)
+{
+	if (dpfn < dev->mem->npages)
+		atomic_store_explicit(&dev->mem->ref[dpfn], 1,
+				      memory_order_relaxed);
+}
+
+static int cmp_uintptr(const void *a, const void *b)
+{
+	uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The clock: sweep the device's pages from the hand; a referenced page
+ * gets a second chance (its bit cleared), an unreferenced one in use is a
+ * victim.  The victims' addresses are then brought home, contiguous runs
+ * together; a page that is no longer where its owner hint says (freed,
+ * moved meanwhile) is simply not on this device there, and
+ * hmm__migrate_to_system skips it.
+ */
+long hmm__devmem_evict(hmm_device_t *dev, size_t want)
+{
+	struct hmm_devmem *m = dev->mem;
+	uintptr_t *va;
+	size_t n = 0;
+	long moved = 0;
+
+	if (!hmm__option(HMM_OPT_EVICT) || !want)
+		return 0;
+	want = HMM_MIN(want, m->npages);
+	va = malloc(want * sizeof(*va));
+	if (!va)
+		return -ENOMEM;
+	pthread_mutex_lock(&m->lock);
+	for (size_t step = 0; step < 2 * m->npages && n < want; step++) {
+		size_t d = m->hand;
+		uintptr_t owner;
+		m->hand = (m->hand + 1) % m->npages;
+		owner = atomic_load_explicit(&m->owner[d], memory_order_relaxed);
+		if (!owner)
+			continue;
+		if (atomic_exchange_explicit(&m->ref[d], 0,
+					     memory_order_relaxed))
+			continue;
+		va[n++] = owner;
+	}
+	pthread_mutex_unlock(&m->lock);
+	qsort(va, n, sizeof(*va), cmp_uintptr);
+	for (size_t i = 0; i < n;) {
+		size_t j = i + 1;
+		long r;
+		while (j < n && va[j] == va[j - 1] + HMM_PAGE_SIZE)
+			j++;
+		r = hmm__migrate_to_system(va[i], va[j - 1] + HMM_PAGE_SIZE,
+					   dev, 0);
+		if (r > 0)
+			moved += r;
+		i = j;
+	}
+	free(va);
+	hmm__stat_add(HMM_STAT_pages_evicted, (uint64_t)moved);
+	return moved;
 }

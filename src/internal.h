@@ -3,7 +3,7 @@
  * libhmm internals, grouped by the file that defines each function.
  * Names: hmm__* cross-file internal, static otherwise.
  *
- * Lock order (outer first): ctx.init_lock -> ctx.fork_lock ->
+ * Lock order (outer first): ctx.init_lock -> ctx.fork_lock -> ctx.pause_lock ->
  * ctx.ranges_lock -> a driver's mirror lock -> block.lock ->
  * ctx.zap_lock -> devmem.lock.  block.lock guards state changes only: it
  * is never held across a copy, a notifier callback, a memory access that
@@ -79,6 +79,7 @@ enum hmm_option {
 	HMM_OPT_MIGRATE_TIMEOUT_MS,
 	HMM_OPT_FORCE_USER_MODE,
 	HMM_OPT_USE_MOVE,
+	HMM_OPT_EVICT,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);
@@ -96,6 +97,7 @@ long hmm__option(enum hmm_option opt);
 	X(bytes_to_device, 0, "bytes migrated to a device")                \
 	X(bytes_to_system, 0, "bytes migrated to system memory")           \
 	X(migration_failures, 0, "migrations rolled back")                 \
+	X(pages_evicted, 0, "device pages evicted to make room")          \
 	X(invalidations, 0, "notifier invalidations delivered")            \
 	X(events_remove, 0, "userfaultfd REMOVE events")                   \
 	X(events_unmap, 0, "userfaultfd UNMAP events")                     \
@@ -284,11 +286,27 @@ int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {
-	pthread_mutex_t lock;	/* protects free/nfree/fail */
+	pthread_mutex_t lock;	/* protects free/nfree/fail/hand */
 	uint32_t *free;		/* stack of free device page numbers */
 	size_t nfree, npages;
 	unsigned int fail;	/* HMM_FAIL_* armed: each fails once */
+	/*
+	 * Eviction (oversubscription): for each device page, the user
+	 * address whose data it holds (0 when free; set at commit, a hint
+	 * that eviction checks against the page state before use), and a
+	 * referenced bit set when the device uses the page and cleared by
+	 * the clock hand, which evicts pages found unreferenced.
+	 * Both are read and written without the lock, atomically.
+	 */
+	_Atomic uintptr_t *owner;
+	_Atomic uint8_t *ref;
+	size_t hand;
 };
+/* The page @dpfn of @dev now holds the data of @va (0: freed). */
+void hmm__devmem_set_owner(hmm_device_t *dev, uint32_t dpfn, uintptr_t va);
+/* Move up to @want least recently used pages of @dev to system memory.
+ * Returns the pages moved (0 if none could be), or -errno. */
+long hmm__devmem_evict(hmm_device_t *dev, size_t want);
 /* Allocation-failure injection (the dmirror FLAGS command): the next
  * device-page allocation, or the next system-page install of a move back
  * from this device, fails with -ENOMEM once. */

@@ -256,6 +256,7 @@ bool hmm__forward_commit(uintptr_t to, hmm_device_t *dev, uint8_t devbits,
 		nb->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
 		nb->dev[i] = devbits;
 		nb->dpfn[i] = dpfn;
+		hmm__devmem_set_owner(dev, dpfn, to);
 	} else {
 		nb->state[i] = PS_SYSTEM;
 		nb->dev[i] = 0;
@@ -652,6 +653,7 @@ static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
 			b->ndev--;
 		} else {
 			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
+			hmm__devmem_set_owner(dev, sel->dpfn[k], sel_va(b, i));
 			moved++;
 		}
 	}
@@ -671,6 +673,7 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	bool waiters = false, wp = hmm__ctx.caps & HMM_CAP_WP;
 	struct timespec deadline;
 	size_t nzaps = 0, moved;
+	int evictions = 0;
 	char *stash;
 	int ret;
 
@@ -686,6 +689,18 @@ again:
 	if (!sel->n)
 		return 0;
 	ret = hmm__devmem_alloc(dev, sel->n, sel->dpfn);
+	if (ret == -ENOMEM && evictions < 8) {
+		/* Device memory is full: make room (least recently used
+		 * pages go home), then collect again. */
+		long r;
+		rollback_to_system(b, sel, dev, false);
+		r = hmm__devmem_evict(dev, sel->n);
+		if (r > 0) {
+			evictions++;
+			goto again;
+		}
+		return -ENOMEM;
+	}
 	if (ret) {
 		rollback_to_system(b, sel, dev, false);
 		return ret;

@@ -319,6 +319,7 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 {
 	struct hmm_block *ob = hmm__block_lookup(from), *nb;
 	unsigned oi = hmm__block_index(from), ni = hmm__block_index(to);
+	hmm_device_t *owner;
 	uint8_t st, dev = 0;
 	uint32_t dpfn = 0;
 
@@ -349,6 +350,9 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 					 1);
 		return;
 	}
+	/* The device, for its eviction hint (before nb->lock: dev_lock is
+	 * not taken under a block lock). */
+	owner = PS_KIND(st) == PS_DEVICE ? hmm__device_get(PDEV_ID(dev)) : NULL;
 	pthread_mutex_lock(&nb->lock);
 	switch (PS_KIND(st)) {
 	case PS_DEVICE:
@@ -356,6 +360,8 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 		nb->dev[ni] = dev;
 		nb->dpfn[ni] = dpfn;
 		nb->ndev++;
+		if (owner)
+			hmm__devmem_set_owner(owner, dpfn, to);
 		break;
 	case PS_MIGRATING:
 		nb->state[ni] = PS_MIGRATING | (st & (PSF_TO_DEVICE |

@@ -293,7 +293,12 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 		size_t n = HMM_MIN(run_end, end) - pos;
 		res->pages += (run_end - page) >> HMM_PAGE_SHIFT;
 		if (kind) {
-			/* Device memory: cannot fault, so under the lock. */
+			/* Device memory: cannot fault, so under the lock.
+			 * Tell libhmm's eviction clock it is in use. */
+			for (uint64_t f = frame; f < frame + ((run_end - page) >>
+							      HMM_PAGE_SHIFT);
+			     f++)
+				hmm_device_mark_used(sd->dev, f);
 			fn(sd->pool + (frame << HMM_PAGE_SHIFT) + (pos - page),
 			   pos - addr, n, arg);
 			pthread_mutex_unlock(&sd->lock);

@@ -268,6 +268,14 @@ struct hmm_device {
 int hmm_device_enter(hmm_device_t *dev);
 void hmm_device_leave(hmm_device_t *dev);
 
+/*
+ * Tell libhmm that the device used its page @dpfn (a device access through
+ * a translation it holds).  libhmm evicts the least recently used device
+ * pages when a migration finds device memory full; a driver that never
+ * calls this gets eviction in roughly the order pages arrived.
+ */
+void hmm_device_mark_used(hmm_device_t *dev, uint64_t dpfn);
+
 /* Register a driver so hmm_device_open can find it by name.  Returns 0,
  * -EINVAL, -EEXIST (name taken) or -ENOMEM. */
 int hmm_driver_register(const struct hmm_driver_ops *ops);
