@@ -282,6 +282,7 @@ static int init_locked(void)
 	struct hmm_context *c = &hmm__ctx;
 	int ret;
 
+	hmm__inject_from_env();
 	ret = hmm__guard_install();
 	if (ret)
 		return ret;
@@ -326,11 +327,12 @@ int hmm_init(void)
 	if (atomic_load(&hmm__ctx.state) == HMM_CTX_NONE) {
 		if (init_err)
 			ret = init_err;
-		else if ((ret = init_locked()))
-			init_err = ret;
-		else
+		else if (!(ret = init_locked()))
 			atomic_store_explicit(&hmm__ctx.state, HMM_CTX_UP,
 					      memory_order_release);
+		else if (ret != -EAGAIN && ret != -ENOMEM && ret != -EMFILE &&
+			 ret != -ENFILE)
+			init_err = ret; /* what the machine lacks stays lacking */
 	} else if (atomic_load(&hmm__ctx.state) == HMM_CTX_DOWN) {
 		ret = -ESHUTDOWN;
 	}

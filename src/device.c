@@ -94,6 +94,8 @@ int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
 {
 	struct hmm_devmem *m = dev->mem;
 
+	if (hmm__inject(HMM_INJ_DEVMEM_ALLOC))
+		return -ENOMEM;
 	pthread_mutex_lock(&m->lock);
 	if (m->nfree < n || (m->fail & HMM_FAIL_DEVMEM)) {
 		m->fail &= ~HMM_FAIL_DEVMEM;

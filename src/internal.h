@@ -103,6 +103,7 @@ long hmm__option(enum hmm_option opt);
 	X(events_unmap, 0, "userfaultfd UNMAP events")                     \
 	X(events_remap, 0, "userfaultfd REMAP events")                     \
 	X(uffd_eagain, 0, "userfaultfd ioctls retried on EAGAIN")          \
+	X(faults_injected, 0, "failures injected (hmm_inject_fault)")      \
 	X(device_bytes_in_use, 1, "device memory in use, bytes")         \
 	X(metadata_bytes, 1, "bookkeeping: page states, device page tables")
 
@@ -121,6 +122,23 @@ static inline void hmm__stat_sub(enum hmm_stat s, uint64_t v)
 {
 	atomic_fetch_sub_explicit(&hmm__stats[s], v, memory_order_relaxed);
 }
+
+/* ---- inject.c ------------------------------------------------------- */
+enum hmm_inject_point {
+	HMM_INJ_DEVMEM_ALLOC,
+	HMM_INJ_COPY_TO_DEVICE,
+	HMM_INJ_COPY_TO_SYSTEM,
+	HMM_INJ_UFFD_COPY,
+	HMM_INJ_UFFD_ZEROPAGE,
+	HMM_INJ_UFFD_WRITEPROTECT,
+	HMM_INJ_UFFD_REGISTER,
+	HMM_INJ_ZAP,
+	HMM_INJ_THREAD_CREATE,
+	HMM_INJ__COUNT
+};
+/* 0, or the -errno to fail this call of step @p with. */
+int hmm__inject(enum hmm_inject_point p);
+void hmm__inject_from_env(void);
 
 /* ---- uffd.c --------------------------------------------------------- */
 int hmm__uffd_open(int *fd, uint64_t *features, unsigned int *caps);

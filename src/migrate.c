@@ -142,6 +142,10 @@ static void *source_ptr(const struct hmm_mrange *r, uintptr_t va)
 
 static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 {
+	int inj = hmm__inject(HMM_INJ_ZAP);
+
+	if (inj)
+		return inj;
 	if (r->kind == HMM_MK_SHMEM && r->alloc->memfd < 0) {
 		/* Adopted shared anonymous memory: punch the hole through
 		 * the alias (no userfaultfd event there). */
@@ -608,7 +612,9 @@ static int copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
 		}
 	}
 	pthread_mutex_unlock(&b->lock);
-	ret = guarded_copy(dev, HMM_COPY_TO_DEVICE, descs, nd);
+	ret = hmm__inject(HMM_INJ_COPY_TO_DEVICE);
+	if (!ret)
+		ret = guarded_copy(dev, HMM_COPY_TO_DEVICE, descs, nd);
 	free(descs);
 	if (!ret && nz)
 		ret = dev->ops->zero(dev, zero, nz);

@@ -59,6 +59,15 @@ static void *bounce_get(void)
 	return p;
 }
 
+/* Whether @va is still mapped (mincore fails with ENOMEM if not). */
+static bool mapped(uintptr_t va)
+{
+	unsigned char vec;
+
+	return mincore((void *)va, HMM_PAGE_SIZE, &vec) == 0 ||
+	       errno != ENOMEM;
+}
+
 /* Per page results of install_run, in sel->flag */
 enum { INST_NOT_DONE = 0, INST_DONE = 1, INST_GONE = 2 };
 
@@ -75,9 +84,12 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	size_t done = 0, chunk = n;
 	bool contiguous = dev->ops->host_ptr != NULL;
 	void *src;
+	int ret;
 
 	if (hmm__devmem_fail_take(dev, HMM_FAIL_SYSMEM))
 		return -ENOMEM; /* injected: nothing installed yet */
+	if ((ret = hmm__inject(HMM_INJ_COPY_TO_SYSTEM)))
+		return ret;
 	for (size_t k = 1; contiguous && k < n; k++)
 		contiguous = sel->dpfn[k0 + k] == sel->dpfn[k0] + k;
 	if (contiguous) {
@@ -85,7 +97,6 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	} else {
 		struct hmm_copy_desc d[HMM_BLOCK_PAGES];
 		char *bb = bounce_get();
-		int ret;
 		if (!bb)
 			return -ENOMEM;
 		for (size_t k = 0; k < n; k++)
@@ -111,9 +122,14 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 			chunk = n;
 		} else if (r == -ENOENT && len > 1) {
 			chunk = len / 2;
-		} else if (r == -ENOENT || r == -EFAULT) {
+		} else if ((r == -ENOENT || r == -EFAULT) &&
+			   !mapped(va0 + done * HMM_PAGE_SIZE)) {
 			/* The mapping is gone (an UNMAP event follows). */
 			sel->flag[k0 + done++] = INST_GONE;
+		} else if (r == -ENOENT || r == -EFAULT) {
+			/* Still mapped: not the race with munmap that these
+			 * mean.  Keep the page on the device for now. */
+			return (int)r;
 		} else if (r == -EEXIST) {
 			/* A page is there already, which only a mapping
 			 * libhmm does not control can do: keep it, and keep

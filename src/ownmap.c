@@ -116,8 +116,10 @@ int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
 		       const char *name)
 {
 	pthread_attr_t attr;
-	int ret;
+	int ret = hmm__inject(HMM_INJ_THREAD_CREATE);
 
+	if (ret)
+		return ret;
 	t->stack = hmm__mmap_own(STACK_SIZE, PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK |
 					 MAP_NORESERVE, -1, 0);

@@ -135,6 +135,10 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
 			(wp ? UFFDIO_REGISTER_MODE_WP : 0),
 	};
 
+	int inj = hmm__inject(HMM_INJ_UFFD_REGISTER);
+
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_REGISTER, &reg))
 		return -errno;
 	return 0;
@@ -158,6 +162,10 @@ long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
 			(dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0),
 	};
 
+	int inj = hmm__inject(HMM_INJ_UFFD_COPY);
+
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_COPY, &c) == 0)
 		return (long)(len >> HMM_PAGE_SHIFT);
 	if (errno == EAGAIN)
@@ -172,6 +180,10 @@ long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
 
+	int inj = hmm__inject(HMM_INJ_UFFD_ZEROPAGE);
+
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_ZEROPAGE, &z) == 0)
 		return (long)(len >> HMM_PAGE_SHIFT);
 	if (errno == EAGAIN)
@@ -216,6 +228,10 @@ int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp)
 		.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
 
+	int inj = hmm__inject(HMM_INJ_UFFD_WRITEPROTECT);
+
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_WRITEPROTECT, &w)) {
 		if (errno == EAGAIN)
 			hmm__stat_add(HMM_STAT_uffd_eagain, 1);

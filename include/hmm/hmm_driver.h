@@ -276,6 +276,30 @@ void hmm_device_leave(hmm_device_t *dev);
  */
 void hmm_device_mark_used(hmm_device_t *dev, uint64_t dpfn);
 
+/*
+ * hmm_inject_fault - fault injection, for tests of libhmm and of drivers:
+ * the step @point fails @times times (0 disarms it) with -@err (0: the
+ * step's usual error), after letting @skip calls pass.  Points:
+ *   devmem_alloc       device-page allocation (ENOMEM)
+ *   copy_to_device     the driver's copy into device memory (EIO)
+ *   copy_to_system     the driver's copy back (EIO)
+ *   uffd_copy          UFFDIO_COPY (ENOMEM; EAGAIN, EEXIST, ENOENT are
+ *                      the kernel's races)
+ *   uffd_zeropage      UFFDIO_ZEROPAGE (ENOMEM)
+ *   uffd_writeprotect  UFFDIO_WRITEPROTECT (ENOMEM)
+ *   uffd_register      UFFDIO_REGISTER (ENOMEM)
+ *   zap                dropping pages after a copy (ENOMEM)
+ *   thread_create      starting a thread of libhmm or of sim (EAGAIN)
+ * Every injected failure leaves data where it was: the call that met it
+ * returns an error, or (CPU faults, which have no caller) libhmm retries.
+ * The environment can arm points before libhmm starts:
+ * HMM_INJECT="point[:errno[:skip[:times]]],..." (times defaults to 1).
+ * Returns 0, -ENOENT (unknown point) or -EINVAL.  Counter:
+ * faults_injected.
+ */
+int hmm_inject_fault(const char *point, int err, unsigned long skip,
+		     unsigned long times);
+
 /* Register a driver so hmm_device_open can find it by name.  Returns 0,
  * -EINVAL, -EEXIST (name taken) or -ENOMEM. */
 int hmm_driver_register(const struct hmm_driver_ops *ops);
