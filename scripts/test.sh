@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build libhmm and run its tests twice: a normal build (build/) and one with
-# AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/).  Exits
-# non-zero if anything failed; the last line is "N passed, M failed, K skipped"
-# summed over both builds.
+# Build libhmm and run its tests three times: a normal build (build/), one
+# with AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/), and one
+# with ThreadSanitizer (build-tsan/), where only the plain test programs run
+# (Criterion cannot start under TSan).  Exits non-zero if anything failed;
+# the last line is "N passed, M failed, K skipped" summed over the builds.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -81,6 +82,18 @@ if configure build-asan -Db_sanitize=address,undefined -Db_lundef=false; then
 else
 	cat "$log"
 	echo "test.sh: meson setup build-asan failed"
+	failed=$((failed + 1))
+fi
+
+unset ASAN_OPTIONS UBSAN_OPTIONS
+# halt_on_error: a data race fails the program that has it.
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+if configure build-tsan -Db_sanitize=thread -Db_lundef=false; then
+	run_suite "plain tests under TSan" build-tsan --suite plain \
+		--timeout-multiplier 3
+else
+	cat "$log"
+	echo "test.sh: meson setup build-tsan failed"
 	failed=$((failed + 1))
 fi
 
