@@ -46,8 +46,21 @@ void hmm__block_signals(void)
 	pthread_sigmask(SIG_SETMASK, &all, NULL);
 }
 
-static void at_exit(void)
+/*
+ * Exit (or dlclose of libhmm): teardown, with device calls in flight waited
+ * for only briefly (hmm__exiting): a device kernel that runs for minutes
+ * must not hold the process's exit.  Registered with __cxa_atexit and this
+ * library's handle, so that dlclose runs it too even where atexit itself
+ * is intercepted (ThreadSanitizer's is not tied to the caller's library).
+ */
+extern void *__dso_handle;
+int __cxa_atexit(void (*fn)(void *), void *arg, void *dso);
+bool hmm__exiting;
+
+static void at_exit(void *unused)
 {
+	(void)unused;
+	__atomic_store_n(&hmm__exiting, true, __ATOMIC_RELEASE);
 	if (hmm__option(HMM_OPT_STATS))
 		hmm_stats_print(stderr);
 	hmm_fini();
@@ -219,7 +232,7 @@ static int child_restart(void)
 		if (ret)
 			return ret;
 	}
-	return hmm__service_start();
+	return hmm__service_start(true);
 }
 
 static void atfork_child(void)
@@ -250,7 +263,6 @@ static void atfork_child(void)
 	c->notifier_active = 0;
 	atomic_store(&c->sync_req, 0);
 	atomic_store(&c->sync_done, 0);
-	hmm__thread_forget(&c->service);
 	atomic_store(&c->service_tid_valid, 0);
 	hmm__blocks_fork_child();
 	hmm__devices_fork_child();
@@ -273,7 +285,7 @@ __attribute__((destructor)) static void unload(void)
 static pthread_once_t once_handlers = PTHREAD_ONCE_INIT;
 static void install_handlers(void)
 {
-	atexit(at_exit);
+	__cxa_atexit(at_exit, NULL, &__dso_handle);
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
@@ -298,7 +310,7 @@ static int init_locked(void)
 	ret = hmm__sim_register();
 	if (ret && ret != -EEXIST)
 		goto fail;
-	ret = hmm__service_start();
+	ret = hmm__service_start(false);
 	if (ret)
 		goto fail;
 	return 0;

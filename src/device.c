@@ -239,12 +239,22 @@ int hmm_device_close(hmm_device_t *dev)
 {
 	if (!dev)
 		return -EINVAL;
+	bool busy = false;
+
 	if (atomic_exchange((_Atomic int *)&dev->closed, 1))
 		return -ENODEV;
 	for (int i = 0; atomic_load((_Atomic int *)&dev->users); i++) {
 		if (i == 10000)
 			hmm__warn("device %u: still waiting for calls in "
 				  "flight to finish", dev->id);
+		/* At exit, a long device kernel does not hold the process:
+		 * its pages come home under it (it faults on), and the
+		 * driver's threads end with the process. */
+		if (i == 200 && __atomic_load_n(&hmm__exiting,
+						__ATOMIC_ACQUIRE)) {
+			busy = true;
+			break;
+		}
 		usleep(1000);
 	}
 	if (!evict_all(dev)) {
@@ -253,6 +263,8 @@ int hmm_device_close(hmm_device_t *dev)
 		 * reused.  The device accepts no more calls. */
 		return -EBUSY;
 	}
+	if (busy)
+		return 0; /* exiting: the memory and threads go with the process */
 	if (dev->ops->fini)
 		dev->ops->fini(dev);
 	pthread_mutex_lock(&hmm__ctx.dev_lock);

@@ -452,6 +452,8 @@ extern struct hmm_context hmm__ctx;
 int hmm__ensure(void);
 bool hmm__on_service_thread(void);
 /* Block every signal but the synchronous fault ones. */
+/* Set by the exit handler: waits for device calls in flight are bounded. */
+extern bool hmm__exiting;
 /* Called first by every thread of libhmm: blocks signals, and marks the
  * thread as libhmm's (hmm__own_thread). */
 void hmm__block_signals(void);
@@ -475,12 +477,15 @@ int hmm__outside_own(uintptr_t s, uintptr_t e,
 int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
 		       const char *name);
 void hmm__thread_join(struct hmm_thread *t);
-/* In the child of fork: the thread does not exist here; free its stack. */
-void hmm__thread_forget(struct hmm_thread *t);
+/* In the child of fork, where @t does not exist: start it again, and free
+ * the stack the parent's thread had. */
+int hmm__thread_respawn(struct hmm_thread *t, void *(*fn)(void *), void *arg,
+			const char *name);
 int hmm__sys_madvise(void *addr, size_t len, int advice);
 
 /* ---- service.c ------------------------------------------------------ */
-int hmm__service_start(void);
+/* @after_fork: in the child, where the parent's service thread is gone. */
+int hmm__service_start(bool after_fork);
 /* Wait until the service thread has handled every message it has read. */
 void hmm__service_sync(void);
 void hmm__service_stop(void);

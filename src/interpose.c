@@ -62,6 +62,22 @@ static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
 	return hmm__outside_own(s, e, sysop_piece, &op);
 }
 
+/* Whether libhmm manages part of [s, e): then a change there sends
+ * userfaultfd events, which the caller waits to see handled.  (Waiting
+ * otherwise would tie every munmap to the service thread, sanitizer
+ * runtimes' own calls included.) */
+static bool managed(uintptr_t s, uintptr_t e)
+{
+	bool m;
+
+	if (atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return false;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	m = hmm__ranges_overlap(s, e);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return m;
+}
+
 /* Whether anybody mirrors anything: the wrappers cost one load otherwise. */
 static bool mirrored(void)
 {
@@ -150,11 +166,12 @@ int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 
 int munmap(void *addr, size_t len)
 {
-	bool m = mirrored();
+	bool m = mirrored(), mg;
 	uintptr_t s, e;
 	int ret;
 
 	range_of(addr, len, &s, &e);
+	mg = managed(s, e);
 	if (m)
 		before(s, e, HMM_NOTIFY_UNMAP);
 	ret = (int)spare_own(SYS_munmap, addr, len, 0, 0);
@@ -163,7 +180,7 @@ int munmap(void *addr, size_t len)
 	/* The UNMAP event of a managed range was read before munmap returned;
 	 * wait for it to be handled, so that the address can be reused at
 	 * once without its old state getting in the way. */
-	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
+	if (mg)
 		hmm__service_sync();
 	return ret;
 }
@@ -179,14 +196,14 @@ int madvise(void *addr, size_t len, int advice)
 {
 	bool drops = advice == MADV_DONTNEED || advice == MADV_REMOVE ||
 		     advice == MADV_FREE || advice == MADV_DONTNEED_LOCKED;
-	bool up = atomic_load(&hmm__ctx.state) == HMM_CTX_UP;
-	bool m = drops && mirrored();
+	bool m = drops && mirrored(), up;
 	uintptr_t s, e;
 	int ret;
 
-	range_of(addr, len, &s, &e);
 	if (!drops)
 		return hmm__sys_madvise(addr, len, advice);
+	range_of(addr, len, &s, &e);
+	up = managed(s, e); /* only managed memory has page states */
 	/* MADV_FREE keeps a page's data if it is written again before the
 	 * kernel frees it: tell the REMOVE handler not to take the event for
 	 * a drop. */

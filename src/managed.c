@@ -43,6 +43,41 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 	return 0;
 }
 
+/* Whether any page of [s, e) is on a device or in flight. */
+static bool any_busy(uintptr_t s, uintptr_t e)
+{
+	for (uintptr_t p = s; p < e;) {
+		struct hmm_block *b = hmm__block_lookup(p);
+		uintptr_t bend = HMM_MIN((p & ~(HMM_BLOCK_SIZE - 1)) +
+						 HMM_BLOCK_SIZE, e);
+		if (b) {
+			pthread_mutex_lock(&b->lock);
+			for (uintptr_t q = p; q < bend; q += HMM_PAGE_SIZE) {
+				uint8_t k = PS_KIND(b->state[hmm__block_index(q)]);
+				if (k == PS_DEVICE || k == PS_MIGRATING) {
+					pthread_mutex_unlock(&b->lock);
+					return true;
+				}
+			}
+			pthread_mutex_unlock(&b->lock);
+		}
+		p = bend;
+	}
+	return false;
+}
+
+/* An earlier mapping at this address may still have pages in flight (a
+ * migration that met its munmap finishes them off): wait for them. */
+static void wait_idle(uintptr_t s, uintptr_t e)
+{
+	long ms = hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS);
+
+	for (long waited = 0; any_busy(s, e) && waited < ms; waited++) {
+		hmm__service_sync();
+		usleep(1000);
+	}
+}
+
 int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
@@ -64,6 +99,16 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 	ret = check_vmas(s, e, true, &vmas, &nvmas);
 	if (ret)
 		return ret;
+	/* Managed already: no waiting for its pages (checked again below,
+	 * under the lock). */
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	ret = hmm__ranges_overlap(s, e) ? -EEXIST : 0;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret) {
+		free(vmas);
+		return ret;
+	}
+	wait_idle(s, e);
 	shared = vmas[0].shmem_anon;
 	if (shared && hmm__mapped_elsewhere(&vmas[0])) {
 		/* Another process (a child from an earlier fork) maps it:
@@ -106,6 +151,8 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 		goto out;
 	}
 	ret = hmm__pages_set_state(s, e, PS_SYSTEM);
+	if (ret == -EAGAIN)
+		ret = -EBUSY; /* still in flight after wait_idle's deadline */
 	if (!ret)
 		ret = hmm__range_insert(s, e, shared ? HMM_MK_SHMEM : HMM_MK_ANON,
 					a, 0);
@@ -120,29 +167,6 @@ out:
 		free(a);
 	}
 	return ret;
-}
-
-/* Whether any page of [s, e) is on a device or in flight. */
-static bool any_busy(uintptr_t s, uintptr_t e)
-{
-	for (uintptr_t p = s; p < e;) {
-		struct hmm_block *b = hmm__block_lookup(p);
-		uintptr_t bend = HMM_MIN((p & ~(HMM_BLOCK_SIZE - 1)) +
-						 HMM_BLOCK_SIZE, e);
-		if (b) {
-			pthread_mutex_lock(&b->lock);
-			for (uintptr_t q = p; q < bend; q += HMM_PAGE_SIZE) {
-				uint8_t k = PS_KIND(b->state[hmm__block_index(q)]);
-				if (k == PS_DEVICE || k == PS_MIGRATING) {
-					pthread_mutex_unlock(&b->lock);
-					return true;
-				}
-			}
-			pthread_mutex_unlock(&b->lock);
-		}
-		p = bend;
-	}
-	return false;
 }
 
 /* Bring [s, e) home, looping until no page is left on a device (a
@@ -266,14 +290,17 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	}
 	a->start = (uintptr_t)user;
 	a->len = len;
-	/* An unmap of this address whose event is still queued must not
-	 * meet the new range. */
+	/* An unmap of this address whose event is still queued, or whose
+	 * pages are still in flight, must not meet the new range. */
 	hmm__service_sync();
+	wait_idle(a->start, a->start + len);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	ret = hmm__uffd_register(hmm__ctx.uffd, a->start, len,
 				 hmm__ctx.caps & HMM_CAP_WP);
 	if (!ret)
 		ret = hmm__pages_set_state(a->start, a->start + len, PS_SYSTEM);
+	if (ret == -EAGAIN)
+		ret = -ENOMEM; /* documented; see wait_idle */
 	if (!ret)
 		ret = hmm__range_insert(a->start, a->start + len, HMM_MK_SHMEM,
 					a, 0);

@@ -97,6 +97,8 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
 	unsigned long seq;
 	bool ok = true;
 
+	if (start >= end)
+		return true; /* mprotect(addr, 0, ...) and the like: nothing */
 	pthread_mutex_lock(&c->notifier_lock);
 	if (!c->notifiers) {
 		pthread_mutex_unlock(&c->notifier_lock);

@@ -133,7 +133,14 @@ int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
 	pthread_attr_init(&attr);
 	pthread_attr_setstack(&attr, (char *)t->stack + STACK_GUARD,
 			      STACK_SIZE - STACK_GUARD);
+	/* Born with every signal blocked (the thread unblocks the fault
+	 * signals itself): a signal pending for the process must not run the
+	 * application's handler on a thread of libhmm in between. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	ret = -pthread_create(&t->th, &attr, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_attr_destroy(&attr);
 	if (!ret)
 		pthread_setname_np(t->th, name); /* at most 15 characters */
@@ -144,11 +151,16 @@ int hmm__thread_create(struct hmm_thread *t, void *(*fn)(void *), void *arg,
 	return ret;
 }
 
-void hmm__thread_forget(struct hmm_thread *t)
+int hmm__thread_respawn(struct hmm_thread *t, void *(*fn)(void *), void *arg,
+			const char *name)
 {
-	if (t->stack)
-		hmm__munmap_own(t->stack, STACK_SIZE);
+	/* The parent's stack stays mapped (reserved address space; its few
+	 * touched pages are copies shared with the parent): a thread created
+	 * later on a stack at the same address would reuse the parent
+	 * thread's id, which ThreadSanitizer, remembering the parent's
+	 * threads in the child, takes for a bug. */
 	t->stack = NULL;
+	return hmm__thread_create(t, fn, arg, name);
 }
 
 void hmm__thread_join(struct hmm_thread *t)

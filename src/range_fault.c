@@ -76,8 +76,11 @@ static int touch(uintptr_t va, bool write)
 		return stage == 0 ? -EFAULT : -EPERM;
 	(void)*(volatile const char *)va;
 	stage = 1;
+	/* A locked add of zero: a write access that changes nothing, which
+	 * no compiler may turn into a load (clang does with
+	 * __atomic_fetch_add(p, 0) when the result is unused). */
 	if (write)
-		__atomic_fetch_add((char *)va, 0, __ATOMIC_RELAXED);
+		__asm__ volatile("lock addb $0, %0" : "+m"(*(char *)va)::"memory");
 	hmm__guard_end(&g);
 	return 0;
 }

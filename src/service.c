@@ -529,10 +529,14 @@ void hmm__service_sync(void)
 	pthread_mutex_unlock(&c->sync_lock);
 }
 
-int hmm__service_start(void)
+int hmm__service_start(bool after_fork)
 {
-	int ret = hmm__thread_create(&hmm__ctx.service, service_main, NULL,
-				     "hmm-service");
+	int ret = after_fork ? hmm__thread_respawn(&hmm__ctx.service,
+						   service_main, NULL,
+						   "hmm-service")
+			     : hmm__thread_create(&hmm__ctx.service,
+						  service_main, NULL,
+						  "hmm-service");
 
 	if (!ret)
 		atomic_store(&hmm__ctx.service_tid_valid, 1);

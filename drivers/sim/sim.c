@@ -615,9 +615,8 @@ static int sim_fork_child(hmm_device_t *dev)
 	for (unsigned i = 0; i < ne; i++) {
 		atomic_store(&sd->engines[i].busy_s, 0);
 		atomic_store(&sd->engines[i].busy_e, 0);
-		hmm__thread_forget(&sd->engines[i].th);
-		ret = hmm__thread_create(&sd->engines[i].th, engine_main,
-					 &sd->engines[i], "hmm-sim-engine");
+		ret = hmm__thread_respawn(&sd->engines[i].th, engine_main,
+					  &sd->engines[i], "hmm-sim-engine");
 		if (ret)
 			break;
 		sd->nengines++;

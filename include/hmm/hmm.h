@@ -134,8 +134,9 @@ int hmm_caps(void);
  * Returns 0, or -EINVAL, -EFAULT (not entirely mapped, or PROT_NONE),
  * -EEXIST (overlaps managed memory), -EOPNOTSUPP (file-backed memory, or a
  * range over more than one shared anonymous mapping), -EBUSY (another
- * userfaultfd owns it, or shared memory another process maps), -ENOMEM,
- * -EPERM, -ESHUTDOWN.
+ * userfaultfd owns it, shared memory another process maps, or pages of an
+ * earlier mapping at the same address still in flight after
+ * HMM_MIGRATE_TIMEOUT_MS), -ENOMEM, -EPERM, -ESHUTDOWN.
  */
 int hmm_range_adopt(void *addr, size_t len, unsigned int flags);
 
