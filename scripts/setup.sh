@@ -13,7 +13,8 @@ packages=(
 	pkg-config
 	libcriterion-dev  # the test suite
 	liburcu-dev
-	clang
+	clang             # fuzz/ (libFuzzer)
+	libclang-rt-14-dev # libFuzzer and sanitizer runtimes for clang
 	util-linux        # setpriv
 )
 

@@ -2,8 +2,9 @@
 # Build libhmm and run its tests three times: a normal build (build/), one
 # with AddressSanitizer and UndefinedBehaviorSanitizer (build-asan/), and one
 # with ThreadSanitizer (build-tsan/), where only the plain test programs run
-# (Criterion cannot start under TSan).  Exits non-zero if anything failed;
-# the last line is "N passed, M failed, K skipped" summed over the builds.
+# (Criterion cannot start under TSan); then fuzzes briefly (fuzz/run.sh,
+# build-fuzz/ with clang).  Exits non-zero if anything failed; the last line
+# is "N passed, M failed, K skipped" summed over all of it.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -87,7 +88,7 @@ fi
 
 unset ASAN_OPTIONS UBSAN_OPTIONS
 # halt_on_error: a data race fails the program that has it.
-export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:die_after_fork=0
 if configure build-tsan -Db_sanitize=thread -Db_lundef=false; then
 	run_suite "plain tests under TSan" build-tsan --suite plain \
 		--timeout-multiplier 3
@@ -96,6 +97,24 @@ else
 	echo "test.sh: meson setup build-tsan failed"
 	failed=$((failed + 1))
 fi
+
+# Fuzzing, briefly: the regression inputs of fuzz/regressions/ replayed,
+# then each harness for 20 s (fuzz/run.sh; clang, ASan+UBSan).  One
+# result per harness.
+unset TSAN_OPTIONS
+echo "== fuzzing (build-fuzz)"
+fuzz_out=$(./fuzz/run.sh 20 2>&1)
+fuzz_rc=$?
+printf '%s\n' "$fuzz_out" | grep -E '^fuzz_|^    ' || printf '%s\n' "$fuzz_out" | tail -20
+for h in fuzz_dmirror fuzz_api; do
+	if printf '%s\n' "$fuzz_out" | grep -q "^$h: .* 0 crashes" &&
+	   printf '%s\n' "$fuzz_out" | grep -q "^$h: .* 0 failed"; then
+		passed=$((passed + 1))
+	else
+		failed=$((failed + 1))
+	fi
+done
+[ $fuzz_rc -eq 0 ] || echo "test.sh: fuzz/run.sh exited with status $fuzz_rc"
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
