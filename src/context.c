@@ -19,6 +19,7 @@ struct hmm_context hmm__ctx = {
 	.ranges_lock = PTHREAD_RWLOCK_INITIALIZER,
 	.fork_lock = PTHREAD_RWLOCK_INITIALIZER,
 	.pause_lock = PTHREAD_MUTEX_INITIALIZER,
+	.vma_lock = PTHREAD_RWLOCK_INITIALIZER,
 	.zap_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_cond = PTHREAD_COND_INITIALIZER,
@@ -249,6 +250,7 @@ static void atfork_child(void)
 	pthread_rwlock_init(&c->ranges_lock, NULL);
 	pthread_rwlock_init(&c->fork_lock, NULL);
 	pthread_mutex_init(&c->pause_lock, NULL);
+	pthread_rwlock_init(&c->vma_lock, NULL);
 	pthread_mutex_init(&c->zap_lock, NULL);
 	pthread_mutex_init(&c->notifier_lock, NULL);
 	pthread_cond_init(&c->notifier_cond, NULL);

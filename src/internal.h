@@ -3,7 +3,8 @@
  * libhmm internals, grouped by the file that defines each function.
  * Names: hmm__* cross-file internal, static otherwise.
  *
- * Lock order (outer first): ctx.init_lock -> ctx.fork_lock -> ctx.pause_lock ->
+ * Lock order (outer first): ctx.init_lock -> ctx.fork_lock -> ctx.vma_lock ->
+ * ctx.pause_lock ->
  * ctx.ranges_lock -> a driver's mirror lock -> block.lock ->
  * ctx.zap_lock -> devmem.lock.  block.lock guards state changes only: it
  * is never held across a copy, a notifier callback, a memory access that
@@ -423,6 +424,11 @@ struct hmm_context {
 	/* Held by the service thread while it handles a round of messages,
 	 * and across fork: the state is not half-way through a fault. */
 	pthread_mutex_t pause_lock;
+	/* Held for reading by libhmm's own drops of anonymous pages until
+	 * their REMOVE events are handled, for writing by the mprotect,
+	 * munmap and mremap wrappers around their system call: the VMAs the
+	 * events are matched against stay as they were. */
+	pthread_rwlock_t vma_lock;
 
 	pthread_mutex_t zap_lock; /* protects zaps, forwards, lazy */
 	struct hmm_zap *zaps;

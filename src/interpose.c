@@ -49,7 +49,8 @@ static int sysop_piece(uintptr_t s, uintptr_t e, void *arg)
 	return syscall(op->nr, s, e - s, op->a2, op->a3) ? -1 : 0;
 }
 
-static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
+static long spare_own_locked(long nr, void *addr, size_t len, long a2,
+			     long a3)
 {
 	struct sysop op = { nr, a2, a3 };
 	uintptr_t s = (uintptr_t)addr, e = s + len;
@@ -60,6 +61,23 @@ static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
 		return syscall(nr, addr, len, a2, a3);
 	e = (e + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 	return hmm__outside_own(s, e, sysop_piece, &op);
+}
+
+/* The system call, with the VMAs held still against libhmm's own drops
+ * (ctx.vma_lock) when it changes them: mprotect and munmap. */
+static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
+{
+	bool vmas = nr != SYS_madvise &&
+		    atomic_load(&hmm__ctx.state) == HMM_CTX_UP &&
+		    !hmm__on_service_thread();
+	long ret;
+
+	if (vmas)
+		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
+	ret = spare_own_locked(nr, addr, len, a2, a3);
+	if (vmas)
+		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
+	return ret;
 }
 
 /* Whether libhmm manages part of [s, e): then a change there sends
@@ -212,6 +230,16 @@ int madvise(void *addr, size_t len, int advice)
 		hmm__rec_push(&hmm__ctx.lazy, &lazy);
 	if (m)
 		before(s, e, HMM_NOTIFY_CLEAR);
+	/* A drop of data: drop the page states first, so that no fault-back
+	 * in flight can put old data back after the system call (the device
+	 * copies go, pages moving home are marked cleared, and the pages
+	 * migrations may take are held back); again after it, below. */
+	bool shm = up && hmm__range_is_shmem(s);
+	bool pre = up && advice != MADV_FREE &&
+		   (advice == MADV_REMOVE ? shm : !shm);
+	if (pre)
+		hmm__pages_drop(s, e, false, false, true, HMM_NOTIFY_CLEAR,
+				!hmm__on_service_thread());
 	ret = (int)spare_own(SYS_madvise, addr, len, advice, 0);
 	/* Wait for the REMOVE events of this call to be handled: they see the
 	 * MADV_FREE record, and a drop marked below is not undone by them. */
@@ -248,9 +276,16 @@ void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		if (ns)
 			before(ns, ne, HMM_NOTIFY_UNMAP);
 	}
-	/* syscall() returns -1 with errno set on failure: MAP_FAILED. */
+	/* syscall() returns -1 with errno set on failure: MAP_FAILED.  The
+	 * VMAs are held still against libhmm's drops (see spare_own). */
+	bool up = atomic_load(&hmm__ctx.state) == HMM_CTX_UP &&
+		  !hmm__on_service_thread();
+	if (up)
+		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
 	ret = (void *)syscall(SYS_mremap, old, old_len, new_len, flags,
 			      new_addr);
+	if (up)
+		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
 	if (m) {
 		after(s, e, HMM_NOTIFY_UNMAP);
 		if (ns)

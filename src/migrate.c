@@ -166,8 +166,14 @@ static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 int hmm__zap_runs(const struct hmm_mrange *r, struct hmm_block *b,
 		  const struct sel *s, struct hmm_zap *zaps, size_t *nzaps)
 {
+	bool anon = r->kind == HMM_MK_ANON;
 	int ret = 0;
 
+	/* No VMA may split or merge (mprotect, munmap, mremap through
+	 * libc) between the drop and the handling of its REMOVE events,
+	 * which hmm__zap_claim matches against the VMAs of that moment. */
+	if (anon)
+		pthread_rwlock_rdlock(&hmm__ctx.vma_lock);
 	*nzaps = 0;
 	for (size_t k = 0; k < s->n;) {
 		size_t n = sel_run(s, k), m = 0;
@@ -195,8 +201,10 @@ int hmm__zap_runs(const struct hmm_mrange *r, struct hmm_block *b,
 	}
 	/* madvise returns once its REMOVE events are read, not handled: wait
 	 * until they are, so that they meet their records. */
-	if (r->kind == HMM_MK_ANON && *nzaps)
+	if (anon && *nzaps)
 		hmm__service_sync();
+	if (anon)
+		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
 	return ret;
 }
 

@@ -109,13 +109,30 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	}
 	/* UFFDIO_COPY fails whole with ENOENT when its range crosses the end
 	 * of a VMA (two adjacent ranges), so on ENOENT try again with half
-	 * the length; only a single page that fails so is really unmapped. */
+	 * the length; only a single page that fails so is really unmapped.
+	 * Each copy runs under the block lock, over pages that the
+	 * application has not dropped meanwhile (PSF_CLEARED: the madvise
+	 * wrapper marks them before its system call), so that old data is
+	 * never installed after a drop: the lock orders the two.  UFFDIO_COPY
+	 * waits for no thread of libhmm. */
 	while (done < n) {
-		size_t len = HMM_MIN(chunk, n - done);
-		long r = hmm__uffd_copy(hmm__ctx.uffd,
-					va0 + done * HMM_PAGE_SIZE,
-					(char *)src + done * HMM_PAGE_SIZE,
-					len * HMM_PAGE_SIZE, false, true);
+		size_t len = HMM_MIN(chunk, n - done), ok = 0;
+		long r;
+		pthread_mutex_lock(&b->lock);
+		while (ok < len &&
+		       !(b->state[sel->idx[k0 + done + ok]] & PSF_CLEARED))
+			ok++;
+		if (ok == 0) {
+			/* Dropped: not installed; the commit settles it. */
+			pthread_mutex_unlock(&b->lock);
+			sel->flag[k0 + done++] = INST_NOT_DONE;
+			continue;
+		}
+		len = ok;
+		r = hmm__uffd_copy(hmm__ctx.uffd, va0 + done * HMM_PAGE_SIZE,
+				   (char *)src + done * HMM_PAGE_SIZE,
+				   len * HMM_PAGE_SIZE, false, true);
+		pthread_mutex_unlock(&b->lock);
 		if (r > 0) {
 			memset(sel->flag + k0 + done, INST_DONE, (size_t)r);
 			done += (size_t)r;

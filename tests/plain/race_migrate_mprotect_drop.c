@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migrations racing with mprotect and with MADV_DONTNEED (private
+ * anonymous memory), found by hmm-stress:
+ *  - mprotect split and merged VMAs between libhmm's own drop of copied
+ *    pages and the handling of its REMOVE events, which were then taken
+ *    for the application's drop: whole pages read zeros;
+ *  - a fault-back in flight installed old data after the application
+ *    dropped the page.
+ * Two threads migrate random spans to two devices and home without pause
+ * while the main thread protects, drops, rewrites and checks every word.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include <hmm/hmm.h>
+
+#include "plain.h"
+
+#define NP 256
+#define LEN (NP * 4096UL)
+#define ROUNDS 1500
+
+static hmm_device_t *dev[2];
+static uint64_t *p;
+static atomic_bool stop;
+
+static void *migrator(void *arg)
+{
+	unsigned seed = (unsigned)(uintptr_t)arg;
+
+	while (!atomic_load(&stop)) {
+		size_t pg = rand_r(&seed) % NP, n = 1 + rand_r(&seed) % 32;
+		int d = rand_r(&seed) % 3;
+		if (pg + n > NP)
+			n = NP - pg;
+		hmm_migrate(p + pg * 512, n * 4096, d < 2 ? dev[d] : NULL, 0);
+	}
+	return NULL;
+}
+
+static void fill(uint64_t gen)
+{
+	for (size_t i = 0; i < LEN / 8; i++)
+		p[i] = i * 1000 + gen;
+}
+
+int main(void)
+{
+	unsigned seed = 1;
+	pthread_t th[2];
+
+	PLAIN_NEED_HMM();
+	CHECK(hmm_device_open("sim", NULL, &dev[0]) == 0, "device 0");
+	CHECK(hmm_device_open("sim", NULL, &dev[1]) == 0, "device 1");
+	p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	CHECK(p != MAP_FAILED, "mmap");
+	CHECK(hmm_range_adopt(p, LEN, 0) == 0, "adopt");
+	fill(0);
+	for (int i = 0; i < 2; i++)
+		CHECK(pthread_create(&th[i], NULL, migrator,
+				     (void *)(uintptr_t)(i + 7)) == 0, "thread");
+	for (uint64_t gen = 0; gen < ROUNDS; gen++) {
+		size_t a = rand_r(&seed) % NP, n = 1 + rand_r(&seed) % 16;
+		bool drop = gen & 1;
+		if (a + n > NP)
+			n = NP - a;
+		if (drop) {
+			CHECK(madvise(p + a * 512, n * 4096, MADV_DONTNEED) == 0,
+			      "madvise");
+		} else {
+			CHECK(mprotect(p + a * 512, n * 4096, PROT_READ) == 0,
+			      "mprotect");
+			for (size_t i = a * 512; i < (a + n) * 512; i++)
+				CHECK(p[i] == i * 1000 + gen,
+				      "round %lu, read-only: word %zu is %lu",
+				      (unsigned long)gen, i, (unsigned long)p[i]);
+			CHECK(mprotect(p + a * 512, n * 4096,
+				       PROT_READ | PROT_WRITE) == 0,
+			      "mprotect");
+		}
+		for (size_t i = 0; i < LEN / 8; i++) {
+			bool dropped = drop && i >= a * 512 &&
+				       i < (a + n) * 512;
+			uint64_t want = dropped ? 0 : i * 1000 + gen;
+			CHECK(p[i] == want,
+			      "round %lu (%s %zu+%zu): word %zu (page %zu) is "
+			      "%lu, not %lu",
+			      (unsigned long)gen, drop ? "dropped" : "protected",
+			      a, n, i, i / 512, (unsigned long)p[i],
+			      (unsigned long)want);
+		}
+		fill(gen + 1);
+	}
+	atomic_store(&stop, true);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	return 0;
+}
