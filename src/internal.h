@@ -424,6 +424,8 @@ struct hmm_context {
 	/* Held by the service thread while it handles a round of messages,
 	 * and across fork: the state is not half-way through a fault. */
 	pthread_mutex_t pause_lock;
+	/* Bumped by every mprotect through libc (interpose.c). */
+	atomic_ulong prot_gen;
 	/* Held for reading by libhmm's own drops of anonymous pages until
 	 * their REMOVE events are handled, for writing by the mprotect,
 	 * munmap and mremap wrappers around their system call: the VMAs the
@@ -468,6 +470,8 @@ extern __thread bool hmm__own_thread;
 /* ---- interpose.c ---------------------------------------------------- */
 /* libhmm's own unmaps and madvises: straight to the kernel. */
 int hmm__sys_munmap(void *addr, size_t len);
+/* Device-resident and moving pages of [s, e) take protection @prot. */
+void hmm__protect_range(uintptr_t s, uintptr_t e, int prot);
 
 /* ---- ownmap.c ------------------------------------------------------- */
 /* libhmm's own mappings, which the munmap/madvise/mprotect wrappers spare

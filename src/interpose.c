@@ -144,6 +144,11 @@ static void protect_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	pthread_mutex_unlock(&b->lock);
 }
 
+void hmm__protect_range(uintptr_t s, uintptr_t e, int prot)
+{
+	hmm__blocks_for_each(s, e, protect_block, &prot);
+}
+
 static int protect(void *addr, size_t len, int prot, long ret)
 {
 	uintptr_t s, e;
@@ -151,8 +156,11 @@ static int protect(void *addr, size_t len, int prot, long ret)
 	if (ret)
 		return (int)ret;
 	range_of(addr, len, &s, &e);
+	/* Bumped before the pages take the new protection: a migration
+	 * that read the VMAs before this looks again (hmm_migrate). */
+	atomic_fetch_add(&hmm__ctx.prot_gen, 1);
 	if (atomic_load(&hmm__ctx.state) == HMM_CTX_UP)
-		hmm__blocks_for_each(s, e, protect_block, &prot);
+		hmm__protect_range(s, e, prot);
 	if (mirrored())
 		after(s, e, HMM_NOTIFY_PROTECTION_VMA);
 	return 0;
