@@ -385,9 +385,10 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 /* Every managed range, to system memory (pages of @only, or of any device
  * if NULL). */
 void hmm__migrate_all_to_system(hmm_device_t *only);
+/* @vmas were read when ctx.prot_gen was @prot_gen. */
 long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    hmm_device_t *dev, const struct hmm_vma *vmas,
-			    long nvmas);
+			    long nvmas, unsigned long prot_gen);
 
 /* ---- context.c ------------------------------------------------------ */
 struct hmm_zap {		/* a zap libhmm does itself (migrate.c) */

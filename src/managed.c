@@ -358,29 +358,6 @@ int hmm_mem_free(void *addr, size_t len)
 	return 0;
 }
 
-/*
- * The pages a migration put on a device took the protection of the VMAs it
- * read at its start.  If an mprotect came in between, give them the
- * protection of the VMAs as they are now, until no other mprotect
- * interleaves (prot_gen).
- */
-static void reprotect(uintptr_t s, uintptr_t e)
-{
-	for (int round = 0; round < 10; round++) {
-		unsigned long g = atomic_load(&hmm__ctx.prot_gen);
-		struct hmm_vma *v;
-		long n = hmm__vma_snapshot(s, e, &v);
-		if (n < 0)
-			return;
-		for (long i = 0; i < n; i++)
-			hmm__protect_range(HMM_MAX(s, v[i].start),
-					   HMM_MIN(e, v[i].end), v[i].prot);
-		free(v);
-		if (atomic_load(&hmm__ctx.prot_gen) == g)
-			return;
-	}
-}
-
 long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 		 unsigned int flags)
 {
@@ -404,9 +381,8 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 		ret = check_vmas(s, e, false, &vmas, &nvmas);
 	if (!ret) {
 		if (dev) {
-			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas);
-			if (atomic_load(&hmm__ctx.prot_gen) != gen)
-				reprotect(s, e);
+			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas,
+						     gen);
 		} else {
 			ret = hmm__migrate_to_system(s, e, NULL, 0);
 		}

@@ -678,10 +678,35 @@ static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
 	return moved;
 }
 
+/*
+ * The pages collected in [s, e) took the protection of VMAs read before an
+ * mprotect that has run since (ctx.prot_gen moved): give the device and
+ * moving pages there the protection of the VMAs as they are now, again
+ * until no mprotect interleaves.  (An mprotect after this updates moving
+ * pages itself, interpose.c.)
+ */
+static void reprotect(uintptr_t s, uintptr_t e)
+{
+	for (int round = 0; round < 10; round++) {
+		unsigned long g = atomic_load(&hmm__ctx.prot_gen);
+		struct hmm_vma *v;
+		long n = hmm__vma_snapshot(s, e, &v);
+		if (n < 0)
+			return;
+		for (long i = 0; i < n; i++)
+			hmm__protect_range(HMM_MAX(s, v[i].start),
+					   HMM_MIN(e, v[i].end), v[i].prot);
+		free(v);
+		if (atomic_load(&hmm__ctx.prot_gen) == g)
+			return;
+	}
+}
+
 static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 			    uintptr_t e, hmm_device_t *dev,
 			    const struct hmm_vma *vmas, long nvmas,
-			    struct sel *sel, struct hmm_zap *zaps)
+			    unsigned long prot_gen, struct sel *sel,
+			    struct hmm_zap *zaps)
 {
 	struct hmm_block *b = hmm__block_lookup(s);
 	bool waiters = false, wp = hmm__ctx.caps & HMM_CAP_WP;
@@ -702,6 +727,8 @@ again:
 		return ret;
 	if (!sel->n)
 		return 0;
+	if (atomic_load(&hmm__ctx.prot_gen) != prot_gen)
+		reprotect(s, e);
 	ret = hmm__devmem_alloc(dev, sel->n, sel->dpfn);
 	if (ret == -ENOMEM && evictions < 8) {
 		/* Device memory is full: make room (least recently used
@@ -829,7 +856,7 @@ static bool shared_here_only(struct hmm_alloc *a)
 
 long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    hmm_device_t *dev, const struct hmm_vma *vmas,
-			    long nvmas)
+			    long nvmas, unsigned long prot_gen)
 {
 	struct sel *sel = malloc(sizeof(*sel));
 	struct hmm_zap *zaps = malloc(HMM_BLOCK_PAGES * sizeof(*zaps));
@@ -874,7 +901,7 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			ret = -EBUSY;
 		else
 			ret = block_to_device(&r, pos, bend, dev, vmas, nvmas,
-					      sel, zaps);
+					      prot_gen, sel, zaps);
 		if (r.alloc) {
 			pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 			hmm__alloc_put(r.alloc);
