@@ -63,23 +63,6 @@ static long spare_own_locked(long nr, void *addr, size_t len, long a2,
 	return hmm__outside_own(s, e, sysop_piece, &op);
 }
 
-/* The system call, with the VMAs held still against libhmm's own drops
- * (ctx.vma_lock) when it changes them: mprotect and munmap. */
-static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
-{
-	bool vmas = nr != SYS_madvise &&
-		    atomic_load(&hmm__ctx.state) == HMM_CTX_UP &&
-		    !hmm__on_service_thread();
-	long ret;
-
-	if (vmas)
-		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
-	ret = spare_own_locked(nr, addr, len, a2, a3);
-	if (vmas)
-		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
-	return ret;
-}
-
 /* Whether libhmm manages part of [s, e): then a change there sends
  * userfaultfd events, which the caller waits to see handled.  (Waiting
  * otherwise would tie every munmap to the service thread, sanitizer
@@ -94,6 +77,26 @@ static bool managed(uintptr_t s, uintptr_t e)
 	m = hmm__ranges_overlap(s, e);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	return m;
+}
+
+/* The system call, with the VMAs held still against libhmm's own drops
+ * (ctx.vma_lock) when it changes them: mprotect and munmap. */
+static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
+{
+	/* Only VMAs of managed memory matter (a registered VMA never merges
+	 * with an unregistered neighbour). */
+	bool vmas = nr != SYS_madvise && !hmm__on_service_thread() &&
+		    managed((uintptr_t)addr & ~HMM_PAGE_MASK,
+			    ((uintptr_t)addr + len + HMM_PAGE_MASK) &
+				    ~HMM_PAGE_MASK);
+	long ret;
+
+	if (vmas)
+		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
+	ret = spare_own_locked(nr, addr, len, a2, a3);
+	if (vmas)
+		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
+	return ret;
 }
 
 /* Whether anybody mirrors anything: the wrappers cost one load otherwise. */
@@ -286,8 +289,8 @@ void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	}
 	/* syscall() returns -1 with errno set on failure: MAP_FAILED.  The
 	 * VMAs are held still against libhmm's drops (see spare_own). */
-	bool up = atomic_load(&hmm__ctx.state) == HMM_CTX_UP &&
-		  !hmm__on_service_thread();
+	bool up = !hmm__on_service_thread() &&
+		  (managed(s, e) || (ns && managed(ns, ne)));
 	if (up)
 		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
 	ret = (void *)syscall(SYS_mremap, old, old_len, new_len, flags,
