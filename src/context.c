@@ -116,17 +116,8 @@ static bool shared_pages_home(bool evict)
 		if (evict)
 			hmm__migrate_to_system(copy[i].start, copy[i].end, NULL,
 					       0);
-		for (uintptr_t p = copy[i].start; p < copy[i].end && home;
-		     p += HMM_PAGE_SIZE) {
-			struct hmm_block *b = hmm__block_lookup(p);
-			uint8_t k = PS_NONE;
-			if (b) {
-				pthread_mutex_lock(&b->lock);
-				k = PS_KIND(b->state[hmm__block_index(p)]);
-				pthread_mutex_unlock(&b->lock);
-			}
-			home = k != PS_DEVICE && k != PS_MIGRATING;
-		}
+		if (home && hmm__range_busy(copy[i].start, copy[i].end))
+			home = false;
 	}
 	free(copy);
 	return home;

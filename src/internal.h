@@ -302,6 +302,8 @@ void hmm__alloc_put(struct hmm_alloc *a);
  * except pages on a device or in flight.  Returns 0, -EAGAIN if such a
  * page was skipped, or -ENOMEM. */
 int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state);
+/* Whether any page of [start, end) is on a device or in flight. */
+bool hmm__range_busy(uintptr_t start, uintptr_t end);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {

@@ -44,7 +44,7 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 }
 
 /* Whether any page of [s, e) is on a device or in flight. */
-static bool any_busy(uintptr_t s, uintptr_t e)
+bool hmm__range_busy(uintptr_t s, uintptr_t e)
 {
 	for (uintptr_t p = s; p < e;) {
 		struct hmm_block *b = hmm__block_lookup(p);
@@ -72,7 +72,7 @@ static void wait_idle(uintptr_t s, uintptr_t e)
 {
 	long ms = hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS);
 
-	for (long waited = 0; any_busy(s, e) && waited < ms; waited++) {
+	for (long waited = 0; hmm__range_busy(s, e) && waited < ms; waited++) {
 		hmm__service_sync();
 		usleep(1000);
 	}
@@ -178,7 +178,7 @@ static int unmanage(uintptr_t s, uintptr_t e)
 		long r = hmm__migrate_to_system(s, e, NULL, 0);
 		if (r < 0 && r != -ETIMEDOUT && r != -EAGAIN)
 			return (int)r;
-		if (!any_busy(s, e)) {
+		if (!hmm__range_busy(s, e)) {
 			int ret = hmm__pages_set_state(s, e, PS_NONE);
 			if (ret != -EAGAIN)
 				return ret;
