@@ -203,6 +203,39 @@ void hmm__guard_uninstall(void);	/* the application's handlers back */
 void hmm__guard_arm(struct hmm_guard *g);
 void hmm__guard_end(struct hmm_guard *g);
 
+/*
+ * A device's own accesses to the application's memory (the sim engine's
+ * reads and writes of system pages, range_fault's touches) are DMA: what
+ * orders them with the CPU's accesses and libhmm's page copies is
+ * userfaultfd write-protection, unmapping and the device page table, none
+ * of which ThreadSanitizer sees, and a race it would report there is the
+ * application's (two devices on the same words), not libhmm's.  Under
+ * TSan these bracket such accesses so that they are not tracked;
+ * synchronisation still is.  Nothing otherwise.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define HMM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define HMM_TSAN 1
+#endif
+#endif
+#ifdef HMM_TSAN
+void AnnotateIgnoreReadsBegin(const char *file, int line);
+void AnnotateIgnoreReadsEnd(const char *file, int line);
+void AnnotateIgnoreWritesBegin(const char *file, int line);
+void AnnotateIgnoreWritesEnd(const char *file, int line);
+#define hmm__dma_begin()                                                    \
+	(AnnotateIgnoreReadsBegin(__FILE__, __LINE__),                      \
+	 AnnotateIgnoreWritesBegin(__FILE__, __LINE__))
+#define hmm__dma_end()                                                      \
+	(AnnotateIgnoreWritesEnd(__FILE__, __LINE__),                       \
+	 AnnotateIgnoreReadsEnd(__FILE__, __LINE__))
+#else
+#define hmm__dma_begin() ((void)0)
+#define hmm__dma_end() ((void)0)
+#endif
+
 /* ---- registry.c ----------------------------------------------------- */
 /* Page state: low two bits are the kind, the rest flags. */
 enum {

@@ -14,6 +14,9 @@ struct sel {
 	uint32_t dpfn[HMM_BLOCK_PAGES];
 	unsigned char flag[HMM_BLOCK_PAGES]; /* per page, caller's use */
 	size_t n;
+	unsigned dev;	/* to system: the device all n pages are on (read
+			 * with them under block.lock: b->dev's NOREAD bit
+			 * changes under it meanwhile) */
 };
 
 static inline uintptr_t sel_va(const struct hmm_block *b, unsigned idx)

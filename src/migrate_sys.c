@@ -189,8 +189,9 @@ static int collect_to_system(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		}
 		if (PS_KIND(st) != PS_DEVICE || (only && id != only->id))
 			continue;
-		if (sel->n && id != PDEV_ID(b->dev[sel->idx[0]]))
+		if (sel->n && id != sel->dev)
 			continue;
+		sel->dev = id;
 		b->state[i] = PS_MIGRATING | (st & PSF_DEV_WRITE);
 		sel->idx[sel->n] = i;
 		sel->dpfn[sel->n] = b->dpfn[i];
@@ -281,7 +282,7 @@ static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
 				return total ? total : -EINPROGRESS;
 			continue; /* waited for a page in flight */
 		}
-		dev = hmm__device_get(PDEV_ID(b->dev[sel->idx[0]]));
+		dev = hmm__device_get(sel->dev);
 		if (!dev)
 			return -ENODEV; /* cannot happen: close evicts first */
 		hmm__invalidate(sel_va(b, sel->idx[0]),

@@ -268,7 +268,9 @@ int hmm_range_fault(struct hmm_range *range)
 			continue;
 		}
 		if (fault) {
+			hmm__dma_begin();
 			ret = touch(va, write);
+			hmm__dma_end();
 			if (ret)
 				break;
 			range->hmm_pfns[i] = HMM_PFN_VALID |

@@ -112,16 +112,6 @@ const char *__tsan_default_options(void)
 	return "die_after_fork=0";
 }
 
-/*
- * libhmm's touch() (src/range_fault.c) faults a user page in for a device
- * with a plain read and an atomic add of 0: engines touching the same page
- * look like a race to TSan, and are not one that matters.
- */
-const char *__tsan_default_suppressions(void);
-const char *__tsan_default_suppressions(void)
-{
-	return "race:range_fault.c\n";
-}
 #endif
 
 /* ------------------------------------------------------------------ */

@@ -311,7 +311,9 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 		atomic_store_explicit(&e->busy_e, run_end, memory_order_relaxed);
 		atomic_store_explicit(&e->busy_s, page, memory_order_release);
 		pthread_mutex_unlock(&sd->lock);
+		hmm__dma_begin();
 		int tripped = guarded_call(fn, (void *)pos, pos - addr, n, arg);
+		hmm__dma_end();
 		atomic_store_explicit(&e->busy_s, 0, memory_order_release);
 		if (tripped) {
 			/* Unmapped or protected under us: forget these
