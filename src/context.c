@@ -252,7 +252,7 @@ static void atfork_child(void)
 	pthread_mutex_init(&c->dev_lock, NULL);
 	pthread_mutex_init(&c->sync_lock, NULL);
 	pthread_cond_init(&c->sync_cond, NULL);
-	c->zaps = c->lazy = NULL;
+	c->zaps = c->lazy = c->drops = NULL;
 	c->forwards = NULL;
 	/* Notifiers do not follow a fork, as in the kernel; drivers insert
 	 * theirs again from fork_child. */

@@ -400,8 +400,8 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
 long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 			    hmm_device_t *only, int flags);
 /* Records of ranges (libhmm's own zaps in ctx.zaps, MADV_FREE calls in
- * progress in ctx.lazy), under ctx.zap_lock: add, remove, and whether one
- * covers [s, e). */
+ * progress in ctx.lazy, interposed drops in ctx.drops), under
+ * ctx.zap_lock: add, remove, and whether one covers [s, e). */
 void hmm__rec_push(struct hmm_zap **list, struct hmm_zap *z);
 void hmm__rec_pop(struct hmm_zap **list, struct hmm_zap *z);
 bool hmm__rec_covers(struct hmm_zap *const *list, uintptr_t s, uintptr_t e);
@@ -417,6 +417,11 @@ void hmm__forward_add(uintptr_t from, uintptr_t to);
 void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 		     bool keep_data, bool pending,
 		     enum hmm_notifier_event event, bool blockable);
+/* The drop that hmm__pages_drop(..., pending) announced is done: clear the
+ * PSF_DROPPING marks left, and end the invalidation.  Nothing else: every
+ * page that could hold the old data was settled before the system call. */
+void hmm__pages_drop_done(uintptr_t start, uintptr_t end,
+			  enum hmm_notifier_event event, bool blockable);
 /* Every managed range, to system memory (pages of @only, or of any device
  * if NULL). */
 void hmm__migrate_all_to_system(hmm_device_t *only);
@@ -472,6 +477,8 @@ struct hmm_context {
 	struct hmm_zap *zaps;
 	struct hmm_forward *forwards;
 	struct hmm_zap *lazy;	/* MADV_FREE calls in progress (interpose.c) */
+	struct hmm_zap *drops;	/* interposed drops in progress (interpose.c):
+				 * their REMOVE events are the wrapper's */
 
 	pthread_mutex_t notifier_lock; /* protects notifiers, the seq */
 	pthread_cond_t notifier_cond;  /* callbacks finished */

@@ -215,11 +215,21 @@ int munmap(void *addr, size_t len)
 }
 
 /*
- * A drop the application asked for (MADV_DONTNEED and friends).  Once the
- * system call succeeded, the pages' contents are gone; mark them here, in
- * the calling thread, rather than leave it to the REMOVE event alone: an
- * event inside one of libhmm's own drops could be taken for libhmm's.
- * On shared memory only MADV_REMOVE drops data (MADV_DONTNEED unmaps).
+ * A drop the application asked for (MADV_DONTNEED and friends), settled
+ * here in the calling thread rather than left to the REMOVE events, which
+ * arrive after the kernel has dropped and cannot be told apart from
+ * libhmm's own.  On shared memory only MADV_REMOVE drops data
+ * (MADV_DONTNEED unmaps).
+ *
+ * Everything is done before the system call: device copies go, pages
+ * moving home are marked cleared (their install is skipped, or the kernel
+ * drops what was installed), pages a migration may take are marked
+ * dropping (it sends zeros if the kernel got there first, and discards its
+ * copy otherwise).  Whatever happens to the pages after the system call
+ * starts from their new contents, so nothing is marked afterwards: a mark
+ * on a page installed after the drop would have its migration drop it
+ * again once this call had returned, over what the application wrote
+ * since.  The REMOVE events of the call are ignored (ctx.drops).
  */
 int madvise(void *addr, size_t len, int advice)
 {
@@ -233,35 +243,34 @@ int madvise(void *addr, size_t len, int advice)
 		return hmm__sys_madvise(addr, len, advice);
 	range_of(addr, len, &s, &e);
 	up = managed(s, e); /* only managed memory has page states */
-	/* MADV_FREE keeps a page's data if it is written again before the
-	 * kernel frees it: tell the REMOVE handler not to take the event for
-	 * a drop. */
-	struct hmm_zap lazy = { .start = s, .end = e };
-	if (up && advice == MADV_FREE)
-		hmm__rec_push(&hmm__ctx.lazy, &lazy);
-	if (m)
-		before(s, e, HMM_NOTIFY_CLEAR);
-	/* A drop of data: drop the page states first, so that no fault-back
-	 * in flight can put old data back after the system call (the device
-	 * copies go, pages moving home are marked cleared, and the pages
-	 * migrations may take are held back); again after it, below. */
 	bool shm = up && hmm__range_is_shmem(s);
 	bool pre = up && advice != MADV_FREE &&
 		   (advice == MADV_REMOVE ? shm : !shm);
+	/* MADV_FREE keeps a page's data if it is written again before the
+	 * kernel frees it: tell the REMOVE handler not to take the event for
+	 * a drop.  A drop settled here: tell it to leave the event alone. */
+	struct hmm_zap rec = { .start = s, .end = e };
+	if (up && advice == MADV_FREE)
+		hmm__rec_push(&hmm__ctx.lazy, &rec);
+	else if (pre)
+		hmm__rec_push(&hmm__ctx.drops, &rec);
+	if (m)
+		before(s, e, HMM_NOTIFY_CLEAR);
 	if (pre)
 		hmm__pages_drop(s, e, false, false, true, HMM_NOTIFY_CLEAR,
 				!hmm__on_service_thread());
 	ret = (int)spare_own(SYS_madvise, addr, len, advice, 0);
-	/* Wait for the REMOVE events of this call to be handled: they see the
-	 * MADV_FREE record, and a drop marked below is not undone by them. */
+	/* Wait for the REMOVE events of this call to be handled while the
+	 * records that explain them are still there. */
 	if (up)
 		hmm__service_sync();
 	if (up && advice == MADV_FREE)
-		hmm__rec_pop(&hmm__ctx.lazy, &lazy);
-	if (up && ret == 0 && advice != MADV_FREE &&
-	    (advice == MADV_REMOVE || !hmm__range_is_shmem(s)))
-		hmm__pages_drop(s, e, false, false, false, HMM_NOTIFY_CLEAR,
-				!hmm__on_service_thread());
+		hmm__rec_pop(&hmm__ctx.lazy, &rec);
+	else if (pre)
+		hmm__rec_pop(&hmm__ctx.drops, &rec);
+	if (pre)
+		hmm__pages_drop_done(s, e, HMM_NOTIFY_CLEAR,
+				     !hmm__on_service_thread());
 	else if (m)
 		after(s, e, HMM_NOTIFY_CLEAR);
 	return ret;

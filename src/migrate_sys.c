@@ -205,11 +205,12 @@ static int collect_to_system(struct hmm_block *b, uintptr_t s, uintptr_t e,
  * Phase 3.  Installed pages become SYSTEM and their device pages are freed;
  * pages not installed go back to the device.  Pages that the application
  * dropped meanwhile (PSF_CLEARED) must read zeros: an installed one is
- * listed in @rezap for the caller to drop again, one not installed loses
- * its device copy.  Returns pages installed; *rolled counts those put back.
+ * listed in @rezap for the caller to drop again (@can_rezap; it stays
+ * MIGRATING until then), one not installed loses its device copy.  Returns
+ * pages installed; *rolled counts those put back.
  */
 static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
-			       struct sel *sel, struct sel *rezap,
+			       struct sel *sel, struct sel *rezap, bool can_rezap,
 			       bool *waiters, size_t *rolled)
 {
 	uint32_t freed[HMM_BLOCK_PAGES];
@@ -241,12 +242,24 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 			(*rolled)++;
 			continue;
 		}
-		if (res == INST_DONE && (st & PSF_CLEARED))
-			rezap->idx[rezap->n++] = i;
 		freed[nfree++] = sel->dpfn[k];
 		b->ndev--;
-		b->state[i] = PS_SYSTEM;
 		b->dev[i] = 0;
+		if (res == INST_DONE && (st & PSF_CLEARED) && can_rezap) {
+			/* Installed, then dropped by the application: it
+			 * stays MIGRATING until the caller has dropped it
+			 * again (drop_again), so that no migration copies
+			 * the old data meanwhile and no CPU access sees it. */
+			rezap->idx[rezap->n++] = i;
+			continue;
+		}
+		/* Installed and dropped, by a thread that cannot drop it
+		 * again (the service thread, which the application's madvise
+		 * waits for before it ends the drop): the kernel drops it;
+		 * until then a migration must not take the old data. */
+		b->state[i] = res == INST_DONE && (st & PSF_CLEARED)
+				      ? PS_SYSTEM | PSF_DROPPING
+				      : PS_SYSTEM;
 		if (res == INST_DONE)
 			moved++;
 	}
@@ -254,6 +267,60 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 	pthread_mutex_unlock(&b->lock);
 	hmm__devmem_free(dev, freed, nfree);
 	return moved;
+}
+
+/*
+ * Pages of @rezap were installed, then dropped by the application (a raw
+ * drop may have come after the install: the kernel then had nothing to
+ * drop there yet).  Drop them again, range by range, and only then let
+ * them be SYSTEM: until now they stayed MIGRATING, so that no migration
+ * took the old data and CPU faults waited.
+ */
+static void drop_again(struct hmm_block *b, struct sel *rezap)
+{
+	struct sel *part = malloc(sizeof(*part));
+	struct hmm_zap zaps[HMM_BLOCK_PAGES];
+	bool failed = !part;
+
+	for (size_t k = 0; part && k < rezap->n;) {
+		uintptr_t va = sel_va(b, rezap->idx[k]);
+		struct hmm_mrange r, *rp;
+		size_t nz = 0;
+
+		pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+		rp = hmm__range_find(va);
+		if (rp)
+			r = *rp;
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		if (!rp) { /* unmapped meanwhile: nothing left to drop */
+			k++;
+			continue;
+		}
+		part->n = 0;
+		while (k < rezap->n && sel_va(b, rezap->idx[k]) < r.end)
+			part->idx[part->n++] = rezap->idx[k++];
+		memset(part->flag, 1, part->n);
+		if (hmm__zap_runs(&r, b, part, zaps, &nz))
+			failed = true;
+		for (size_t z = 0; z < nz; z++)
+			hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
+	}
+	free(part);
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < rezap->n; k++) {
+		unsigned i = rezap->idx[k];
+		if (b->state[i] & PSF_UNMAPPED) {
+			uintptr_t to = hmm__forward_take(sel_va(b, i));
+			b->state[i] = PS_NONE;
+			if (to)
+				hmm__forward_commit(to, NULL, 0, 0, 0);
+			continue;
+		}
+		/* If the drop failed, the application's may still come. */
+		b->state[i] = failed ? PS_SYSTEM | PSF_DROPPING : PS_SYSTEM;
+	}
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
 }
 
 static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
@@ -292,26 +359,11 @@ static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
 		for (size_t k0 = 0; k0 < sel->n && !ret; k0 += sel_run(sel, k0))
 			ret = install_run(dev, b, sel, k0, sel_run(sel, k0));
 
-		moved = commit_to_system(b, dev, sel, rezap, &waiters, &rolled);
-		if (rezap->n) {
-			/* The application dropped these during the move;
-			 * drop what came back (never the service thread:
-			 * the REMOVE handler, which it runs itself, cannot
-			 * meet a fault-back in flight). */
-			struct hmm_zap zaps[HMM_BLOCK_PAGES];
-			struct hmm_mrange r = { .kind = HMM_MK_ANON };
-			size_t nz = 0;
-			memset(rezap->flag, 1, rezap->n);
-			pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-			struct hmm_mrange *rp = hmm__range_find(s);
-			if (rp)
-				r = *rp;
-			pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-			if (!(flags & HMM_MIG_NONBLOCK))
-				hmm__zap_runs(&r, b, rezap, zaps, &nz);
-			for (size_t z = 0; z < nz; z++)
-				hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
-		}
+		moved = commit_to_system(b, dev, sel, rezap,
+					 !(flags & HMM_MIG_NONBLOCK), &waiters,
+					 &rolled);
+		if (rezap->n)
+			drop_again(b, rezap);
 		/* Pages were installed without waking (DONTWAKE): a thread
 		 * that faulted on one resumes only now, with the state SYSTEM,
 		 * the device page free and the counters up to date. */
@@ -472,4 +524,24 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 				 1);
 	free(da.freed);
 	free(da.freed_dev);
+}
+
+static void drop_done_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			    void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		uint8_t *st = &b->state[hmm__block_index(p)];
+		if (PS_KIND(*st) == PS_SYSTEM)
+			*st &= (uint8_t)~PSF_DROPPING;
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+void hmm__pages_drop_done(uintptr_t start, uintptr_t end,
+			  enum hmm_notifier_event event, bool blockable)
+{
+	hmm__blocks_for_each(start, end, drop_done_block, NULL);
+	hmm__invalidate(start, end, event, NULL, blockable);
 }

@@ -278,6 +278,11 @@ static void handle_remove(uintptr_t s, uintptr_t e)
 {
 	if (hmm__zap_claim(s, e))
 		return;
+	/* The madvise wrapper settled this drop itself. */
+	if (hmm__rec_covers(&hmm__ctx.drops, s, e)) {
+		hmm__stat_add(HMM_STAT_events_remove, 1);
+		return;
+	}
 	/* Not managed (libhmm's stash, say): nothing libhmm keeps there.
 	 * Mirrors of unmanaged memory learn of drops through the madvise
 	 * wrapper; no event reaches libhmm for them anyway. */
