@@ -28,6 +28,9 @@ static const struct {
 	[HMM_INJ_UFFD_REGISTER] = { "uffd_register", ENOMEM },
 	[HMM_INJ_ZAP] = { "zap", ENOMEM },
 	[HMM_INJ_THREAD_CREATE] = { "thread_create", EAGAIN },
+	[HMM_INJ_UFFD_MOVE] = { "uffd_move", EBUSY },
+	[HMM_INJ_UFFD_WAKE] = { "uffd_wake", ENOMEM },
+	[HMM_INJ_UFFD_UNREGISTER] = { "uffd_unregister", ENOMEM },
 };
 
 static struct {

@@ -135,6 +135,9 @@ enum hmm_inject_point {
 	HMM_INJ_UFFD_REGISTER,
 	HMM_INJ_ZAP,
 	HMM_INJ_THREAD_CREATE,
+	HMM_INJ_UFFD_MOVE,
+	HMM_INJ_UFFD_WAKE,
+	HMM_INJ_UFFD_UNREGISTER,
 	HMM_INJ__COUNT
 };
 /* 0, or the -errno to fail this call of step @p with. */

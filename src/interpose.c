@@ -246,6 +246,12 @@ int madvise(void *addr, size_t len, int advice)
 	bool shm = up && hmm__range_is_shmem(s);
 	bool pre = up && advice != MADV_FREE &&
 		   (advice == MADV_REMOVE ? shm : !shm);
+	/* Settling first is right only if the call will drop.  On mlocked
+	 * memory MADV_DONTNEED and MADV_REMOVE fail with EINVAL, and so does
+	 * MADV_COLD, which changes no data: ask it first. */
+	if (pre && advice != MADV_DONTNEED_LOCKED &&
+	    hmm__sys_madvise(addr, len, MADV_COLD) && errno == EINVAL)
+		pre = false;
 	/* MADV_FREE keeps a page's data if it is written again before the
 	 * kernel frees it: tell the REMOVE handler not to take the event for
 	 * a drop.  A drop settled here: tell it to leave the event alone. */

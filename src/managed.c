@@ -237,18 +237,23 @@ int hmm_range_release(void *addr, size_t len)
 		return ret;
 	/* New migrations of [s, e) now fail with -ENOENT. */
 	ret = unmanage(s, e);
+	if (!ret) {
+		ret = hmm__uffd_unregister(hmm__ctx.uffd, s, len);
+		/* Still registered: faults would reach libhmm for memory it
+		 * no longer knows.  Manage it again (every page is home). */
+		if (ret)
+			hmm__pages_set_state(s, e, PS_SYSTEM);
+	}
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	if (ret)
 		/* Pages are still on a device: keep the registration, or
-		 * they would read as zeros.  Manage the range again. */
+		 * they would read as zeros.  Manage the range again (or it
+		 * could not be unregistered). */
 		hmm__range_insert(s, e, alloc ? HMM_MK_SHMEM : HMM_MK_ANON,
 				  alloc, off);
 	hmm__alloc_put(alloc);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	if (ret)
-		return ret;
-	hmm__uffd_unregister(hmm__ctx.uffd, s, len);
-	return 0;
+	return ret;
 }
 
 int hmm_mem_alloc(size_t len, unsigned int flags, void **out)

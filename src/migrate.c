@@ -160,6 +160,17 @@ static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 			return -errno;
 		return 0;
 	}
+	/* MADV_DONTNEED_LOCKED drops mlocked pages too (the kernel's own
+	 * migration to device memory takes them as well); kernels before
+	 * 5.18 refuse it with EINVAL, and locked memory then stays home. */
+	static atomic_bool no_locked;
+	if (!atomic_load_explicit(&no_locked, memory_order_relaxed)) {
+		if (!hmm__sys_madvise((void *)s, e - s, MADV_DONTNEED_LOCKED))
+			return 0;
+		if (errno != EINVAL)
+			return -errno;
+		atomic_store(&no_locked, true);
+	}
 	return hmm__sys_madvise((void *)s, e - s, MADV_DONTNEED) ? -errno : 0;
 }
 
@@ -393,6 +404,34 @@ static int stash_take(struct hmm_block *b, struct sel *sel, char *stash,
 	return 0;
 }
 
+/*
+ * UFFDIO_MOVE could not put the stashed page @src back at @va (error
+ * @err).  A hole in the stash had no data to return; a page at @va was
+ * never taken; an unmapped @va has nowhere to take it.  Otherwise the data
+ * goes back by copy, never dropped.
+ */
+static void return_page(uintptr_t va, uintptr_t src, int err)
+{
+	unsigned char vec = 0;
+
+	if (mincore((void *)src, HMM_PAGE_SIZE, &vec) || !(vec & 1))
+		return;
+	if (err == -EEXIST || mincore((void *)va, HMM_PAGE_SIZE, &vec))
+		return;
+	for (int tries = 0; tries < 100; tries++) {
+		long r = hmm__uffd_copy(hmm__ctx.uffd, va, (void *)src,
+					HMM_PAGE_SIZE, false, true);
+		if (r == 1 || r == -EEXIST || r == -ENOENT)
+			return;
+		if (r == -EAGAIN)
+			hmm__service_sync();
+		else
+			usleep(1000);
+	}
+	hmm__warn("page at %#lx could not be put back after a failed move",
+		  (unsigned long)va);
+}
+
 /* Put the stashed pages of @sel back where they came from (the pages are
  * still MIGRATING, so nothing was installed there meanwhile). */
 static void stash_return(struct hmm_block *b, const struct sel *sel,
@@ -411,8 +450,7 @@ static void stash_return(struct hmm_block *b, const struct sel *sel,
 			} else if (m == -EAGAIN) {
 				hmm__service_sync();
 			} else {
-				/* The mapping is gone (unmapped meanwhile):
-				 * nothing to return the page to. */
+				return_page(va + done, src + done, (int)m);
 				done += HMM_PAGE_SIZE;
 			}
 		}

@@ -4,6 +4,7 @@
  * features, and the ioctls.  errno is turned into -errno here, once.
  */
 #include <fcntl.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -147,7 +148,10 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
 int hmm__uffd_unregister(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
+	int inj = hmm__inject(HMM_INJ_UFFD_UNREGISTER);
 
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_UNREGISTER, &r))
 		return -errno;
 	return 0;
@@ -201,7 +205,10 @@ long hmm__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
 		.mode = UFFDIO_MOVE_MODE_DONTWAKE |
 			(holes ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0),
 	};
+	int inj = hmm__inject(HMM_INJ_UFFD_MOVE);
 
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_MOVE, &m) == 0)
 		return (long)len;
 	if (errno == EAGAIN)
@@ -212,13 +219,27 @@ long hmm__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
 	return -errno;
 }
 
+/*
+ * A thread parked in a fault sleeps until it is woken: a wake that fails
+ * (the kernel gives ENOMEM or EINVAL only for ranges libhmm never passes)
+ * is tried again before it is reported.
+ */
 int hmm__uffd_wake(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
+	int ret = 0;
 
-	if (ioctl(fd, UFFDIO_WAKE, &r))
-		return -errno;
-	return 0;
+	for (int tries = 0; tries < 3; tries++) {
+		ret = hmm__inject(HMM_INJ_UFFD_WAKE);
+		if (!ret && ioctl(fd, UFFDIO_WAKE, &r))
+			ret = -errno;
+		if (!ret)
+			return 0;
+	}
+	hmm__warn("UFFDIO_WAKE of [%#lx, %#lx) failed: %s",
+		  (unsigned long)start, (unsigned long)(start + len),
+		  strerror(-ret));
+	return ret;
 }
 
 int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp)

@@ -256,6 +256,78 @@ Test(inject, thread_create, .timeout = T_SHORT)
 	assert_pattern(p, LEN, 11);
 }
 
+/*
+ * UFFDIO_MOVE (which takes anonymous pages out of the application's
+ * mapping while they are copied) fails: on the first run, on a later run
+ * after an earlier one moved, and on the way back too.  The migration
+ * takes the other way (write-protect, copy, drop) and nothing is lost.
+ * Two runs: the middle page is on the device already.
+ */
+static void uffd_move_case(unsigned long skip, unsigned long times)
+{
+	hmm_device_t *dev;
+	uint64_t before;
+	char *p;
+
+	setenv("HMM_USE_MOVE", "1", 1); /* off by default */
+	need_hmm();
+	dev = open_sim(LEN);
+	p = setup(NULL, 13);
+	assert_migrate(p + (N / 2) * PG, PG, dev, 1);
+	before = injected();
+	arm("uffd_move", 0, skip, times);
+	cr_assert_eq(hmm_migrate(p, LEN, dev, 0), N - 1);
+	arm("uffd_move", 0, 0, 0);
+	if (injected() == before)
+		cr_skip_test("UFFDIO_MOVE is not in use here");
+	assert_all_loc(p, LEN, HMM_LOC_DEVICE, dev);
+	assert_pattern(p, LEN, 13);
+}
+
+Test(inject, uffd_move_first, .timeout = T_SHORT) { uffd_move_case(0, 1); }
+Test(inject, uffd_move_second, .timeout = T_SHORT) { uffd_move_case(1, 1); }
+Test(inject, uffd_move_and_return, .timeout = T_SHORT)
+{
+	uffd_move_case(1, 2);
+}
+
+/* Waking the threads parked on pages brought home fails once: it is
+ * tried again, and every access completes. */
+Test(inject, uffd_wake, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	char *p;
+
+	need_hmm();
+	dev = open_sim(LEN);
+	p = setup(dev, 14);
+	arm("uffd_wake", 0, 0, 1);
+	assert_pattern(p, LEN, 14);
+	arm("uffd_wake", 0, 0, 0);
+	cr_assert_eq(injected(), 1);
+	assert_all_loc(p, LEN, HMM_LOC_SYSTEM, NULL);
+}
+
+/* The range cannot be unregistered: hmm_range_release reports it, the
+ * range stays managed with its data, and a second release works. */
+Test(inject, uffd_unregister, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	char *p;
+
+	need_hmm();
+	dev = open_sim(LEN);
+	p = setup(dev, 15);
+	arm("uffd_unregister", 0, 0, 1);
+	cr_assert_eq(hmm_range_release(p, LEN), -ENOMEM);
+	assert_all_loc(p, LEN, HMM_LOC_SYSTEM, NULL);
+	assert_pattern(p, LEN, 15);
+	assert_migrate(p, LEN, dev, N);
+	cr_assert_eq(hmm_range_release(p, LEN), 0);
+	assert_all_loc(p, LEN, HMM_LOC_UNMANAGED, NULL);
+	assert_pattern(p, LEN, 15);
+}
+
 /* HMM_INJECT in the environment arms points before libhmm starts. */
 Test(inject, environment, .timeout = T_SHORT)
 {

@@ -338,3 +338,40 @@ Test(managed, mem_free_refuses_adopted_shared, .timeout = T_SHORT)
 	assert_all_loc(p, len, HMM_LOC_SYSTEM, NULL);
 	assert_pattern(p, len, 3);
 }
+
+/*
+ * mlocked memory migrates like any other (as the kernel's migration to
+ * device memory does), and the application's drops of it, which the
+ * kernel refuses on locked memory, change nothing: neither the device
+ * copies nor the data.
+ */
+static void mlocked_case(char *p, size_t len, int advice)
+{
+	hmm_device_t *dev;
+
+	dev = open_sim(len);
+	fill_pattern(p, len, 21);
+	if (mlock(p, len))
+		cr_skip_test("mlock: %s", strerror(errno));
+	assert_migrate(p, len, dev, len / PG);
+	cr_assert_eq(madvise(p, len, advice), -1);
+	cr_assert_eq(errno, EINVAL);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, dev);
+	assert_pattern(p, len, 21);
+	cr_assert_eq(munlock(p, len), 0);
+	assert_migrate(p, len, dev, len / PG);
+	cr_assert_eq(madvise(p, len, advice), 0);
+	cr_assert_eq(count_loc(p, len, HMM_LOC_DEVICE), 0);
+}
+
+Test(managed, mlocked_private, .timeout = T_SHORT)
+{
+	need_hmm();
+	mlocked_case(map_adopt(16 * PG), 16 * PG, MADV_DONTNEED);
+}
+
+Test(managed, mlocked_shared, .timeout = T_SHORT)
+{
+	need_hmm();
+	mlocked_case(alloc_managed(16 * PG), 16 * PG, MADV_REMOVE);
+}

@@ -134,7 +134,8 @@ static struct {
 	X(DEV_READ, "dev_rd") X(DEV_WRITE, "dev_wr") X(DEV_FILL, "dev_fill")	\
 	X(DEV_ADD, "dev_add") X(DEV_CAS, "dev_cas") X(DEV_COPY, "dev_cpy")	\
 	X(MIGRATE, "migrate") X(MADVISE, "madvise") X(REMAP, "remap")	\
-	X(MPROTECT, "mprotect") X(RELEASE, "release") X(SWEEP, "sweep")	\
+	X(MPROTECT, "mprotect") X(MLOCK, "mlock") X(RELEASE, "release")	\
+	X(SWEEP, "sweep")							\
 	X(FORK, "fork")							\
 	X(DEV_REFUSED, "dev_err") X(MIG_REFUSED, "mig_err")
 #define X_ENUM(e, s) K_##e,
@@ -1055,6 +1056,38 @@ static void dis_noaccess(struct thr *t, int r)
 	count(t, K_MPROTECT);
 }
 
+/* Locked into memory for a moment (mlock brings device pages home; the
+ * drops of migrations that race it fail on locked memory): devices and
+ * the CPU read the same data, and still do after munlock. */
+static void dis_mlock(struct thr *t, int r)
+{
+	uint64_t *mem = atomic_load(&regions[r].mem);
+	size_t pages = region_len / PG;
+	size_t n = rnd(t, 4) ? 1 + rnd(t, pages / 4) : pages;
+	size_t p = rnd(t, pages - n + 1), a = p * PAGE_WORDS;
+	int d = (int)rnd(t, opt.devices), ret;
+
+	act(t, "mlock", -1, r, (long)p);
+	if (mlock(&mem[a], n * PG)) {
+		if (errno != ENOMEM && errno != EPERM && errno != EAGAIN)
+			failure(t, "mlock region %d: %s", r, strerror(errno));
+		return; /* over RLIMIT_MEMLOCK: not ours to test */
+	}
+	act(t, "hmm_sim_read (locked)", d, r, (long)p);
+	ret = hmm_sim_read(devs[d], &mem[a], t->buf, PG, NULL);
+	if (ret && !dev_refusal_ok(ret))
+		failure(t, "hmm_sim_read of locked memory: %d", ret);
+	else if (!ret)
+		check_buf(t, r, a, PAGE_WORDS, t->buf, -1,
+			  "hmm_sim_read (locked)");
+	check_cpu(t, r, a, a + n * PAGE_WORDS, -1, "cpu read of locked");
+	act(t, "munlock", -1, r, (long)p);
+	if (munlock(&mem[a], n * PG))
+		fatal(t, "munlock region %d: %s", r, strerror(errno));
+	check_cpu(t, r, a, a + n * PAGE_WORDS, -1, "cpu read after munlock");
+	count(t, K_MLOCK);
+}
+
 /* Private regions: stop managing, manage again; the data stays. */
 static void dis_release(struct thr *t, int r)
 {
@@ -1095,7 +1128,7 @@ static void dis_sweep(struct thr *t, int r)
 
 static const struct mix disruptor_mix[] = {
 	{ K_MADVISE, 30 }, { K_REMAP, 15 }, { K_MPROTECT, 35 },
-	{ K_RELEASE, 10 }, { K_SWEEP, 10 },
+	{ K_MLOCK, 10 }, { K_RELEASE, 10 }, { K_SWEEP, 10 },
 };
 
 static void *disruptor(void *arg)
@@ -1118,6 +1151,8 @@ static void *disruptor(void *arg)
 			dis_readonly(t, r);
 		else if (k == K_MPROTECT)
 			dis_noaccess(t, r);
+		else if (k == K_MLOCK)
+			dis_mlock(t, r);
 		else if (k == K_RELEASE && !regions[r].shared)
 			dis_release(t, r);
 		else if (k != NKINDS)

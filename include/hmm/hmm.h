@@ -145,9 +145,12 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags);
  *
  * Device-resident pages come back to system memory first; the memory stays
  * mapped with its contents.  @addr/@len may cover part of a managed range.
+ * On any error the range stays managed, its data where it was.
  *
- * Returns 0, or -EINVAL, -ENOENT (part of it is not managed), -ENOMEM,
- * -ESHUTDOWN.
+ * Returns 0, or -EINVAL, -ENOENT (part of it is not managed), -ENOMEM (also
+ * when the kernel could not unregister it), -EBUSY (pages still moving
+ * after HMM_MIGRATE_TIMEOUT_MS), -EIO (a device could not copy its pages
+ * back), -ESHUTDOWN.
  */
 int hmm_range_release(void *addr, size_t len);
 
