@@ -408,9 +408,9 @@ long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 void hmm__rec_push(struct hmm_zap **list, struct hmm_zap *z);
 void hmm__rec_pop(struct hmm_zap **list, struct hmm_zap *z);
 bool hmm__rec_covers(struct hmm_zap *const *list, uintptr_t s, uintptr_t e);
-/* REMOVE [s, e): if it is libhmm's own, count it against the zap that
- * caused it (each zap claims exactly its own length) and return true. */
-bool hmm__zap_claim(uintptr_t s, uintptr_t e);
+/* REMOVE [s, e): the end of the run of pages from @s that are all
+ * libhmm's own (*ours; each now claimed by its zap) or all not. */
+uintptr_t hmm__zap_claim_run(uintptr_t s, uintptr_t e, bool *ours);
 /* mremap moved @from (in flight) to @to. */
 void hmm__forward_add(uintptr_t from, uintptr_t to);
 /* Forget the contents of [start, end): device copies are freed (unless
@@ -435,8 +435,9 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 
 /* ---- context.c ------------------------------------------------------ */
 struct hmm_zap {		/* a zap libhmm does itself (migrate.c) */
-	uintptr_t start, end;
-	size_t claimed;		/* bytes of REMOVE events matched to it */
+	uintptr_t start, end;	/* within one block */
+	/* Pages whose REMOVE event was matched to it (ctx.zaps only). */
+	uint64_t claimed[HMM_BLOCK_PAGES / 64];
 	struct hmm_zap *next;
 };
 

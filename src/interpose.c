@@ -193,6 +193,75 @@ int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 	return protect(addr, len, prot, ret);
 }
 
+/*
+ * Calls that split VMAs of managed memory wait for libhmm's drops in
+ * progress (ctx.vma_lock): a VMA that splits while the kernel waits for a
+ * REMOVE event to be read makes it send part of the drop twice, and the
+ * second would be taken for the application's (hmm__zap_claim_run).
+ */
+static long vmas_still(long nr, const void *addr, size_t len, long a2)
+{
+	bool vmas = !hmm__on_service_thread() &&
+		    managed((uintptr_t)addr & ~HMM_PAGE_MASK,
+			    ((uintptr_t)addr + len + HMM_PAGE_MASK) &
+				    ~HMM_PAGE_MASK);
+	long ret;
+
+	if (vmas)
+		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
+	ret = syscall(nr, addr, len, a2);
+	if (vmas)
+		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
+	return ret;
+}
+
+/* madvise advice that changes VMA flags (and so may split a VMA). */
+static bool vma_advice(int advice)
+{
+	switch (advice) {
+	case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL:
+	case MADV_DONTFORK: case MADV_DOFORK: case MADV_MERGEABLE:
+	case MADV_UNMERGEABLE: case MADV_HUGEPAGE: case MADV_NOHUGEPAGE:
+	case MADV_DONTDUMP: case MADV_DODUMP: case MADV_WIPEONFORK:
+	case MADV_KEEPONFORK:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * mlock populates the pages it locks, and a fault there may wait for a
+ * migration that waits for ctx.vma_lock: split with MLOCK_ONFAULT, which
+ * faults nothing, under the lock, then lock for real after it (a flag
+ * change over whole VMAs, which splits none).
+ */
+static int lock_range(const void *addr, size_t len, unsigned int flags)
+{
+	long ret = vmas_still(SYS_mlock2, addr, len, MLOCK_ONFAULT);
+
+	if (ret || (flags & MLOCK_ONFAULT))
+		return (int)ret;
+	return (int)syscall(SYS_mlock2, addr, len, flags);
+}
+
+int mlock(const void *addr, size_t len)
+{
+	return lock_range(addr, len, 0);
+}
+
+int mlock2(const void *addr, size_t len, unsigned int flags)
+{
+	if (flags & ~MLOCK_ONFAULT) /* the kernel's answer, unchanged */
+		return (int)syscall(SYS_mlock2, addr, len, flags);
+	return lock_range(addr, len, flags);
+}
+
+int munlock(const void *addr, size_t len)
+{
+	return (int)vmas_still(SYS_munlock, addr, len, 0);
+}
+
 int munmap(void *addr, size_t len)
 {
 	bool m = mirrored(), mg;
@@ -240,7 +309,9 @@ int madvise(void *addr, size_t len, int advice)
 	int ret;
 
 	if (!drops)
-		return hmm__sys_madvise(addr, len, advice);
+		return vma_advice(advice)
+			       ? (int)vmas_still(SYS_madvise, addr, len, advice)
+			       : hmm__sys_madvise(addr, len, advice);
 	range_of(addr, len, &s, &e);
 	up = managed(s, e); /* only managed memory has page states */
 	bool shm = up && hmm__range_is_shmem(s);

@@ -45,7 +45,7 @@ static int guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
 
 void hmm__rec_push(struct hmm_zap **list, struct hmm_zap *z)
 {
-	z->claimed = 0;
+	memset(z->claimed, 0, sizeof(z->claimed));
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
 	z->next = *list;
 	*list = z;
@@ -74,60 +74,56 @@ bool hmm__rec_covers(struct hmm_zap *const *list, uintptr_t s, uintptr_t e)
 	return in;
 }
 
-/* Whether [s, e) is exactly the part of one VMA inside [zs, ze), where
- * [zs, ze) crosses more than one VMA. */
-static bool vma_piece(uintptr_t zs, uintptr_t ze, uintptr_t s, uintptr_t e)
+/* The zap with page @p not yet claimed, if any (zap_lock held). */
+static struct hmm_zap *zap_unclaimed(uintptr_t p, unsigned *bit)
 {
-	struct hmm_vma *v;
-	long n = hmm__vma_snapshot(zs, ze, &v);
-	bool piece = false;
-
-	for (long i = 0; n > 1 && i < n && !piece; i++)
-		piece = HMM_MAX(v[i].start, zs) == s && HMM_MIN(v[i].end, ze) == e;
-	if (n >= 0)
-		free(v);
-	return piece;
+	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next) {
+		if (p < z->start || p >= z->end)
+			continue;
+		*bit = (unsigned)((p - z->start) >> HMM_PAGE_SHIFT);
+		if (!(z->claimed[*bit / 64] & (1ULL << (*bit % 64))))
+			return z;
+	}
+	return NULL;
 }
 
 /*
  * One MADV_DONTNEED sends one REMOVE per VMA it crosses, each clipped to
- * that VMA.  An event is libhmm's own if it is exactly a recorded zap, or
- * exactly one VMA's piece of a zap that crosses several; each zap claims no
- * more than its own length.  An application's raw drop (interposed ones
- * mark their pages themselves) inside a zap is thus never taken for
- * libhmm's, unless it is exactly the same range -- and then the second of
- * the two events, over-claiming, is taken for the application's drop of
- * the whole range, which is what happened.
+ * that VMA, and VMAs may split or merge before an event is read.  So each
+ * page of a recorded zap is claimed by the first event that covers it,
+ * however the events were cut.  An application's raw drop (interposed ones
+ * settle their pages themselves) of pages inside a zap in flight meets
+ * them claimed, or claims them first and leaves the zap's own event to
+ * stand for it: either way those pages, and only those, are taken for
+ * dropped by the application, which they were.
+ *
+ * One thing breaks this: a VMA that splits while the kernel waits for the
+ * event to be read makes the kernel send the pages after the split again,
+ * and they are then taken for the application's drop.  The interposed
+ * mprotect, munmap, mremap, mlock, munlock and VMA-changing madvise calls
+ * wait for libhmm's drops to be handled (ctx.vma_lock), so only raw system
+ * calls that split VMAs of managed memory can cause it (see the README).
  */
-bool hmm__zap_claim(uintptr_t s, uintptr_t e)
+uintptr_t hmm__zap_claim_run(uintptr_t s, uintptr_t e, bool *ours)
 {
-	struct hmm_zap *found = NULL;
-	bool exact = false;
-	uintptr_t zs = 0, ze = 0;
+	uintptr_t p = s;
+	unsigned bit;
 
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	for (struct hmm_zap *z = hmm__ctx.zaps; z; z = z->next) {
-		if (!(z->start <= s && e <= z->end) ||
-		    z->claimed + (e - s) > z->end - z->start)
-			continue;
-		found = z;
-		zs = z->start;
-		ze = z->end;
-		exact = z->start == s && z->end == e;
-		if (exact)
-			break;
+	*ours = zap_unclaimed(s, &bit) != NULL;
+	if (!*ours && !hmm__ctx.zaps) {
+		p = e; /* the usual case: no zap in flight at all */
+	} else {
+		for (struct hmm_zap *z; p < e; p += HMM_PAGE_SIZE) {
+			z = zap_unclaimed(p, &bit);
+			if ((z != NULL) != *ours)
+				break;
+			if (z)
+				z->claimed[bit / 64] |= 1ULL << (bit % 64);
+		}
 	}
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	if (!found)
-		return false;
-	/* Reading /proc/self/maps outside the lock; the record lives until
-	 * its zap's events are handled (hmm__zap_runs syncs first). */
-	if (!exact && !vma_piece(zs, ze, s, e))
-		return false;
-	pthread_mutex_lock(&hmm__ctx.zap_lock);
-	found->claimed += e - s;
-	pthread_mutex_unlock(&hmm__ctx.zap_lock);
-	return true;
+	return p;
 }
 
 /* Where libhmm reads the system copy of @va without faulting into a
@@ -180,9 +176,8 @@ int hmm__zap_runs(const struct hmm_mrange *r, struct hmm_block *b,
 	bool anon = r->kind == HMM_MK_ANON;
 	int ret = 0;
 
-	/* No VMA may split or merge (mprotect, munmap, mremap through
-	 * libc) between the drop and the handling of its REMOVE events,
-	 * which hmm__zap_claim matches against the VMAs of that moment. */
+	/* No VMA may split through an interposed call between the drop and
+	 * the handling of its REMOVE events (see hmm__zap_claim_run). */
 	if (anon)
 		pthread_rwlock_rdlock(&hmm__ctx.vma_lock);
 	*nzaps = 0;

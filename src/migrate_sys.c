@@ -279,10 +279,10 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 static void drop_again(struct hmm_block *b, struct sel *rezap)
 {
 	struct sel *part = malloc(sizeof(*part));
-	struct hmm_zap zaps[HMM_BLOCK_PAGES];
-	bool failed = !part;
+	struct hmm_zap *zaps = malloc(HMM_BLOCK_PAGES * sizeof(*zaps));
+	bool failed = !part || !zaps;
 
-	for (size_t k = 0; part && k < rezap->n;) {
+	for (size_t k = 0; part && zaps && k < rezap->n;) {
 		uintptr_t va = sel_va(b, rezap->idx[k]);
 		struct hmm_mrange r, *rp;
 		size_t nz = 0;
@@ -306,6 +306,7 @@ static void drop_again(struct hmm_block *b, struct sel *rezap)
 			hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
 	}
 	free(part);
+	free(zaps);
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = 0; k < rezap->n; k++) {
 		unsigned i = rezap->idx[k];

@@ -274,10 +274,9 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 }
 
 
-static void handle_remove(uintptr_t s, uintptr_t e)
+/* A REMOVE event's run of pages that is not libhmm's own drop. */
+static void remove_foreign(uintptr_t s, uintptr_t e)
 {
-	if (hmm__zap_claim(s, e))
-		return;
 	/* The madvise wrapper settled this drop itself. */
 	if (hmm__rec_covers(&hmm__ctx.drops, s, e)) {
 		hmm__stat_add(HMM_STAT_events_remove, 1);
@@ -293,14 +292,27 @@ static void handle_remove(uintptr_t s, uintptr_t e)
 		return;
 	hmm__stat_add(HMM_STAT_events_remove, 1);
 	/*
-	 * On shared memory MADV_DONTNEED only unmaps: the data stays in the
-	 * file, so pages on a device keep theirs.  (MADV_REMOVE also sends
-	 * REMOVE and does drop data; telling the two apart needs madvise
-	 * interposition, which comes with the dmirror work.)
+	 * A drop that did not come through libc's madvise (glibc's own
+	 * malloc trimming, a raw system call).  On shared memory it is taken
+	 * for MADV_DONTNEED, which only unmaps: the data stays in the file,
+	 * so pages on a device keep theirs.  (A raw MADV_REMOVE is not told
+	 * apart: see the README's limits.)
 	 */
-	hmm__pages_drop(s, e, false, hmm__range_is_shmem(s) || hmm__rec_covers(&hmm__ctx.lazy, s, e),
-			true,
-			HMM_NOTIFY_CLEAR, false);
+	hmm__pages_drop(s, e, false,
+			hmm__range_is_shmem(s) ||
+				hmm__rec_covers(&hmm__ctx.lazy, s, e),
+			true, HMM_NOTIFY_CLEAR, false);
+}
+
+static void handle_remove(uintptr_t s, uintptr_t e)
+{
+	while (s < e) {
+		bool ours;
+		uintptr_t run = hmm__zap_claim_run(s, e, &ours);
+		if (!ours)
+			remove_foreign(s, run);
+		s = run;
+	}
 }
 
 static void handle_unmap(uintptr_t s, uintptr_t e)
@@ -312,7 +324,6 @@ static void handle_unmap(uintptr_t s, uintptr_t e)
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 }
 
-/* Move one page's state from @from to @to (mremap). */
 /*
  * Move one page's state from @from to @to (mremap moved the page tables).
  * A page in flight is left to its migration: the old address is marked

@@ -6,9 +6,13 @@
  *    pages and the handling of its REMOVE events, which were then taken
  *    for the application's drop: whole pages read zeros;
  *  - a fault-back in flight installed old data after the application
- *    dropped the page.
+ *    dropped the page;
+ *  - mlock split a VMA while the kernel waited for the REMOVE event of
+ *    libhmm's own drop to be read, and the kernel sent the rest again,
+ *    which was taken for the application's drop: whole pages read zeros.
  * Two threads migrate random spans to two devices and home without pause
- * while the main thread protects, drops, rewrites and checks every word.
+ * while the main thread protects, drops or locks, rewrites and checks
+ * every word.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -79,12 +83,16 @@ int main(void)
 				     (void *)(uintptr_t)(i + 7)) == 0, "thread");
 	for (uint64_t gen = 0; gen < ROUNDS; gen++) {
 		size_t a = rand_r(&seed) % NP, n = 1 + rand_r(&seed) % 16;
-		bool drop = gen & 1;
+		bool drop = gen % 3 == 1, lock = gen % 3 == 2;
 		if (a + n > NP)
 			n = NP - a;
 		if (drop) {
 			CHECK(madvise(p + a * 512, n * 4096, MADV_DONTNEED) == 0,
 			      "madvise");
+		} else if (lock) {
+			if (mlock(p + a * 512, n * 4096) == 0)
+				CHECK(munlock(p + a * 512, n * 4096) == 0,
+				      "munlock");
 		} else {
 			CHECK(mprotect(p + a * 512, n * 4096, PROT_READ) == 0,
 			      "mprotect");
@@ -104,7 +112,8 @@ int main(void)
 			CHECK(word(i) == want,
 			      "round %lu (%s %zu+%zu): word %zu (page %zu) is "
 			      "%lu, not %lu",
-			      (unsigned long)gen, drop ? "dropped" : "protected",
+			      (unsigned long)gen,
+			      drop ? "dropped" : lock ? "locked" : "protected",
 			      a, n, i, i / 512, (unsigned long)word(i),
 			      (unsigned long)want);
 		}
