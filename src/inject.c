@@ -31,6 +31,7 @@ static const struct {
 	[HMM_INJ_UFFD_MOVE] = { "uffd_move", EBUSY },
 	[HMM_INJ_UFFD_WAKE] = { "uffd_wake", ENOMEM },
 	[HMM_INJ_UFFD_UNREGISTER] = { "uffd_unregister", ENOMEM },
+	[HMM_INJ_UFFD_API] = { "uffd_api", ENOMEM },
 };
 
 static struct {

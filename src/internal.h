@@ -138,6 +138,7 @@ enum hmm_inject_point {
 	HMM_INJ_UFFD_MOVE,
 	HMM_INJ_UFFD_WAKE,
 	HMM_INJ_UFFD_UNREGISTER,
+	HMM_INJ_UFFD_API,
 	HMM_INJ__COUNT
 };
 /* 0, or the -errno to fail this call of step @p with. */

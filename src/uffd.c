@@ -46,7 +46,10 @@ static int handshake(int fd, uint64_t *features)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
 	uint64_t avail;
+	int inj = hmm__inject(HMM_INJ_UFFD_API);
 
+	if (inj)
+		return inj;
 	if (ioctl(fd, UFFDIO_API, &api))
 		return -errno;
 	avail = api.features;

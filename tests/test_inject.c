@@ -328,6 +328,23 @@ Test(inject, uffd_unregister, .timeout = T_SHORT)
 	assert_pattern(p, LEN, 15);
 }
 
+/* The UFFDIO_API handshake fails: hmm_init reports it, and works once it
+ * can be made. */
+Test(inject, uffd_api, .timeout = T_SHORT)
+{
+	int r;
+
+	arm("uffd_api", 0, 0, 1);
+	r = hmm_init();
+	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP)
+		cr_skip_test("no usable userfaultfd");
+	cr_assert_eq(r, -ENOMEM, "hmm_init() = %d", r);
+	need_hmm();
+	hmm_device_t *dev = open_sim(LEN);
+	char *p = setup(dev, 16);
+	assert_pattern(p, LEN, 16);
+}
+
 /* HMM_INJECT in the environment arms points before libhmm starts. */
 Test(inject, environment, .timeout = T_SHORT)
 {

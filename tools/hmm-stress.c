@@ -26,7 +26,7 @@
  *  - Region locks.  A worker holds its region's rwlock for reading around
  *    each operation.  Operations that change data or mappings behind the
  *    owners' backs (madvise, munmap + mmap, hmm_mem_free + hmm_mem_alloc,
- *    mprotect, release + adopt) hold it for writing, and apply their effect
+ *    mprotect, mlock + munlock, release + adopt) hold it for writing, and apply their effect
  *    to the whole shadow: zero after a private MADV_DONTNEED, a remap or a
  *    shared MADV_REMOVE; unchanged after a shared MADV_DONTNEED (shmem keeps
  *    its data, see src/interpose.c) or anything else.

@@ -288,6 +288,10 @@ void hmm_device_mark_used(hmm_device_t *dev, uint64_t dpfn);
  *   uffd_zeropage      UFFDIO_ZEROPAGE (ENOMEM)
  *   uffd_writeprotect  UFFDIO_WRITEPROTECT (ENOMEM)
  *   uffd_register      UFFDIO_REGISTER (ENOMEM)
+ *   uffd_unregister    UFFDIO_UNREGISTER (ENOMEM)
+ *   uffd_move          UFFDIO_MOVE, with HMM_USE_MOVE=1 (EBUSY)
+ *   uffd_wake          UFFDIO_WAKE (ENOMEM; retried)
+ *   uffd_api           the UFFDIO_API handshake in hmm_init (ENOMEM)
  *   zap                dropping pages after a copy (ENOMEM)
  *   thread_create      starting a thread of libhmm or of sim (EAGAIN)
  * Every injected failure leaves data where it was: the call that met it
