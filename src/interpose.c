@@ -79,23 +79,40 @@ static bool managed(uintptr_t s, uintptr_t e)
 	return m;
 }
 
-/* The system call, with the VMAs held still against libhmm's own drops
- * (ctx.vma_lock) when it changes them: mprotect and munmap. */
-static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
+/*
+ * Calls that change VMAs of managed memory wait for libhmm's drops in
+ * progress (ctx.vma_lock): a VMA that splits while the kernel waits for a
+ * REMOVE event to be read makes it send part of the drop twice, and the
+ * second would be taken for the application's (hmm__zap_claim_run).  Only
+ * VMAs of managed memory matter (a registered VMA never merges with an
+ * unregistered neighbour).  Returns whether it took the lock.
+ */
+static bool vmas_hold(const void *addr, size_t len)
 {
-	/* Only VMAs of managed memory matter (a registered VMA never merges
-	 * with an unregistered neighbour). */
-	bool vmas = nr != SYS_madvise && !hmm__on_service_thread() &&
+	bool vmas = !hmm__on_service_thread() &&
 		    managed((uintptr_t)addr & ~HMM_PAGE_MASK,
 			    ((uintptr_t)addr + len + HMM_PAGE_MASK) &
 				    ~HMM_PAGE_MASK);
-	long ret;
 
 	if (vmas)
 		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
-	ret = spare_own_locked(nr, addr, len, a2, a3);
-	if (vmas)
+	return vmas;
+}
+
+static void vmas_release(bool held)
+{
+	if (held)
 		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
+}
+
+/* The system call, with the VMAs held still against libhmm's own drops
+ * when it changes them: mprotect and munmap. */
+static long spare_own(long nr, void *addr, size_t len, long a2, long a3)
+{
+	bool held = nr != SYS_madvise && vmas_hold(addr, len);
+	long ret = spare_own_locked(nr, addr, len, a2, a3);
+
+	vmas_release(held);
 	return ret;
 }
 
@@ -193,25 +210,13 @@ int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 	return protect(addr, len, prot, ret);
 }
 
-/*
- * Calls that split VMAs of managed memory wait for libhmm's drops in
- * progress (ctx.vma_lock): a VMA that splits while the kernel waits for a
- * REMOVE event to be read makes it send part of the drop twice, and the
- * second would be taken for the application's (hmm__zap_claim_run).
- */
+/* A system call that may split VMAs, with them held still (vmas_hold). */
 static long vmas_still(long nr, const void *addr, size_t len, long a2)
 {
-	bool vmas = !hmm__on_service_thread() &&
-		    managed((uintptr_t)addr & ~HMM_PAGE_MASK,
-			    ((uintptr_t)addr + len + HMM_PAGE_MASK) &
-				    ~HMM_PAGE_MASK);
-	long ret;
+	bool held = vmas_hold(addr, len);
+	long ret = syscall(nr, addr, len, a2);
 
-	if (vmas)
-		pthread_rwlock_wrlock(&hmm__ctx.vma_lock);
-	ret = syscall(nr, addr, len, a2);
-	if (vmas)
-		pthread_rwlock_unlock(&hmm__ctx.vma_lock);
+	vmas_release(held);
 	return ret;
 }
 
