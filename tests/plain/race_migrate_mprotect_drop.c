@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Migrations racing with mprotect and with MADV_DONTNEED (private
+ * Migrations racing with mprotect, MADV_DONTNEED and mlock (private
  * anonymous memory), found by hmm-stress:
  *  - mprotect split and merged VMAs between libhmm's own drop of copied
  *    pages and the handling of its REMOVE events, which were then taken
@@ -14,73 +14,24 @@
  * while the main thread protects, drops or locks, rewrites and checks
  * every word.
  */
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdbool.h>
-#include <stdint.h>
-#include <stdlib.h>
 #include <sys/mman.h>
 
-#include <hmm/hmm.h>
+#include "race.h"
 
-#include "plain.h"
-
-#define NP 256
-#define LEN (NP * 4096UL)
 #define ROUNDS 1500
-
-static hmm_device_t *dev[2];
-static uint64_t *p;
-static atomic_bool stop;
-
-static void *migrator(void *arg)
-{
-	unsigned seed = (unsigned)(uintptr_t)arg;
-
-	while (!atomic_load(&stop)) {
-		size_t pg = rand_r(&seed) % NP, n = 1 + rand_r(&seed) % 32;
-		int d = rand_r(&seed) % 3;
-		if (pg + n > NP)
-			n = NP - pg;
-		hmm_migrate(p + pg * 512, n * 4096, d < 2 ? dev[d] : NULL, 0);
-	}
-	return NULL;
-}
-
-/*
- * The CPU's accesses to managed memory are out of ThreadSanitizer's
- * sight: what orders them with libhmm's copies of the same pages is
- * userfaultfd write-protection, which TSan cannot see.
- */
-#define NO_TSAN __attribute__((no_sanitize("thread")))
-
-NO_TSAN static void fill(uint64_t gen)
-{
-	for (size_t i = 0; i < LEN / 8; i++)
-		p[i] = i * 1000 + gen;
-}
-
-NO_TSAN static uint64_t word(size_t i)
-{
-	return p[i];
-}
 
 int main(void)
 {
 	unsigned seed = 1;
-	pthread_t th[2];
 
 	PLAIN_NEED_HMM();
-	CHECK(hmm_device_open("sim", NULL, &dev[0]) == 0, "device 0");
-	CHECK(hmm_device_open("sim", NULL, &dev[1]) == 0, "device 1");
+	race_open_devices();
 	p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		 -1, 0);
 	CHECK(p != MAP_FAILED, "mmap");
 	CHECK(hmm_range_adopt(p, LEN, 0) == 0, "adopt");
 	fill(0);
-	for (int i = 0; i < 2; i++)
-		CHECK(pthread_create(&th[i], NULL, migrator,
-				     (void *)(uintptr_t)(i + 7)) == 0, "thread");
+	race_start();
 	for (uint64_t gen = 0; gen < ROUNDS; gen++) {
 		size_t a = rand_r(&seed) % NP, n = 1 + rand_r(&seed) % 16;
 		bool drop = gen % 3 == 1, lock = gen % 3 == 2;
@@ -119,8 +70,6 @@ int main(void)
 		}
 		fill(gen + 1);
 	}
-	atomic_store(&stop, true);
-	for (int i = 0; i < 2; i++)
-		pthread_join(th[i], NULL);
+	race_stop();
 	return 0;
 }
