@@ -111,16 +111,14 @@ uintptr_t hmm__zap_claim_run(uintptr_t s, uintptr_t e, bool *ours)
 
 	pthread_mutex_lock(&hmm__ctx.zap_lock);
 	*ours = zap_unclaimed(s, &bit) != NULL;
-	if (!*ours && !hmm__ctx.zaps) {
+	if (!hmm__ctx.zaps)
 		p = e; /* the usual case: no zap in flight at all */
-	} else {
-		for (struct hmm_zap *z; p < e; p += HMM_PAGE_SIZE) {
-			z = zap_unclaimed(p, &bit);
-			if ((z != NULL) != *ours)
-				break;
-			if (z)
-				z->claimed[bit / 64] |= 1ULL << (bit % 64);
-		}
+	for (struct hmm_zap *z; p < e; p += HMM_PAGE_SIZE) {
+		z = zap_unclaimed(p, &bit);
+		if ((z != NULL) != *ours)
+			break;
+		if (z)
+			z->claimed[bit / 64] |= 1ULL << (bit % 64);
 	}
 	pthread_mutex_unlock(&hmm__ctx.zap_lock);
 	return p;

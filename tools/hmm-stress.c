@@ -26,10 +26,11 @@
  *  - Region locks.  A worker holds its region's rwlock for reading around
  *    each operation.  Operations that change data or mappings behind the
  *    owners' backs (madvise, munmap + mmap, hmm_mem_free + hmm_mem_alloc,
- *    mprotect, mlock + munlock, release + adopt) hold it for writing, and apply their effect
- *    to the whole shadow: zero after a private MADV_DONTNEED, a remap or a
- *    shared MADV_REMOVE; unchanged after a shared MADV_DONTNEED (shmem keeps
- *    its data, see src/interpose.c) or anything else.
+ *    mprotect, mlock + munlock, release + adopt) hold it for writing, and
+ *    apply their effect to the whole shadow: zero after a private
+ *    MADV_DONTNEED, a remap or a shared MADV_REMOVE; unchanged after a
+ *    shared MADV_DONTNEED (shmem keeps its data, see src/interpose.c) or
+ *    anything else.
  *
  *  - Migrations change no data.  Migrators move random sub-ranges to a
  *    random device or home, half of the time without any lock (then the
@@ -111,7 +112,6 @@ const char *__tsan_default_options(void)
 {
 	return "die_after_fork=0";
 }
-
 #endif
 
 /* ------------------------------------------------------------------ */
@@ -1056,9 +1056,9 @@ static void dis_noaccess(struct thr *t, int r)
 	count(t, K_MPROTECT);
 }
 
-/* Locked into memory for a moment (mlock brings device pages home; the
- * drops of migrations that race it fail on locked memory): devices and
- * the CPU read the same data, and still do after munlock. */
+/* Locked into memory for a moment (mlock brings device pages home, and
+ * migrations that race it take locked pages away again): devices and the
+ * CPU read the same data, and still do after munlock. */
 static void dis_mlock(struct thr *t, int r)
 {
 	uint64_t *mem = atomic_load(&regions[r].mem);
