@@ -24,6 +24,9 @@ struct hmm_context hmm__ctx = {
 	.notifier_lock = PTHREAD_MUTEX_INITIALIZER,
 	.notifier_cond = PTHREAD_COND_INITIALIZER,
 	.dev_lock = PTHREAD_MUTEX_INITIALIZER,
+	.hold_lock = PTHREAD_MUTEX_INITIALIZER,
+	.holds_lock = PTHREAD_MUTEX_INITIALIZER,
+	.sigbus_fd = -1,
 	.sync_lock = PTHREAD_MUTEX_INITIALIZER,
 	.sync_cond = PTHREAD_COND_INITIALIZER,
 };
@@ -138,6 +141,8 @@ static void atfork_prepare(void)
 
 	if (atomic_load(&c->state) != HMM_CTX_UP)
 		return;
+	/* No lock or unlock half-way (its range PROT_NONE) in the copy. */
+	pthread_mutex_lock(&c->hold_lock);
 	for (int round = 0;; round++) {
 		bool evicted = shared_pages_home(true);
 		evicted &= hmm__devices_fork_ready(true);
@@ -162,6 +167,7 @@ static void atfork_parent(void)
 		return;
 	pthread_mutex_unlock(&hmm__ctx.pause_lock);
 	pthread_rwlock_unlock(&hmm__ctx.fork_lock);
+	pthread_mutex_unlock(&hmm__ctx.hold_lock);
 }
 
 /* The child's libhmm could not be set up: give every device-resident page
@@ -262,6 +268,7 @@ static void atfork_child(void)
 	atomic_store(&c->sync_done, 0);
 	atomic_store(&c->service_tid_valid, 0);
 	hmm__blocks_fork_child();
+	hmm__holds_fork_child();
 	hmm__devices_fork_child();
 	ret = child_restart();
 	if (ret)
@@ -400,6 +407,7 @@ int hmm_fini(void)
 	atomic_store(&c->state, HMM_CTX_DOWN);
 	release_all_ranges();
 	hmm__service_stop();
+	hmm__holds_fini();
 	close(c->uffd);
 	close(c->stop_fd);
 	close(c->sync_fd);

@@ -257,6 +257,8 @@ int hmm_device_close(hmm_device_t *dev)
 		}
 		usleep(1000);
 	}
+	/* Its locks and holds end first: locked pages could not leave. */
+	hmm__holds_drop_device(dev);
 	if (!evict_all(dev)) {
 		/* Pages still name this device: keep its memory, its slot
 		 * and its id, so that nothing they point to is freed or
@@ -404,20 +406,30 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want)
 	va = malloc(want * sizeof(*va));
 	if (!va)
 		return -ENOMEM;
-	pthread_mutex_lock(&m->lock);
-	for (size_t step = 0; step < 2 * m->npages && n < want; step++) {
-		size_t d = m->hand;
-		uintptr_t owner;
-		m->hand = (m->hand + 1) % m->npages;
-		owner = atomic_load_explicit(&m->owner[d], memory_order_relaxed);
-		if (!owner)
-			continue;
-		if (atomic_exchange_explicit(&m->ref[d], 0,
-					     memory_order_relaxed))
-			continue;
-		va[n++] = owner;
+	for (size_t step = 0; step < 2 * m->npages && n < want;) {
+		size_t n0 = n, k = n0;
+		pthread_mutex_lock(&m->lock);
+		for (; step < 2 * m->npages && n < want; step++) {
+			size_t d = m->hand;
+			uintptr_t owner;
+			m->hand = (m->hand + 1) % m->npages;
+			owner = atomic_load_explicit(&m->owner[d],
+						     memory_order_relaxed);
+			if (!owner)
+				continue;
+			if (atomic_exchange_explicit(&m->ref[d], 0,
+						     memory_order_relaxed))
+				continue;
+			va[n++] = owner;
+		}
+		pthread_mutex_unlock(&m->lock);
+		/* Pages locked to the device are no victims: look further
+		 * (block locks are not taken under the pool's). */
+		for (size_t j = n0; j < n; j++)
+			if (!hmm__range_locked(va[j], va[j] + HMM_PAGE_SIZE))
+				va[k++] = va[j];
+		n = k;
 	}
-	pthread_mutex_unlock(&m->lock);
 	qsort(va, n, sizeof(*va), cmp_uintptr);
 	for (size_t i = 0; i < n;) {
 		size_t j = i + 1;

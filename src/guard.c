@@ -135,6 +135,11 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
 		g->addr = (uintptr_t)si->si_addr;
 		siglongjmp(g->jb, 1);
 	}
+	/* A range that hmm_range_lock/unlock is switching over is PROT_NONE
+	 * for a moment: wait for it, and run the access again. */
+	if (sig == SIGSEGV &&
+	    hmm__lock_transition_wait((uintptr_t)si->si_addr))
+		return;
 	chain(sig, si, uc);
 }
 

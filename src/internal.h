@@ -3,10 +3,10 @@
  * libhmm internals, grouped by the file that defines each function.
  * Names: hmm__* cross-file internal, static otherwise.
  *
- * Lock order (outer first): ctx.init_lock -> ctx.fork_lock -> ctx.vma_lock ->
- * ctx.pause_lock ->
- * ctx.ranges_lock -> a driver's mirror lock -> block.lock ->
- * ctx.zap_lock -> devmem.lock.  block.lock guards state changes only: it
+ * Lock order (outer first): ctx.init_lock -> ctx.hold_lock ->
+ * ctx.fork_lock -> ctx.vma_lock -> ctx.pause_lock -> ctx.ranges_lock ->
+ * a driver's mirror lock -> block.lock -> ctx.zap_lock -> devmem.lock;
+ * ctx.holds_lock is a leaf (nothing is taken under it).  block.lock guards state changes only: it
  * is never held across a copy, a notifier callback, a memory access that
  * can fault, or an ioctl that can wait for a thread (the one exception,
  * UFFDIO_COPY of a zero page in service.c, cannot wait for anything).
@@ -105,6 +105,9 @@ long hmm__option(enum hmm_option opt);
 	X(events_remap, 0, "userfaultfd REMAP events")                     \
 	X(uffd_eagain, 0, "userfaultfd ioctls retried on EAGAIN")          \
 	X(faults_injected, 0, "failures injected (hmm_inject_fault)")      \
+	X(cpu_writes_held, 0, "CPU writes that waited for a device hold")  \
+	X(holds_revoked, 0, "pages whose exclusive hold was revoked")      \
+	X(holds_timed_out, 0, "exclusive holds revoked by their timeout")  \
 	X(device_bytes_in_use, 1, "device memory in use, bytes")         \
 	X(metadata_bytes, 1, "bookkeeping: page states, device page tables")
 
@@ -148,6 +151,9 @@ void hmm__inject_from_env(void);
 /* ---- uffd.c --------------------------------------------------------- */
 int hmm__uffd_open(int *fd, uint64_t *features, unsigned int *caps);
 int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp);
+/* A second descriptor, opened the way the first was, in SIGBUS mode with
+ * the events: for ranges locked to a device. */
+int hmm__uffd_open_sigbus(int *fd);
 int hmm__uffd_unregister(int fd, uintptr_t start, size_t len);
 /* These return pages resolved (>= 0) or -errno (-EAGAIN, -EEXIST, ...). */
 long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
@@ -276,7 +282,22 @@ struct hmm_block {
 	uint8_t state[HMM_BLOCK_PAGES];
 	uint8_t dev[HMM_BLOCK_PAGES];	 /* PDEV_*, DEVICE/MIGRATING */
 	uint32_t dpfn[HMM_BLOCK_PAGES]; /* device page, DEVICE/MIGRATING */
+	uint8_t mod[HMM_BLOCK_PAGES];	 /* PMOD_*: a device's hold (hold.c) */
 };
+
+/*
+ * mod[i]: which device holds the page, and how (hold.c).  LOCKED: the
+ * page is DEVICE on that device and stays there; the CPU gets SIGBUS.
+ * EXCL_RO: the device does atomics on it; the page is on the device or
+ * in system memory write-protected (CPU writes wait).  EXCL_REVOKE: the
+ * page is on the device; moving it to system memory ends the hold.
+ */
+#define PMOD_ID(m) ((unsigned)(m) & 0x3f)
+#define PMOD_KIND(m) ((m) & 0xc0)
+#define PMOD_LOCKED 0x40
+#define PMOD_EXCL_RO 0x80
+#define PMOD_EXCL_REVOKE 0xc0
+#define PMOD_IS_EXCL(m) (((m) & 0x80) != 0)
 struct hmm_block *hmm__block_lookup(uintptr_t addr);
 struct hmm_block *hmm__block_get(uintptr_t addr); /* creates; NULL: ENOMEM */
 static inline unsigned hmm__block_index(uintptr_t addr)
@@ -341,6 +362,40 @@ void hmm__alloc_put(struct hmm_alloc *a);
 int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state);
 /* Whether any page of [start, end) is on a device or in flight. */
 bool hmm__range_busy(uintptr_t start, uintptr_t end);
+
+/* ---- hold.c --------------------------------------------------------- */
+/* A SIGSEGV at @addr: if a lock or unlock is switching the page's
+ * userfaultfd right now (it is PROT_NONE meanwhile), wait for the switch
+ * to end and return true (the access is retried); else false.
+ * Async-signal-safe. */
+bool hmm__lock_transition_wait(uintptr_t addr);
+/* Every page of @dev unlocked, and every exclusive hold of it ended
+ * (device close). */
+void hmm__holds_drop_device(hmm_device_t *dev);
+/* End the exclusive holds on pages of [s, e) of every device but @keep
+ * (NULL: all): another device or a drop needs them. */
+void hmm__holds_revoke(uintptr_t s, uintptr_t e, const hmm_device_t *keep);
+/* Service thread: a CPU write to @page waits for a read-only exclusive
+ * hold; start its release timeout. */
+void hmm__hold_write_parked(uintptr_t page);
+/* Service thread: milliseconds until the next hold times out (-1: none),
+ * and revoking those that have. */
+int hmm__holds_poll_timeout(void);
+void hmm__holds_expire(void);
+/* Whether a page of [s, e) is locked to a device. */
+bool hmm__range_locked(uintptr_t s, uintptr_t e);
+/* fork: the child holds nothing (locks, like mlock's, are not inherited). */
+void hmm__holds_fork_child(void);
+void hmm__holds_fini(void);
+/* hmm_range_fault for @owner: pages of [s, e) it holds read-only in
+ * system memory that it wants to write come to its memory first. */
+int hmm__hold_pull(uintptr_t s, uintptr_t e, hmm_device_t *owner);
+
+/* ---- managed.c ------------------------------------------------------ */
+/* [s, e) mapped and accessible (not PROT_NONE); *vmas (malloc'd) gets
+ * its VMAs.  Returns 0 or -errno. */
+int hmm__check_vmas(uintptr_t s, uintptr_t e, struct hmm_vma **vmas,
+		    long *nvmas);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {
@@ -498,6 +553,16 @@ struct hmm_context {
 	_Atomic uint64_t sync_req, sync_done;
 	pthread_mutex_t sync_lock;	/* with sync_cond */
 	pthread_cond_t sync_cond;
+
+	/* Serialises hmm_range_lock/unlock and hmm_exclusive_begin/end
+	 * (application threads only; never taken by the service thread). */
+	pthread_mutex_t hold_lock;
+	/* Protects holds (short sections; the service thread takes it). */
+	pthread_mutex_t holds_lock;
+	struct hmm_hold *holds;
+	/* userfaultfd in SIGBUS mode for locked ranges, -1 until the first
+	 * lock; written under hold_lock, read by the service thread. */
+	_Atomic int sigbus_fd;
 
 	pthread_mutex_t dev_lock; /* protects devices[] slots */
 	hmm_device_t *devices[HMM_MAX_DEVICES];

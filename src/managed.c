@@ -43,6 +43,12 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 	return 0;
 }
 
+int hmm__check_vmas(uintptr_t s, uintptr_t e, struct hmm_vma **vmas,
+		    long *nvmas)
+{
+	return check_vmas(s, e, false, vmas, nvmas);
+}
+
 /* Whether any page of [s, e) is on a device or in flight. */
 bool hmm__range_busy(uintptr_t s, uintptr_t e)
 {
@@ -200,6 +206,11 @@ int hmm_range_release(void *addr, size_t len)
 	ret = hmm__ensure();
 	if (ret)
 		return ret;
+	/* A locked range stays managed until it is unlocked; holds for
+	 * atomics end. */
+	if (hmm__range_locked(s, e))
+		return -EBUSY;
+	hmm__holds_revoke(s, e, NULL);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	ret = hmm__ranges_cover(s, e);
 	if (!ret) {
@@ -382,6 +393,12 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	ret = hmm__ranges_cover(s, e);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	/* Locked pages move only when unlocked; another device's holds for
+	 * atomics end when the pages go elsewhere. */
+	if (!ret && hmm__range_locked(s, e))
+		ret = -EBUSY;
+	if (!ret && dev)
+		hmm__holds_revoke(s, e, dev);
 	if (!ret)
 		ret = check_vmas(s, e, false, &vmas, &nvmas);
 	if (!ret) {

@@ -34,9 +34,15 @@ static int guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
 
 	if (!n)
 		return 0;
-	if (hmm__guard_begin(&g))
+	if (hmm__guard_begin(&g)) {
+		hmm__dma_end();
 		return -EFAULT; /* the source went away under us */
+	}
+	/* The user's page is read as by DMA: what orders the read with the
+	 * CPU's writes is its write-protection (see hmm__dma_begin). */
+	hmm__dma_begin();
 	ret = dev->ops->copy(dev, dir, d, n);
+	hmm__dma_end();
 	hmm__guard_end(&g);
 	return ret;
 }
@@ -494,6 +500,8 @@ static void rollback_to_system(struct hmm_block *b, struct sel *s,
 				      : (st & PSF_CLEARED)
 					      ? PS_SYSTEM | PSF_DROPPING
 					      : PS_SYSTEM;
+		if (st & (PSF_UNMAPPED | PSF_CLEARED))
+			b->mod[s->idx[k]] = 0;
 		if (st & PSF_UNMAPPED) {
 			/* mremap moved it; the data moved with the page
 			 * tables (nothing was dropped yet). */
@@ -588,7 +596,9 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			return r ? r : -EAGAIN;
 		}
 		case PS_DEVICE:
-			if (PDEV_ID(b->dev[i]) != dev->id) {
+			/* Locked to another device: it stays there. */
+			if (PDEV_ID(b->dev[i]) != dev->id &&
+			    PMOD_KIND(b->mod[i]) != PMOD_LOCKED) {
 				if (!other_s)
 					other_s = p;
 				other_e = p + HMM_PAGE_SIZE;
@@ -681,6 +691,7 @@ static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
 			 * data (the page is absent at the new address). */
 			uintptr_t to = hmm__forward_take(sel_va(b, i));
 			b->state[i] = PS_NONE;
+			b->mod[i] = 0;
 			b->ndev--;
 			if (!to || !hmm__forward_commit(to, dev, devbits,
 							sel->dpfn[k], st))

@@ -118,9 +118,15 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	while (done < n) {
 		size_t len = HMM_MIN(chunk, n - done), ok = 0;
 		long r;
+		bool ro;
 		pthread_mutex_lock(&b->lock);
+		/* A page held read-only for a device's atomics comes home
+		 * write-protected: CPU writes wait for the hold (hold.c). */
+		ro = PMOD_KIND(b->mod[sel->idx[k0 + done]]) == PMOD_EXCL_RO;
 		while (ok < len &&
-		       !(b->state[sel->idx[k0 + done + ok]] & PSF_CLEARED))
+		       !(b->state[sel->idx[k0 + done + ok]] & PSF_CLEARED) &&
+		       (PMOD_KIND(b->mod[sel->idx[k0 + done + ok]]) ==
+			PMOD_EXCL_RO) == ro)
 			ok++;
 		if (ok == 0) {
 			/* Dropped: not installed; the commit settles it. */
@@ -131,7 +137,7 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 		len = ok;
 		r = hmm__uffd_copy(hmm__ctx.uffd, va0 + done * HMM_PAGE_SIZE,
 				   (char *)src + done * HMM_PAGE_SIZE,
-				   len * HMM_PAGE_SIZE, false, true);
+				   len * HMM_PAGE_SIZE, ro, true);
 		pthread_mutex_unlock(&b->lock);
 		if (r > 0) {
 			memset(sel->flag + k0 + done, INST_DONE, (size_t)r);
@@ -189,6 +195,9 @@ static int collect_to_system(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		}
 		if (PS_KIND(st) != PS_DEVICE || (only && id != only->id))
 			continue;
+		/* Locked to its device: only an unlock lets it go. */
+		if (PMOD_KIND(b->mod[i]) == PMOD_LOCKED)
+			continue;
 		if (sel->n && id != sel->dev)
 			continue;
 		sel->dev = id;
@@ -231,6 +240,7 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 			uint8_t devbits = b->dev[i];
 			b->state[i] = PS_NONE;
 			b->dev[i] = 0;
+			b->mod[i] = 0;
 			b->ndev--;
 			if (!to || !hmm__forward_commit(to, dev, devbits,
 							sel->dpfn[k], st))
@@ -245,6 +255,14 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 		freed[nfree++] = sel->dpfn[k];
 		b->ndev--;
 		b->dev[i] = 0;
+		/* A revoke-mode hold ends when its page comes home; so does
+		 * any hold on a page dropped meanwhile. */
+		if (PMOD_KIND(b->mod[i]) == PMOD_EXCL_REVOKE ||
+		    (st & PSF_CLEARED)) {
+			if (PMOD_IS_EXCL(b->mod[i]))
+				hmm__stat_add(HMM_STAT_holds_revoked, 1);
+			b->mod[i] = 0;
+		}
 		if (res == INST_DONE && (st & PSF_CLEARED) && can_rezap) {
 			/* Installed, then dropped by the application: it
 			 * stays MIGRATING until the caller has dropped it
@@ -313,6 +331,7 @@ static void drop_again(struct hmm_block *b, struct sel *rezap)
 		if (b->state[i] & PSF_UNMAPPED) {
 			uintptr_t to = hmm__forward_take(sel_va(b, i));
 			b->state[i] = PS_NONE;
+			b->mod[i] = 0;
 			if (to)
 				hmm__forward_commit(to, NULL, 0, 0, 0);
 			continue;
@@ -449,6 +468,8 @@ struct drop_arg {
 	uint32_t *freed;	/* device pages to free once invalidated */
 	uint8_t *freed_dev;
 	size_t nfreed, cap;
+	bool zero;		/* a page locked to its device: zeroed there */
+	bool wake;		/* a hold ended: CPU writes may be waiting */
 };
 
 static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
@@ -460,10 +481,23 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
 		unsigned i = hmm__block_index(p);
 		uint8_t st = b->state[i];
+		bool locked = PMOD_KIND(b->mod[i]) == PMOD_LOCKED;
+		/* A drop ends a hold for atomics (the data it was for is
+		 * gone); a lock ends only with the mapping. */
+		if (PMOD_IS_EXCL(b->mod[i])) {
+			b->mod[i] = 0;
+			da->wake = true;
+			hmm__stat_add(HMM_STAT_holds_revoked, 1);
+		}
 		switch (PS_KIND(st)) {
 		case PS_DEVICE:
 			if (da->keep_data && !da->unmap)
 				break;
+			if (locked && !da->unmap) {
+				da->zero = true;
+				break;
+			}
+			b->mod[i] = 0;
 			if (da->nfreed == da->cap) {
 				size_t cap = da->cap ? 2 * da->cap : 512;
 				uint32_t *f = realloc(da->freed, cap * 4);
@@ -491,8 +525,10 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 						      : PSF_CLEARED);
 			break;
 		case PS_SYSTEM:
-			if (da->unmap)
+			if (da->unmap) {
 				b->state[i] = PS_NONE;
+				b->mod[i] = 0;
+			}
 			else if (da->pending && !da->keep_data &&
 				 !(st & PSF_FILLING))
 				b->state[i] = st | PSF_DROPPING;
@@ -504,6 +540,31 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		}
 	}
 	pthread_mutex_unlock(&b->lock);
+}
+
+/* Dropped pages of a locked range read zeros on the device, where they
+ * stay. */
+static void zero_locked(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			void *arg)
+{
+	(void)arg;
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		unsigned i = hmm__block_index(p);
+		hmm_device_t *d;
+		uint64_t dpfn = 0;
+		int id = -1;
+		pthread_mutex_lock(&b->lock);
+		if (PS_KIND(b->state[i]) == PS_DEVICE &&
+		    PMOD_KIND(b->mod[i]) == PMOD_LOCKED) {
+			id = (int)PDEV_ID(b->dev[i]);
+			dpfn = b->dpfn[i];
+		}
+		pthread_mutex_unlock(&b->lock);
+		/* (dev_lock is not taken under a block lock) */
+		d = id >= 0 ? hmm__device_get((unsigned)id) : NULL;
+		if (d && d->ops->zero(d, &dpfn, 1))
+			hmm__warn("could not zero a dropped locked page");
+	}
 }
 
 /*
@@ -520,6 +581,10 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 
 	hmm__blocks_for_each(start, end, drop_block, &da);
 	hmm__invalidate(start, end, event, NULL, blockable);
+	if (da.zero)
+		hmm__blocks_for_each(start, end, zero_locked, NULL);
+	if (da.wake)
+		hmm__uffd_wake(hmm__ctx.uffd, start, end - start);
 	for (size_t i = 0; i < da.nfreed; i++)
 		hmm__devmem_free(hmm__device_get(da.freed_dev[i]), &da.freed[i],
 				 1);

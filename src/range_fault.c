@@ -28,8 +28,10 @@
 #define PM_EXCLUSIVE (1ULL << 56)
 
 /* Look at the managed state of @va.  Returns the state byte (PS_NONE for
- * unmanaged memory) and the device id / page in *dev / *dpfn. */
-static uint8_t page_state(uintptr_t va, unsigned *dev, uint32_t *dpfn)
+ * unmanaged memory) and the device id / page / hold in *dev / *dpfn /
+ * *mod. */
+static uint8_t page_state(uintptr_t va, unsigned *dev, uint32_t *dpfn,
+			  uint8_t *mod)
 {
 	struct hmm_block *b = hmm__block_lookup(va);
 	unsigned i = hmm__block_index(va);
@@ -41,6 +43,7 @@ static uint8_t page_state(uintptr_t va, unsigned *dev, uint32_t *dpfn)
 	st = b->state[i];
 	*dev = b->dev[i];
 	*dpfn = b->dpfn[i];
+	*mod = b->mod[i];
 	pthread_mutex_unlock(&b->lock);
 	return st;
 }
@@ -201,7 +204,7 @@ int hmm_range_fault(struct hmm_range *range)
 	const hmm_device_t *owner;
 	struct snap sn = { 0 };
 	size_t npages;
-	int ret = 0;
+	int ret = 0, pulls = 0;
 
 	if (!range || !range->hmm_pfns || range->start >= range->end ||
 	    !hmm__aligned(range->start) || !hmm__aligned(range->end))
@@ -224,7 +227,7 @@ int hmm_range_fault(struct hmm_range *range)
 		bool write = req & HMM_PFN_REQ_WRITE;
 		unsigned dev = 0;
 		uint32_t dpfn = 0;
-		uint8_t st;
+		uint8_t st, mod = 0;
 
 		if (write && !fault) {
 			ret = -EINVAL;
@@ -236,7 +239,41 @@ int hmm_range_fault(struct hmm_range *range)
 			ret = -EBUSY;
 			break;
 		}
-		st = page_state(va, &dev, &dpfn);
+		st = page_state(va, &dev, &dpfn, &mod);
+		if (PMOD_KIND(mod)) {
+			/* A device's hold (hold.c). */
+			hmm_device_t *holder = hmm__device_get(PMOD_ID(mod));
+			bool mine = owner && holder == owner;
+			if (PMOD_KIND(mod) == PMOD_LOCKED && !mine) {
+				if (fault) {
+					ret = -EACCES;
+					break;
+				}
+				range->hmm_pfns[i] = HMM_PFN_ERROR;
+				continue;
+			}
+			if (PMOD_IS_EXCL(mod) && fault && !mine) {
+				/* Another device needs it: the hold ends. */
+				hmm__holds_revoke(va, va + HMM_PAGE_SIZE, owner);
+				i--;
+				continue;
+			}
+			if (PMOD_KIND(mod) == PMOD_EXCL_RO && mine && write &&
+			    PS_KIND(st) == PS_SYSTEM) {
+				/* The holder writes: its atomics run in its
+				 * own memory, where the page goes now (the
+				 * CPU read it meanwhile). */
+				if (++pulls > 64) {
+					ret = -EBUSY;
+					break;
+				}
+				ret = hmm__hold_pull(va, range->end, holder);
+				if (ret)
+					break;
+				i--;
+				continue;
+			}
+		}
 		if (PS_KIND(st) == PS_MIGRATING) {
 			if (!fault) {
 				range->hmm_pfns[i] = 0;

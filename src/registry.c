@@ -99,8 +99,10 @@ void hmm__blocks_fork_child(void)
 				continue;
 			pthread_mutex_init(&b->lock, NULL);
 			pthread_cond_init(&b->cond, NULL);
-			for (size_t i = 0; i < HMM_BLOCK_PAGES; i++)
+			for (size_t i = 0; i < HMM_BLOCK_PAGES; i++) {
 				b->state[i] &= (uint8_t)~PSF_WAITERS;
+				b->mod[i] = 0; /* holds are the parent's */
+			}
 		}
 	}
 }
@@ -142,8 +144,10 @@ int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
 			if (PS_KIND(*st) == PS_DEVICE ||
 			    PS_KIND(*st) == PS_MIGRATING || (*st & PSF_FILLING))
 				ret = -EAGAIN;
-			else
+			else {
 				*st = state;
+				b->mod[hmm__block_index(p)] = 0;
+			}
 		}
 		pthread_mutex_unlock(&b->lock);
 		pos = bend;

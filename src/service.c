@@ -224,7 +224,20 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 		case PS_DEVICE: {
 			uintptr_t s, e;
 			long r;
+			uint8_t mod = b->mod[idx];
 			pthread_mutex_unlock(&b->lock);
+			/* Locked: a fault that came before the range was
+			 * switched to the SIGBUS descriptor; the switch wakes
+			 * the thread, whose access then gets SIGBUS. */
+			if (PMOD_KIND(mod) == PMOD_LOCKED)
+				return 0;
+			/* A write waits for the device's read-only hold:
+			 * parked until the hold ends (which wakes it). */
+			if (PMOD_KIND(mod) == PMOD_EXCL_RO && write) {
+				if (first)
+					hmm__hold_write_parked(page);
+				return 0;
+			}
 			fault_window(page, &s, &e);
 			r = hmm__migrate_to_system(s, e, NULL,
 						   HMM_MIG_NONBLOCK);
@@ -239,6 +252,31 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			continue; /* look at the page again */
 		}
 		default:
+			if (PMOD_KIND(b->mod[idx]) == PMOD_EXCL_RO &&
+			    PS_KIND(st) == PS_SYSTEM) {
+				long r = 0;
+				/* Held read-only for a device: writes wait;
+				 * a read of a page not present gets zeros,
+				 * write-protected (b->lock held across it as
+				 * in fault_in_flight). */
+				if (!wp && !write)
+					r = hmm__uffd_copy(hmm__ctx.uffd, page,
+							   zero_page,
+							   HMM_PAGE_SIZE, true,
+							   false);
+				pthread_mutex_unlock(&b->lock);
+				if (wp || write) {
+					if (first)
+						hmm__hold_write_parked(page);
+					return 0;
+				}
+				if (r == -EAGAIN)
+					return -EAGAIN;
+				if (r != 1)
+					hmm__uffd_wake(hmm__ctx.uffd, page,
+						       HMM_PAGE_SIZE);
+				return 0;
+			}
 			pthread_mutex_unlock(&b->lock);
 			if (wp) {
 				/* A write-protection left from a migration
@@ -336,7 +374,7 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 	struct hmm_block *ob = hmm__block_lookup(from), *nb;
 	unsigned oi = hmm__block_index(from), ni = hmm__block_index(to);
 	hmm_device_t *owner;
-	uint8_t st, dev = 0;
+	uint8_t st, dev = 0, mod;
 	uint32_t dpfn = 0;
 
 	if (!ob)
@@ -346,6 +384,10 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 	st = ob->state[oi];
 	dev = ob->dev[oi];
 	dpfn = ob->dpfn[oi];
+	/* A lock moves with its page (the SIGBUS registration moved with
+	 * the mapping); a hold for atomics ends. */
+	mod = PMOD_KIND(ob->mod[oi]) == PMOD_LOCKED ? ob->mod[oi] : 0;
+	ob->mod[oi] = 0;
 	if (PS_KIND(st) == PS_MIGRATING && nb) {
 		ob->state[oi] = st | PSF_UNMAPPED;
 		hmm__forward_add(from, to);
@@ -375,6 +417,7 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 		nb->state[ni] = PS_DEVICE | (st & PSF_DEV_WRITE);
 		nb->dev[ni] = dev;
 		nb->dpfn[ni] = dpfn;
+		nb->mod[ni] = mod;
 		nb->ndev++;
 		if (owner)
 			hmm__devmem_set_owner(owner, dpfn, to);
@@ -482,9 +525,10 @@ static void answer_sync(struct hmm_context *c)
 static void *service_main(void *arg)
 {
 	struct hmm_context *c = &hmm__ctx;
-	struct pollfd pfd[3] = { { .fd = c->uffd, .events = POLLIN },
+	struct pollfd pfd[4] = { { .fd = c->uffd, .events = POLLIN },
 				 { .fd = c->stop_fd, .events = POLLIN },
-				 { .fd = c->sync_fd, .events = POLLIN } };
+				 { .fd = c->sync_fd, .events = POLLIN },
+				 { .fd = -1, .events = POLLIN } };
 	struct retry_list rl = { 0 };
 	struct uffd_msg msgs[64];
 
@@ -492,22 +536,34 @@ static void *service_main(void *arg)
 	hmm__block_signals();
 	for (;;) {
 		/* Sleep until something happens; with faults waiting for an
-		 * event to drain, look again after a millisecond. */
-		int r = poll(pfd, 3, rl.n ? 1 : -1);
+		 * event to drain, look again after a millisecond; a hold's
+		 * timeout wakes it too.  The SIGBUS descriptor (locked
+		 * ranges) appears with the first lock, which syncs with this
+		 * loop afterwards. */
+		int tmo = hmm__holds_poll_timeout();
+		if (rl.n && (tmo < 0 || tmo > 1))
+			tmo = 1;
+		pfd[3].fd = atomic_load(&c->sigbus_fd);
+		int r = poll(pfd, 4, tmo);
 		if (r < 0 && errno != EINTR)
 			break;
 		if (pfd[1].revents & POLLIN)
 			break;
 		/* fork holds this while it copies libhmm's state. */
 		pthread_mutex_lock(&c->pause_lock);
-		for (;;) {
-			ssize_t n = read(c->uffd, msgs, sizeof(msgs));
-			size_t cnt = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
-			if (!cnt)
-				break;
-			for (size_t i = 0; i < cnt; i++)
-				handle_msg(&msgs[i], &rl);
+		for (int f = 0; f < 4; f += 3) {
+			int fd = f ? pfd[3].fd : c->uffd;
+			for (; fd >= 0;) {
+				ssize_t n = read(fd, msgs, sizeof(msgs));
+				size_t cnt = n > 0 ? (size_t)n / sizeof(msgs[0])
+						   : 0;
+				if (!cnt)
+					break;
+				for (size_t i = 0; i < cnt; i++)
+					handle_msg(&msgs[i], &rl);
+			}
 		}
+		hmm__holds_expire();
 		if (pfd[2].revents & POLLIN)
 			answer_sync(c);
 		if (rl.n)

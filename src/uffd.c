@@ -73,6 +73,52 @@ static int enable(int fd, uint64_t features)
 	return 0;
 }
 
+/* How the main descriptor was opened (0 syscall, 1 user-mode-only,
+ * 2 /dev/userfaultfd): the SIGBUS descriptor is opened the same way. */
+static int open_method = -1;
+
+static int open_by(int method)
+{
+	return method == 0   ? open_syscall(0)
+	       : method == 1 ? open_syscall(UFFD_USER_MODE_ONLY)
+			     : open_dev();
+}
+
+int hmm__uffd_open_sigbus(int *out)
+{
+	const uint64_t want = UFFD_FEATURE_SIGBUS | UFFD_FEATURE_EVENT_REMOVE |
+			      UFFD_FEATURE_EVENT_UNMAP |
+			      UFFD_FEATURE_EVENT_REMAP |
+			      UFFD_FEATURE_MISSING_SHMEM;
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	int fd, ret;
+
+	if (open_method < 0)
+		return -ESHUTDOWN;
+	fd = open_by(open_method);
+	if (fd < 0)
+		return fd;
+	ret = ioctl(fd, UFFDIO_API, &api) ? -errno : 0;
+	close(fd);
+	if (ret)
+		return ret;
+	if ((api.features & want) != want) {
+		hmm__warn("userfaultfd has no SIGBUS mode here: ranges cannot "
+			  "be locked to a device");
+		return -EOPNOTSUPP;
+	}
+	fd = open_by(open_method);
+	if (fd < 0)
+		return fd;
+	ret = enable(fd, want);
+	if (ret) {
+		close(fd);
+		return ret;
+	}
+	*out = fd;
+	return 0;
+}
+
 int hmm__uffd_open(int *out, uint64_t *features, unsigned int *caps)
 {
 	int fd, ret, user_mode = 0;
@@ -81,12 +127,7 @@ int hmm__uffd_open(int *out, uint64_t *features, unsigned int *caps)
 
 	/* Probe on a throw-away descriptor, then enable on the real one. */
 	for (int attempt = force_user ? 1 : 0; attempt < 3; attempt++) {
-		if (attempt == 0)
-			fd = open_syscall(0);
-		else if (attempt == 1)
-			fd = open_syscall(UFFD_USER_MODE_ONLY);
-		else
-			fd = open_dev();
+		fd = open_by(attempt);
 		if (fd < 0) {
 			ret = fd;
 			continue;
@@ -95,9 +136,7 @@ int hmm__uffd_open(int *out, uint64_t *features, unsigned int *caps)
 		close(fd);
 		if (ret)
 			return ret;
-		fd = attempt == 0 ? open_syscall(0)
-		     : attempt == 1 ? open_syscall(UFFD_USER_MODE_ONLY)
-				    : open_dev();
+		fd = open_by(attempt);
 		if (fd < 0)
 			return fd;
 		ret = enable(fd, f);
@@ -106,6 +145,7 @@ int hmm__uffd_open(int *out, uint64_t *features, unsigned int *caps)
 			return ret;
 		}
 		user_mode = attempt == 1;
+		open_method = attempt;
 		goto done;
 	}
 	if (ret == -EPERM || ret == -EACCES) {

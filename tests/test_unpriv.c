@@ -164,6 +164,31 @@ int main(void)
 
 	syscall_on_device_page(dev, p, caps);
 
+	/* Locked to the device, unprivileged too: the SIGBUS descriptor is
+	 * opened the same way as libhmm's own. */
+	r = hmm_range_lock(p, LEN, dev);
+	CHECK(r == 0, "hmm_range_lock = %d", r);
+	if (r == 0) {
+		CHECK(count_loc(p, LEN, HMM_LOC_DEVICE) == NPAGES,
+		      "locked pages on device");
+		r = hmm_sim_read(dev, p, buf, 2 * PG, NULL);
+		CHECK(r == 0 && mismatch(buf, 2 * PG, 0x0b0d, 0) == -1,
+		      "device read of locked range: %d", r);
+		CHECK(hmm_range_unlock(p, LEN, dev) == NPAGES, "unlock");
+		CHECK(mismatch(p, LEN, 0x0b0d, 0) == -1, "data after unlock");
+	}
+	/* A read-only hold for atomics. */
+	if (caps & HMM_CAP_WP) {
+		uint64_t old = 0;
+		r = hmm_exclusive_begin(p, LEN, dev, HMM_EXCL_READONLY, 0);
+		CHECK(r == 0, "hmm_exclusive_begin = %d", r);
+		r = hmm_sim_atomic_add(dev, (uint64_t *)p + 7, 0, &old);
+		CHECK(r == 0 && old == (7 ^ 0x0b0d), "device atomic: %d", r);
+		CHECK(((volatile uint64_t *)p)[7] == (7 ^ 0x0b0d),
+		      "CPU read in a hold");
+		CHECK(hmm_exclusive_end(p, LEN, dev) >= 0, "end");
+	}
+
 	CHECK(hmm_migrate(p, LEN, dev, 0) >= 0, "migrate before close");
 	r = hmm_device_close(dev);
 	CHECK(r == 0, "hmm_device_close = %d", r);

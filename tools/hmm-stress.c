@@ -66,6 +66,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -135,7 +136,7 @@ static struct {
 	X(DEV_ADD, "dev_add") X(DEV_CAS, "dev_cas") X(DEV_COPY, "dev_cpy")	\
 	X(MIGRATE, "migrate") X(MADVISE, "madvise") X(REMAP, "remap")	\
 	X(MPROTECT, "mprotect") X(MLOCK, "mlock") X(RELEASE, "release")	\
-	X(SWEEP, "sweep")							\
+	X(SWEEP, "sweep") X(DEVLOCK, "devlock") X(EXCL, "excl")		\
 	X(FORK, "fork")							\
 	X(DEV_REFUSED, "dev_err") X(MIG_REFUSED, "mig_err")
 #define X_ENUM(e, s) K_##e,
@@ -1088,6 +1089,134 @@ static void dis_mlock(struct thr *t, int r)
 	count(t, K_MLOCK);
 }
 
+/* SIGBUS of a page locked to a device, caught where a spell expects it. */
+static __thread sigjmp_buf *volatile bus_jb;
+static __thread volatile uintptr_t bus_addr;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	if (!bus_jb) {
+		/* Not expected: the default action, on the retried access. */
+		signal(sig, SIG_DFL);
+		return;
+	}
+	bus_addr = (uintptr_t)si->si_addr;
+	siglongjmp(*bus_jb, 1);
+}
+
+/* Read *@p: 0, or SIGBUS (with *@at the address it named). */
+static int probe_read(const uint64_t *p, uintptr_t *at)
+{
+	sigjmp_buf jb;
+
+	if (sigsetjmp(jb, 1)) {
+		bus_jb = NULL;
+		*at = bus_addr;
+		return SIGBUS;
+	}
+	bus_jb = &jb;
+	(void)ld(p);
+	bus_jb = NULL;
+	return 0;
+}
+
+/* A run locked to a device: the CPU gets SIGBUS at the word it reads, the
+ * device reads and writes it, another device is refused; unlocked, the CPU
+ * reads the device's data. */
+static void dis_devlock(struct thr *t, int r)
+{
+	uint64_t *mem = atomic_load(&regions[r].mem), *sh = regions[r].shadow;
+	size_t pages = region_len / PG, n = 1 + rnd(t, pages / 4);
+	size_t p = rnd(t, pages - n + 1), a = p * PAGE_WORDS;
+	size_t w = a + rnd(t, n * PAGE_WORDS), span;
+	int d = (int)rnd(t, opt.devices), ret;
+	uint64_t v = rnd64(t);
+	uintptr_t at = 0;
+
+	act(t, "hmm_range_lock", d, r, (long)p);
+	ret = hmm_range_lock(&mem[a], n * PG, devs[d]);
+	if (ret) {
+		if (ret != -ENOMEM && ret != -EBUSY && ret != -EOPNOTSUPP)
+			failure(t, "hmm_range_lock region %d: %d", r, ret);
+		return;
+	}
+	act(t, "cpu read of locked", -1, r, (long)(w / PAGE_WORDS));
+	if (probe_read(&mem[w], &at) != SIGBUS || at != (uintptr_t)&mem[w])
+		failure(t, "cpu read of a locked page: no SIGBUS at %p (%#lx)",
+			(void *)&mem[w], (unsigned long)at);
+	span = n * PAGE_WORDS < DEV_SPAN_WORDS ? n * PAGE_WORDS
+						   : DEV_SPAN_WORDS;
+	act(t, "hmm_sim_read (locked)", d, r, (long)p);
+	ret = hmm_sim_read(devs[d], &mem[a], t->buf, span * 8, NULL);
+	if (ret)
+		failure(t, "device read of its locked range: %d", ret);
+	else
+		check_buf(t, r, a, span, t->buf, -1, "hmm_sim_read (locked)");
+	act(t, "hmm_sim_write (locked)", d, r, (long)(w / PAGE_WORDS));
+	ret = hmm_sim_write(devs[d], &mem[w], &v, 8, NULL);
+	if (ret)
+		failure(t, "device write of its locked range: %d", ret);
+	else
+		sh[w] = v;
+	if (opt.devices > 1) {
+		int o = (d + 1) % (int)opt.devices;
+		act(t, "hmm_sim_read (locked elsewhere)", o, r, (long)p);
+		ret = hmm_sim_read(devs[o], &mem[a], t->buf, 8, NULL);
+		if (ret != -EACCES)
+			failure(t, "read of a range locked to another device: "
+				"%d, not -EACCES", ret);
+	}
+	act(t, "hmm_range_unlock", d, r, (long)p);
+	ret = (int)hmm_range_unlock(&mem[a], n * PG, devs[d]);
+	if (ret != (int)n)
+		fatal(t, "hmm_range_unlock region %d: %d, not %zu", r, ret, n);
+	check_cpu(t, r, a, a + n * PAGE_WORDS, -1, "cpu read after unlock");
+	count(t, K_DEVLOCK);
+}
+
+/* A device holds a run for atomics (either mode, sometimes with a
+ * timeout); its atomics and the CPU's reads meanwhile see the shadow. */
+static void dis_excl(struct thr *t, int r)
+{
+	uint64_t *mem = atomic_load(&regions[r].mem), *sh = regions[r].shadow;
+	size_t pages = region_len / PG, n = 1 + rnd(t, pages / 4);
+	size_t p = rnd(t, pages - n + 1), a = p * PAGE_WORDS;
+	int d = (int)rnd(t, opt.devices), mode = (int)rnd(t, 2), ret;
+	long lret;
+
+	act(t, "hmm_exclusive_begin", d, r, (long)p);
+	ret = hmm_exclusive_begin(&mem[a], n * PG, devs[d], mode,
+				  rnd(t, 2) ? 0 : 5);
+	if (ret) {
+		if (!dev_refusal_ok(ret))
+			failure(t, "hmm_exclusive_begin region %d: %d", r, ret);
+		return;
+	}
+	for (int i = 0; i < 8; i++) {
+		size_t w = a + rnd(t, n * PAGE_WORDS);
+		uint64_t v = 1 + rnd(t, 1000), old = 0;
+		act(t, "hmm_sim_atomic_add (held)", d, r, (long)(w / PAGE_WORDS));
+		ret = hmm_sim_atomic_add(devs[d], &mem[w], v, &old);
+		if (ret) {
+			if (!dev_refusal_ok(ret))
+				failure(t, "atomic add in a hold: %d", ret);
+			continue;
+		}
+		if (old != sh[w])
+			mismatch(t, r, w, sh[w], old, "device atomic (held)");
+		sh[w] = old + v;
+		if (i & 1)
+			check_cpu(t, r, w, w + 1, -1, "cpu read in a hold");
+	}
+	act(t, "hmm_exclusive_end", d, r, (long)p);
+	lret = hmm_exclusive_end(&mem[a], n * PG, devs[d]);
+	if (lret < 0 || lret > (long)n)
+		failure(t, "hmm_exclusive_end region %d: %ld", r, lret);
+	check_cpu(t, r, a, a + n * PAGE_WORDS, -1, "cpu read after a hold");
+	count(t, K_EXCL);
+}
+
 /* Private regions: stop managing, manage again; the data stays. */
 static void dis_release(struct thr *t, int r)
 {
@@ -1129,6 +1258,7 @@ static void dis_sweep(struct thr *t, int r)
 static const struct mix disruptor_mix[] = {
 	{ K_MADVISE, 30 }, { K_REMAP, 15 }, { K_MPROTECT, 35 },
 	{ K_MLOCK, 10 }, { K_RELEASE, 10 }, { K_SWEEP, 10 },
+	{ K_DEVLOCK, 10 }, { K_EXCL, 10 },
 };
 
 static void *disruptor(void *arg)
@@ -1155,6 +1285,10 @@ static void *disruptor(void *arg)
 			dis_mlock(t, r);
 		else if (k == K_RELEASE && !regions[r].shared)
 			dis_release(t, r);
+		else if (k == K_DEVLOCK)
+			dis_devlock(t, r);
+		else if (k == K_EXCL)
+			dis_excl(t, r);
 		else if (k != NKINDS)
 			dis_sweep(t, r);
 		pthread_rwlock_unlock(&regions[r].lock);
@@ -1491,6 +1625,11 @@ static int setup(void)
 			strerror(-ret));
 		exit(77);
 	}
+	struct sigaction sa = { .sa_sigaction = on_sigbus,
+				.sa_flags = SA_SIGINFO | SA_NODEFER };
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL))
+		return -errno;
 	for (unsigned int d = 0; d < opt.devices && !ret; d++)
 		ret = hmm_device_open("sim", &attr, &devs[d]);
 	if (ret)

@@ -149,7 +149,7 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags);
  *
  * Returns 0, or -EINVAL, -ENOENT (part of it is not managed), -ENOMEM (also
  * when the kernel could not unregister it), -EBUSY (pages still moving
- * after HMM_MIGRATE_TIMEOUT_MS), -EIO (a device could not copy its pages
+ * after HMM_MIGRATE_TIMEOUT_MS, or part of it locked to a device), -EIO (a device could not copy its pages
  * back), -ESHUTDOWN.
  */
 int hmm_range_release(void *addr, size_t len);
@@ -229,10 +229,101 @@ int hmm_device_mem_usage(hmm_device_t *dev, size_t *used_pages,
  * the range is unmapped or PROT_NONE), -ENOENT (not managed), -ENOMEM
  * (device memory exhausted), -ENODEV (closed device), -EIO (copy failed),
  * -EBUSY (shared memory that another process maps since a fork: it stays
- * in system memory while that lasts), -ESHUTDOWN.
+ * in system memory while that lasts; or part of the range is locked to a
+ * device), -ESHUTDOWN.  Moving pages to a device ends other devices'
+ * holds for atomics on them.
  */
 long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 		 unsigned int flags);
+
+/* ------------------------------------------------------------------ */
+/* Holds: locking to a device, exclusive access for device atomics     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * hmm_range_lock - move a managed range into @dev's memory and keep it
+ * there: until it is unlocked, any CPU load or store in the range raises
+ * SIGBUS in the accessing thread (si_code BUS_ADRERR, si_addr the address
+ * touched: the kernel's own signal, from a userfaultfd in SIGBUS mode), and
+ * a system call that reads or writes the range fails with EFAULT.  The
+ * device keeps using the pages normally; eviction never takes them;
+ * hmm_migrate and other devices' accesses are refused.
+ *
+ * While the lock switches the range over (and while an unlock switches it
+ * back) the range is PROT_NONE for a moment; a thread that touches it then
+ * waits inside libhmm's SIGSEGV handler and goes on once the switch is
+ * done.  Locking a range already locked whole to @dev does nothing.
+ *
+ * Semantics beyond the call:
+ *  - munmap of a locked range frees its device memory; madvise(DONTNEED)
+ *    zeroes the device's copy and the range stays locked; mremap moves the
+ *    lock with the range.
+ *  - fork: locks are not inherited (as mlock(2)'s are not).  In the child
+ *    the range is ordinary managed memory whose pages live on the child's
+ *    copy of the device; a CPU access there brings them home with the data
+ *    they had at the fork.  The parent's range stays locked.
+ *  - hmm_device_close unlocks the device's ranges, then brings their pages
+ *    home; hmm_fini and process exit do the same.
+ *
+ * Returns 0, or -EINVAL (bad range, NULL @dev), -ENOENT (not all managed),
+ * -EFAULT (part unmapped or PROT_NONE), -EBUSY (part of the range is
+ * locked or held for atomics, by any device, or the CPU kept bringing its
+ * pages home), -ENOMEM (device memory full of locked pages, or out of
+ * memory), -EIO, -ENODEV (closed device), -EOPNOTSUPP (the kernel's
+ * userfaultfd has no SIGBUS mode), -ESHUTDOWN.  On error nothing is locked
+ * (pages may have moved to the device).
+ */
+int hmm_range_lock(void *addr, size_t len, hmm_device_t *dev);
+
+/*
+ * hmm_range_unlock - end the locks of @dev on [addr, addr + len): the pages
+ * stay on the device, and CPU accesses bring them home (with the device's
+ * latest data) as for any device-resident page.  Returns the number of
+ * pages unlocked (0 if none was locked to @dev), or -EINVAL, -ENOENT,
+ * -ENODEV, -ENOMEM, -ESHUTDOWN; pages not unlocked stay locked.
+ */
+long hmm_range_unlock(void *addr, size_t len, hmm_device_t *dev);
+
+/* Modes of hmm_exclusive_begin */
+#define HMM_EXCL_READONLY 0 /* CPU reads go on, CPU writes wait */
+#define HMM_EXCL_REVOKE 1   /* any CPU access ends the device's hold */
+
+/*
+ * hmm_exclusive_begin - @dev takes [addr, addr + len) for device atomics.
+ * The pages move into its memory, where its atomics (hmm_sim_atomic_add,
+ * hmm_sim_atomic_cas) run.
+ *
+ * HMM_EXCL_READONLY (the original HMM design): CPU reads go on and see
+ * current data (a page the CPU reads comes home write-protected, and the
+ * device's next write takes it back); a CPU write waits until the hold
+ * ends, then completes.  With @timeout_ms > 0, a CPU write that has waited
+ * that long revokes the whole hold instead (counter holds_timed_out).
+ *
+ * HMM_EXCL_REVOKE (the kernel's make_device_exclusive): any CPU access to
+ * a page ends the device's hold on it and proceeds (the page comes home).
+ *
+ * In both modes another device's access to a page, a drop (madvise,
+ * munmap) or an hmm_migrate to another device ends the hold on it.  No CPU
+ * write and no device atomic is lost: a hold only decides where a page
+ * lives and when CPU writes run.  Holds are not inherited by a fork child.
+ *
+ * Returns 0, or -EINVAL (bad range or mode, NULL @dev, @timeout_ms < 0),
+ * -ENOENT (not all managed), -EFAULT, -EBUSY (part of the range is held or
+ * locked), -ENOMEM, -EIO, -ENODEV, -EOPNOTSUPP (READONLY without
+ * userfaultfd write-protection), -ESHUTDOWN.  On error nothing is held.
+ */
+int hmm_exclusive_begin(void *addr, size_t len, hmm_device_t *dev, int mode,
+			long timeout_ms);
+
+/*
+ * hmm_exclusive_end - end the hold that hmm_exclusive_begin took on exactly
+ * [addr, addr + len) for @dev; CPU writes that waited complete now.
+ * Returns the number of pages whose hold had already ended before this
+ * call (revoked: 0 means the device held every page throughout; a timed
+ * out hold counts every page), or -EINVAL, -ENOENT (no such hold),
+ * -ESHUTDOWN.
+ */
+long hmm_exclusive_end(void *addr, size_t len, hmm_device_t *dev);
 
 /* Where one page lives now. */
 enum hmm_location {

@@ -186,12 +186,17 @@ struct hmm_range {
  * brought back to system memory first); with REQ_WRITE also writable
  * (copy-on-write broken).  Pages living in the memory of
  * dev_private_owner are reported as HMM_PFN_DEVICE and not moved.
- * Works on any mapped memory, managed or not.
+ * Works on any mapped memory, managed or not.  A page another device
+ * holds for atomics (hmm_exclusive_begin) is taken from it: that hold
+ * ends.  A page that dev_private_owner holds read-only and that it asks to
+ * write comes to its memory first.
  *
  * Returns 0, or:
  *   -EINVAL  unaligned or empty range, NULL pfns, REQ_WRITE without REQ_FAULT
  *   -EFAULT  a page with REQ_FAULT is unmapped, PROT_NONE or unreachable
  *   -EPERM   a page with REQ_WRITE is mapped read-only
+ *   -EACCES  a page with REQ_FAULT is locked to another device
+ *            (hmm_range_lock); a snapshot reports it HMM_PFN_ERROR
  *   -EBUSY   the range was invalidated (notifier_seq is stale) or a
  *            migration did not finish in time; begin again
  *   -ENOMEM  a page could not be brought back to system memory

@@ -20,6 +20,7 @@
  *   -ENODEV  the device was closed
  *   -EBUSY   the range kept changing under the device (retries exhausted)
  *   -ENOMEM  a page could not be brought back from another device
+ *   -EACCES  a page is locked to another device (hmm_range_lock)
  */
 #ifndef HMM_HMM_SIM_H
 #define HMM_HMM_SIM_H
