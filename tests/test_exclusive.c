@@ -383,3 +383,34 @@ Test(exclusive, exact_totals_revoke, .timeout = T_LONG)
 	need_hmm();
 	run_totals(HMM_EXCL_REVOKE, 0);
 }
+
+/* Memory of hmm_mem_alloc (shared memory), in both modes. */
+Test(exclusive, shared_memory, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	uint64_t *p, old;
+
+	need_wp();
+	dev = open_sim(0);
+	p = alloc_managed(NPAGES * PG);
+	for (int mode = 0; mode < 2; mode++) {
+		struct writer w = { 0 };
+		pthread_t t;
+		uint64_t base = p[4];
+		cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev, mode, 0),
+			     0);
+		cr_assert_eq(hmm_sim_atomic_add(dev, &p[4], 3, &old), 0);
+		cr_assert_eq(old, base);
+		cr_assert_eq(((volatile uint64_t *)p)[4], base + 3);
+		w.word = &p[4];
+		cr_assert_eq(pthread_create(&t, NULL, writer_main, &w), 0);
+		if (mode == HMM_EXCL_READONLY) {
+			usleep(50000);
+			cr_assert(!atomic_load(&w.done), "write went through");
+		}
+		cr_assert_geq(hmm_exclusive_end(p, NPAGES * PG, dev), 0);
+		pthread_join(t, NULL);
+		cr_assert_eq(p[4], base + 1003);
+	}
+	cr_assert_eq(hmm_mem_free(p, NPAGES * PG), 0);
+}

@@ -467,3 +467,28 @@ Test(lock, reads_racing_lock_and_unlock, .timeout = T_LONG)
 	cr_assert_gt(atomic_load(&h.ok), 0);
 	assert_pattern(p, NPAGES * PG, 0xef);
 }
+
+/* Memory of hmm_mem_alloc (shared memory) locks the same way. */
+Test(lock, shared_memory, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	char *p, *buf = malloc(NPAGES * PG);
+
+	skip_without_lock();
+	catch_faults();
+	dev = open_sim(0);
+	p = alloc_managed(NPAGES * PG);
+	fill_pattern(p, NPAGES * PG, 0x5a);
+	cr_assert_eq(hmm_range_lock(p, NPAGES * PG, dev), 0);
+	assert_all_loc(p, NPAGES * PG, HMM_LOC_DEVICE, dev);
+	cr_assert_eq(probe((uint64_t *)(p + 3 * PG), true, 1, NULL, NULL),
+		     SIGBUS);
+	cr_assert_eq(hmm_sim_read(dev, p, buf, NPAGES * PG, NULL), 0);
+	assert_pattern(buf, NPAGES * PG, 0x5a);
+	fill_pattern(buf, NPAGES * PG, 0x6b);
+	cr_assert_eq(hmm_sim_write(dev, p, buf, NPAGES * PG, NULL), 0);
+	cr_assert_eq(hmm_range_unlock(p, NPAGES * PG, dev), NPAGES);
+	assert_pattern(p, NPAGES * PG, 0x6b);
+	cr_assert_eq(hmm_mem_free(p, NPAGES * PG), 0);
+	free(buf);
+}
