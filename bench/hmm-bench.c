@@ -312,15 +312,25 @@ static void bench_faultback_bulk(void)
 
 /* ---- device_stream_read ------------------------------------------------ */
 
+/* A reading kernel bound by memory, not by its loop: four independent
+ * sums (one chained sum runs at about 70% of memcpy's rate here, on the
+ * CPU as on the engine). */
 static void sum_kernel(void *dptr, size_t off, size_t n, void *arg)
 {
 	const uint64_t *w = dptr;
-	uint64_t s = 0;
+	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	size_t i = 0;
 
 	(void)off;
-	for (size_t i = 0; i < n / 8; i++)
-		s += w[i];
-	*(uint64_t *)arg += s;
+	for (; i + 4 <= n / 8; i += 4) {
+		s0 += w[i];
+		s1 += w[i + 1];
+		s2 += w[i + 2];
+		s3 += w[i + 3];
+	}
+	for (; i < n / 8; i++)
+		s0 += w[i];
+	*(uint64_t *)arg += s0 + s1 + s2 + s3;
 }
 
 static void bench_stream_read(void)
@@ -344,7 +354,9 @@ static void bench_stream_read(void)
 		sum_kernel(p, 0, len, &sum);
 		c[k] = len / (now_s() - t) / 1e9;
 	}
-	(void)c;
+	/* The engine against the CPU running the same kernel: its own cost. */
+	fprintf(stderr, "device_stream_read: the CPU runs the same kernel at "
+		"%.2f GB/s\n", median(c, opt_repeat));
 	report(&(struct result){ "device_stream_read", "GB/s", "memcpy",
 				 median(v, opt_repeat), memcpy_gbs(len), false,
 				 NULL });

@@ -27,27 +27,6 @@
 #define PM_FILE (1ULL << 61)	/* file page or shared anonymous */
 #define PM_EXCLUSIVE (1ULL << 56)
 
-/* Look at the managed state of @va.  Returns the state byte (PS_NONE for
- * unmanaged memory) and the device id / page / hold in *dev / *dpfn /
- * *mod. */
-static uint8_t page_state(uintptr_t va, unsigned *dev, uint32_t *dpfn,
-			  uint8_t *mod)
-{
-	struct hmm_block *b = hmm__block_lookup(va);
-	unsigned i = hmm__block_index(va);
-	uint8_t st;
-
-	if (!b)
-		return PS_NONE;
-	pthread_mutex_lock(&b->lock);
-	st = b->state[i];
-	*dev = b->dev[i];
-	*dpfn = b->dpfn[i];
-	*mod = b->mod[i];
-	pthread_mutex_unlock(&b->lock);
-	return st;
-}
-
 /* Wait (bounded) until @va is no longer in flight. */
 static int wait_settled(uintptr_t va)
 {
@@ -66,26 +45,6 @@ static int wait_settled(uintptr_t va)
 			ret = -EBUSY;
 	pthread_mutex_unlock(&b->lock);
 	return ret;
-}
-
-/* Touch @va for reading, and for writing if @write.  Returns 0, -EFAULT
- * or -EPERM. */
-static int touch(uintptr_t va, bool write)
-{
-	struct hmm_guard g;
-	volatile int stage = 0;
-
-	if (hmm__guard_begin(&g))
-		return stage == 0 ? -EFAULT : -EPERM;
-	(void)*(volatile const char *)va;
-	stage = 1;
-	/* A locked add of zero: a write access that changes nothing, which
-	 * no compiler may turn into a load (clang does with
-	 * __atomic_fetch_add(p, 0) when the result is unused). */
-	if (write)
-		__asm__ volatile("lock addb $0, %0" : "+m"(*(char *)va)::"memory");
-	hmm__guard_end(&g);
-	return 0;
 }
 
 struct snap {
@@ -199,11 +158,95 @@ static void snap_free(struct snap *sn)
 	free(sn->kind);
 }
 
+/* The managed state of pages, read a block at a time. */
+struct pstate {
+	uint8_t st, dev, mod;
+	uint32_t dpfn;
+};
+
+/* States of the pages [va, va + n) (n within one block). */
+static void load_states(uintptr_t va, size_t n, struct pstate *out)
+{
+	struct hmm_block *b = hmm__block_lookup(va);
+	unsigned i0 = hmm__block_index(va);
+
+	if (!b) {
+		memset(out, 0, n * sizeof(*out));
+		return;
+	}
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < n; k++) {
+		out[k].st = b->state[i0 + k];
+		out[k].dev = b->dev[i0 + k];
+		out[k].mod = b->mod[i0 + k];
+		out[k].dpfn = b->dpfn[i0 + k];
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Touch the pages [va, va + n * page), for writing if @write, under one
+ * guard.  Returns 0, or -EFAULT / -EPERM with *bad the page that failed. */
+static int touch_run(uintptr_t va, size_t n, bool write, size_t *bad)
+{
+	struct hmm_guard g;
+	volatile size_t k = 0;
+	volatile int stage = 0;
+
+	if (hmm__guard_begin(&g)) {
+		*bad = k;
+		return stage == 0 ? -EFAULT : -EPERM;
+	}
+	for (; k < n; k++) {
+		char *p = (char *)(va + (k << HMM_PAGE_SHIFT));
+		stage = 0;
+		(void)*(volatile const char *)p;
+		stage = 1;
+		/* A locked add of zero: a write access that changes nothing,
+		 * which no compiler may turn into a load. */
+		if (write)
+			__asm__ volatile("lock addb $0, %0" : "+m"(*p)::"memory");
+	}
+	hmm__guard_end(&g);
+	return 0;
+}
+
+/* Pages to touch, in runs of the same kind, flushed before anything else
+ * is decided about a page after them. */
+struct touches {
+	size_t first, n;	/* page indices of the run */
+	bool write;
+};
+
+static int flush_touches(struct hmm_range *range, struct touches *t)
+{
+	size_t bad = 0;
+	int ret;
+
+	if (!t->n)
+		return 0;
+	hmm__dma_begin();
+	ret = touch_run(range->start + (t->first << HMM_PAGE_SHIFT), t->n,
+			t->write, &bad);
+	hmm__dma_end();
+	if (ret) {
+		t->n = 0;
+		return ret;
+	}
+	for (size_t k = t->first; k < t->first + t->n; k++)
+		range->hmm_pfns[k] = HMM_PFN_VALID |
+				     (t->write ? HMM_PFN_WRITE : 0) |
+				     ((range->start >> HMM_PAGE_SHIFT) + k);
+	t->n = 0;
+	return 0;
+}
+
 int hmm_range_fault(struct hmm_range *range)
 {
 	const hmm_device_t *owner;
 	struct snap sn = { 0 };
-	size_t npages;
+	struct touches tq = { 0 };
+	struct pstate ps[HMM_BLOCK_PAGES];
+	size_t npages, ps_first = 0, ps_n = 0;
 	int ret = 0, pulls = 0;
 
 	if (!range || !range->hmm_pfns || range->start >= range->end ||
@@ -225,9 +268,9 @@ int hmm_range_fault(struct hmm_range *range)
 			       range->default_flags;
 		bool fault = req & HMM_PFN_REQ_FAULT;
 		bool write = req & HMM_PFN_REQ_WRITE;
-		unsigned dev = 0;
-		uint32_t dpfn = 0;
-		uint8_t st, mod = 0;
+		unsigned dev;
+		uint32_t dpfn;
+		uint8_t st, mod;
 
 		if (write && !fault) {
 			ret = -EINVAL;
@@ -239,7 +282,25 @@ int hmm_range_fault(struct hmm_range *range)
 			ret = -EBUSY;
 			break;
 		}
-		st = page_state(va, &dev, &dpfn, &mod);
+		/* The states of this page's block from here on, once. */
+		if (i < ps_first || i >= ps_first + ps_n) {
+			ps_first = i;
+			ps_n = HMM_MIN(npages - i,
+				       HMM_BLOCK_PAGES - hmm__block_index(va));
+			load_states(va, ps_n, ps);
+		}
+		st = ps[i - ps_first].st;
+		dev = ps[i - ps_first].dev;
+		mod = ps[i - ps_first].mod;
+		dpfn = ps[i - ps_first].dpfn;
+		if (PMOD_KIND(mod) || PS_KIND(st) == PS_MIGRATING) {
+			/* Something may wait or move pages: touches first,
+			 * and look again afterwards. */
+			ret = flush_touches(range, &tq);
+			if (ret)
+				break;
+			ps_n = 0;
+		}
 		if (PMOD_KIND(mod)) {
 			/* A device's hold (hold.c). */
 			hmm_device_t *holder = hmm__device_get(PMOD_ID(mod));
@@ -305,14 +366,19 @@ int hmm_range_fault(struct hmm_range *range)
 			continue;
 		}
 		if (fault) {
-			hmm__dma_begin();
-			ret = touch(va, write);
-			hmm__dma_end();
-			if (ret)
-				break;
-			range->hmm_pfns[i] = HMM_PFN_VALID |
-					     (write ? HMM_PFN_WRITE : 0) |
-					     (va >> HMM_PAGE_SHIFT);
+			/* Touched later, with its neighbours, under one
+			 * guard; the state read above may be stale by then,
+			 * which the touch settles (a CPU access). */
+			if (tq.n && (tq.write != write || tq.first + tq.n != i)) {
+				ret = flush_touches(range, &tq);
+				if (ret)
+					break;
+			}
+			if (!tq.n) {
+				tq.first = i;
+				tq.write = write;
+			}
+			tq.n++;
 			continue;
 		}
 		if (PS_KIND(st) == PS_DEVICE) {
@@ -322,6 +388,13 @@ int hmm_range_fault(struct hmm_range *range)
 		if (!sn.pm && (ret = snap_load(&sn, range->start, range->end)))
 			break;
 		range->hmm_pfns[i] = snapshot_page(&sn, range->start, va);
+	}
+	/* The pages waiting to be touched come before any page that failed:
+	 * a failure among them is the one to report. */
+	{
+		int r = flush_touches(range, &tq);
+		if (r)
+			ret = r;
 	}
 	snap_free(&sn);
 	if (!ret && range->notifier &&
