@@ -270,6 +270,13 @@ int main(int argc, char **argv)
 	       (unsigned long)revoked, (unsigned long)timed_out);
 	printf("histogram: %d bins, %zu wrong, %lu errors\n", NBINS, bad,
 	       (unsigned long)atomic_load(&errors));
+	/* The holds must have mattered: CPU writes waited for them
+	 * (read-only), or CPU accesses ended them (revoke). */
+	if (atomic_load(&holds) &&
+	    (opt.mode == HMM_EXCL_READONLY ? waited : revoked) == 0) {
+		fprintf(stderr, "no CPU access ever met a hold\n");
+		bad++;
+	}
 	free(expect);
 	for (int k = 0; k < NDEV; k++)
 		hmm_device_close(devs[k]);

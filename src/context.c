@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -35,11 +36,56 @@ static int init_err;	/* sticky error of the first failed init */
 
 __thread bool hmm__own_thread;
 
+/* Thread ids of libhmm's threads alive now (0: free slot), for the
+ * service thread to tell their faults from the application's.  A thread
+ * takes a slot in hmm__block_signals and gives it back as it exits. */
+#define OWN_TIDS 256
+static _Atomic pid_t own_tids[OWN_TIDS];
+static pthread_key_t own_key;
+static pthread_once_t own_once = PTHREAD_ONCE_INIT;
+
+static void own_tid_exit(void *slot)
+{
+	atomic_store((_Atomic pid_t *)slot, 0);
+}
+
+static void own_key_init(void)
+{
+	pthread_key_create(&own_key, own_tid_exit);
+}
+
+bool hmm__tid_is_own(pid_t tid)
+{
+	for (size_t i = 0; tid && i < OWN_TIDS; i++)
+		if (atomic_load_explicit(&own_tids[i], memory_order_relaxed) ==
+		    tid)
+			return true;
+	return false;
+}
+
+static void own_tid_add(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+
+	pthread_once(&own_once, own_key_init);
+	for (size_t i = 0; i < OWN_TIDS; i++) {
+		pid_t free_slot = 0;
+		if (atomic_compare_exchange_strong(&own_tids[i], &free_slot,
+						   tid)) {
+			pthread_setspecific(own_key, &own_tids[i]);
+			return;
+		}
+	}
+	/* More than OWN_TIDS threads: this one's device writes wait for
+	 * holds like the CPU's (with their timeout). */
+}
+
 void hmm__block_signals(void)
 {
 	sigset_t all;
 
 	hmm__own_thread = true;
+	own_tid_add();
 	sigfillset(&all);
 	/* Synchronous faults cannot be blocked usefully: the kernel would
 	 * kill the process instead of running the guard handler. */
@@ -143,6 +189,7 @@ static void atfork_prepare(void)
 		return;
 	/* No lock or unlock half-way (its range PROT_NONE) in the copy. */
 	pthread_mutex_lock(&c->hold_lock);
+	hmm__holds_fork_prepare();
 	for (int round = 0;; round++) {
 		bool evicted = shared_pages_home(true);
 		evicted &= hmm__devices_fork_ready(true);
@@ -267,6 +314,12 @@ static void atfork_child(void)
 	atomic_store(&c->sync_req, 0);
 	atomic_store(&c->sync_done, 0);
 	atomic_store(&c->service_tid_valid, 0);
+	/* The parent's threads are not here (the forking thread, if it was
+	 * libhmm's, takes its slot again below if it calls in). */
+	for (size_t i = 0; i < OWN_TIDS; i++)
+		atomic_store(&own_tids[i], 0);
+	if (hmm__own_thread)
+		own_tid_add();
 	hmm__blocks_fork_child();
 	hmm__holds_fork_child();
 	hmm__devices_fork_child();

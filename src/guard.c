@@ -127,19 +127,21 @@ static void chain(int sig, siginfo_t *si, void *uc)
 
 static void guard_handler(int sig, siginfo_t *si, void *uc)
 {
-	struct hmm_guard *g = guard_top;
+	struct hmm_guard *g;
 
+	/* A range that hmm_range_lock/unlock is switching over is PROT_NONE
+	 * for a moment: wait for it, and run the access again (libhmm's own
+	 * guarded accesses too: the moment is not a failure). */
+	if (sig == SIGSEGV && si->si_code == SEGV_ACCERR &&
+	    hmm__lock_transition_wait((uintptr_t)si->si_addr))
+		return;
+	g = guard_top;
 	if (g && g->armed) {
 		g->signo = sig;
 		g->code = si->si_code;
 		g->addr = (uintptr_t)si->si_addr;
 		siglongjmp(g->jb, 1);
 	}
-	/* A range that hmm_range_lock/unlock is switching over is PROT_NONE
-	 * for a moment: wait for it, and run the access again. */
-	if (sig == SIGSEGV &&
-	    hmm__lock_transition_wait((uintptr_t)si->si_addr))
-		return;
 	chain(sig, si, uc);
 }
 

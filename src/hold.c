@@ -58,8 +58,10 @@ bool hmm__lock_transition_wait(uintptr_t addr)
 {
 	/* The last (address, sequence) this thread was let through for: a
 	 * second fault there with no switch since is not libhmm's. */
-	static __thread uintptr_t last_addr;
-	static __thread unsigned long last_seq;
+	static __thread __attribute__((tls_model("initial-exec")))
+	uintptr_t last_addr;
+	static __thread __attribute__((tls_model("initial-exec")))
+	unsigned long last_seq;
 	unsigned long seq = atomic_load(&tr_seq);
 	uintptr_t page = addr & ~HMM_PAGE_MASK;
 
@@ -397,12 +399,17 @@ int hmm_range_lock(void *addr, size_t len, hmm_device_t *dev)
 		if (ret)
 			break;
 		ret = switch_fd(s, e, true, lock_set, &la);
-		if (ret == -EAGAIN)
-			ret = -EBUSY;
-		else if (ret) {
+		if (ret && ret != -EAGAIN) {
 			la.undo = true;
 			pages_each(s, e, lock_page, &la);
 		}
+		/* A CPU fault the service thread left waiting because the
+		 * pages looked locked goes on now (the switch, had it
+		 * happened, would have woken it). */
+		if (ret)
+			hmm__uffd_wake(hmm__ctx.uffd, s, e - s);
+		if (ret == -EAGAIN)
+			ret = -EBUSY;
 	}
 out:
 	pthread_mutex_unlock(&hmm__ctx.hold_lock);
@@ -585,8 +592,12 @@ static bool excl_protect(struct hmm_block *b, unsigned i, void *arg)
 	if (b->mod[i] != (PMOD_EXCL_RO | ea->id) ||
 	    PS_KIND(b->state[i]) != PS_SYSTEM)
 		return true;
-	if (hmm__uffd_writeprotect(hmm__ctx.uffd, va, HMM_PAGE_SIZE, true))
+	if (hmm__uffd_writeprotect(hmm__ctx.uffd, va, HMM_PAGE_SIZE, true)) {
+		/* Not held after all: a write that parked on the page since
+		 * excl_page marked it must go on. */
 		b->mod[i] = 0;
+		hmm__uffd_wake(hmm__ctx.uffd, va, HMM_PAGE_SIZE);
+	}
 	return true;
 }
 
@@ -611,7 +622,11 @@ static bool release_page(struct hmm_block *b, unsigned i, void *arg)
 	 * before a migration can protect it for its own reasons. */
 	if (PMOD_KIND(m) == PMOD_EXCL_RO &&
 	    PS_KIND(b->state[i]) == PS_SYSTEM &&
-	    hmm__uffd_writeprotect(hmm__ctx.uffd, va, HMM_PAGE_SIZE, false)) {
+	    hmm__uffd_writeprotect(hmm__ctx.uffd, va, HMM_PAGE_SIZE, false) ==
+		    -EAGAIN) {
+		/* An event must be read first.  (Any other failure: the page
+		 * is gone or never was protected; the hold ends anyway, and a
+		 * protection left over is lifted by the fault path.) */
 		ra->again = true;
 		return true;
 	}
@@ -629,9 +644,9 @@ static size_t release_range(uintptr_t s, uintptr_t e, int id, int keep,
 	struct release_arg ra = { .id = id, .keep = keep };
 
 	pages_each(s, e, release_page, &ra);
-	/* Writes that faulted on pages that are not present wait too. */
-	if (ra.held)
-		hmm__uffd_wake(hmm__ctx.uffd, s, e - s);
+	/* Writes that faulted on pages that are not present wait too (and
+	 * a hold that a drop or a move ended may have left some). */
+	hmm__uffd_wake(hmm__ctx.uffd, s, e - s);
 	*again = ra.again;
 	return ra.held;
 }
@@ -772,6 +787,15 @@ void hmm__holds_revoke(uintptr_t s, uintptr_t e, const hmm_device_t *keep)
 	size_t r = release_all(s, e, -1, keep ? (int)keep->id : -1);
 
 	hmm__stat_add(HMM_STAT_holds_revoked, r);
+}
+
+int hmm__hold_revoke_page(uintptr_t page)
+{
+	bool again;
+	size_t r = release_range(page, page + HMM_PAGE_SIZE, -1, -1, &again);
+
+	hmm__stat_add(HMM_STAT_holds_revoked, r);
+	return again ? -EAGAIN : 0;
 }
 
 void hmm__hold_write_parked(uintptr_t page)
@@ -915,6 +939,30 @@ void hmm__holds_drop_device(hmm_device_t *dev)
 		free(copy);
 	}
 	pthread_mutex_unlock(&hmm__ctx.hold_lock);
+}
+
+void hmm__holds_fork_prepare(void)
+{
+	struct hmm_mrange *copy;
+	size_t n;
+
+	if (atomic_load(&hmm__ctx.sigbus_fd) < 0)
+		return;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	n = hmm__ctx.nranges;
+	copy = malloc(n * sizeof(*copy) + 1);
+	if (copy && n)
+		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	for (unsigned id = 0; copy && id < HMM_MAX_DEVICES; id++) {
+		hmm_device_t *d = hmm__device_get(id);
+		if (!d)
+			continue;
+		for (size_t i = 0; i < n; i++)
+			if (copy[i].kind == HMM_MK_SHMEM || !d->ops->fork_child)
+				unlock_locked(copy[i].start, copy[i].end, id);
+	}
+	free(copy);
 }
 
 void hmm__holds_fork_child(void)

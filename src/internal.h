@@ -378,12 +378,19 @@ void hmm__holds_revoke(uintptr_t s, uintptr_t e, const hmm_device_t *keep);
 /* Service thread: a CPU write to @page waits for a read-only exclusive
  * hold; start its release timeout. */
 void hmm__hold_write_parked(uintptr_t page);
+/* Service thread: a thread of libhmm writes to @page, which a device
+ * holds read-only: the hold on it ends (never waits).  0, or -EAGAIN (an
+ * event must be read first). */
+int hmm__hold_revoke_page(uintptr_t page);
 /* Service thread: milliseconds until the next hold times out (-1: none),
  * and revoking those that have. */
 int hmm__holds_poll_timeout(void);
 void hmm__holds_expire(void);
 /* Whether a page of [s, e) is locked to a device. */
 bool hmm__range_locked(uintptr_t s, uintptr_t e);
+/* fork, under ctx.hold_lock: locks that cannot stay across it end (shared
+ * memory, which comes home before a fork; devices without fork_child). */
+void hmm__holds_fork_prepare(void);
 /* fork: the child holds nothing (locks, like mlock's, are not inherited). */
 void hmm__holds_fork_child(void);
 void hmm__holds_fini(void);
@@ -576,8 +583,10 @@ bool hmm__on_service_thread(void);
 /* Set by the exit handler: waits for device calls in flight are bounded. */
 extern bool hmm__exiting;
 /* Called first by every thread of libhmm: blocks signals, and marks the
- * thread as libhmm's (hmm__own_thread). */
+ * thread as libhmm's (hmm__own_thread, and its id for hmm__tid_is_own
+ * until it exits). */
 void hmm__block_signals(void);
+bool hmm__tid_is_own(pid_t tid);
 extern __thread bool hmm__own_thread;
 
 /* ---- interpose.c ---------------------------------------------------- */

@@ -206,11 +206,9 @@ int hmm_range_release(void *addr, size_t len)
 	ret = hmm__ensure();
 	if (ret)
 		return ret;
-	/* A locked range stays managed until it is unlocked; holds for
-	 * atomics end. */
+	/* A locked range stays managed until it is unlocked. */
 	if (hmm__range_locked(s, e))
 		return -EBUSY;
-	hmm__holds_revoke(s, e, NULL);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	ret = hmm__ranges_cover(s, e);
 	if (!ret) {
@@ -246,7 +244,9 @@ int hmm_range_release(void *addr, size_t len)
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	if (ret)
 		return ret;
-	/* New migrations of [s, e) now fail with -ENOENT. */
+	/* Holds for atomics end (the range is valid and out of the
+	 * registry: no new one starts); new migrations fail with -ENOENT. */
+	hmm__holds_revoke(s, e, NULL);
 	ret = unmanage(s, e);
 	if (!ret) {
 		ret = hmm__uffd_unregister(hmm__ctx.uffd, s, len);
@@ -397,10 +397,10 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 	 * atomics end when the pages go elsewhere. */
 	if (!ret && hmm__range_locked(s, e))
 		ret = -EBUSY;
-	if (!ret && dev)
-		hmm__holds_revoke(s, e, dev);
 	if (!ret)
 		ret = check_vmas(s, e, false, &vmas, &nvmas);
+	if (!ret && dev)
+		hmm__holds_revoke(s, e, dev);
 	if (!ret) {
 		if (dev) {
 			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas,

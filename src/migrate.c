@@ -527,11 +527,25 @@ static void rollback_to_system(struct hmm_block *b, struct sel *s,
 static int wp_runs(struct hmm_block *b, const struct sel *s, bool wp,
 		   const struct timespec *deadline)
 {
+	bool held[HMM_BLOCK_PAGES];
 	int ret = 0;
 
+	/* Lifting: pages held read-only for a device's atomics keep their
+	 * protection (CPU writes wait for the hold, hold.c). */
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < s->n; k++)
+		held[k] = !wp && PMOD_KIND(b->mod[s->idx[k]]) == PMOD_EXCL_RO;
+	pthread_mutex_unlock(&b->lock);
 	for (size_t k = 0; k < s->n;) {
-		size_t n = sel_run(s, k);
+		size_t n = 1;
 		int r;
+		if (held[k]) {
+			k++;
+			continue;
+		}
+		while (k + n < s->n && s->idx[k + n] == s->idx[k] + n &&
+		       !held[k + n])
+			n++;
 		while ((r = hmm__uffd_writeprotect(hmm__ctx.uffd,
 						   sel_va(b, s->idx[k]),
 						   n << HMM_PAGE_SHIFT, wp)) ==

@@ -552,17 +552,28 @@ static void zero_locked(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		unsigned i = hmm__block_index(p);
 		hmm_device_t *d;
 		uint64_t dpfn = 0;
-		int id = -1;
+		int id = -1, r = 0;
 		pthread_mutex_lock(&b->lock);
 		if (PS_KIND(b->state[i]) == PS_DEVICE &&
-		    PMOD_KIND(b->mod[i]) == PMOD_LOCKED) {
+		    PMOD_KIND(b->mod[i]) == PMOD_LOCKED)
 			id = (int)PDEV_ID(b->dev[i]);
+		pthread_mutex_unlock(&b->lock);
+		/* dev_lock is not taken under a block lock: look the device
+		 * up first, then zero under the lock, so that the device page
+		 * cannot be freed and reused meanwhile (a driver's zero waits
+		 * for nothing). */
+		d = id >= 0 ? hmm__device_get((unsigned)id) : NULL;
+		if (!d)
+			continue;
+		pthread_mutex_lock(&b->lock);
+		if (PS_KIND(b->state[i]) == PS_DEVICE &&
+		    PMOD_KIND(b->mod[i]) == PMOD_LOCKED &&
+		    PDEV_ID(b->dev[i]) == (unsigned)id) {
 			dpfn = b->dpfn[i];
+			r = d->ops->zero(d, &dpfn, 1);
 		}
 		pthread_mutex_unlock(&b->lock);
-		/* (dev_lock is not taken under a block lock) */
-		d = id >= 0 ? hmm__device_get((unsigned)id) : NULL;
-		if (d && d->ops->zero(d, &dpfn, 1))
+		if (r)
 			hmm__warn("could not zero a dropped locked page");
 	}
 }

@@ -189,6 +189,13 @@ static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 	return 0;
 }
 
+/* Whether a thread of libhmm's (a device engine) made the fault. */
+static bool own_fault(const struct uffd_msg *m)
+{
+	return (hmm__ctx.features & UFFD_FEATURE_THREAD_ID) &&
+	       hmm__tid_is_own((pid_t)m->arg.pagefault.feat.ptid);
+}
+
 /* Serve one fault.  Returns 0 when done (or parked), -EAGAIN to retry. */
 static int handle_fault(const struct uffd_msg *m, bool first)
 {
@@ -232,10 +239,14 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			if (PMOD_KIND(mod) == PMOD_LOCKED)
 				return 0;
 			/* A write waits for the device's read-only hold:
-			 * parked until the hold ends (which wakes it). */
+			 * parked until the hold ends (which wakes it).  A
+			 * thread of libhmm (a device engine) never waits for
+			 * a hold: its write ends the hold on the page, as
+			 * another device's would. */
 			if (PMOD_KIND(mod) == PMOD_EXCL_RO && write) {
-				if (first)
-					hmm__hold_write_parked(page);
+				if (own_fault(m))
+					return hmm__hold_revoke_page(page);
+				hmm__hold_write_parked(page);
 				return 0;
 			}
 			fault_window(page, &s, &e);
@@ -265,9 +276,10 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 							   HMM_PAGE_SIZE, true,
 							   false);
 				pthread_mutex_unlock(&b->lock);
+				if ((wp || write) && own_fault(m))
+					return hmm__hold_revoke_page(page);
 				if (wp || write) {
-					if (first)
-						hmm__hold_write_parked(page);
+					hmm__hold_write_parked(page);
 					return 0;
 				}
 				if (r == -EAGAIN)
@@ -385,8 +397,11 @@ static void move_page_state(uintptr_t from, uintptr_t to)
 	dev = ob->dev[oi];
 	dpfn = ob->dpfn[oi];
 	/* A lock moves with its page (the SIGBUS registration moved with
-	 * the mapping); a hold for atomics ends. */
+	 * the mapping); a hold for atomics ends, and a CPU write waiting
+	 * for it goes on. */
 	mod = PMOD_KIND(ob->mod[oi]) == PMOD_LOCKED ? ob->mod[oi] : 0;
+	if (PMOD_IS_EXCL(ob->mod[oi]))
+		hmm__uffd_wake(hmm__ctx.uffd, from, HMM_PAGE_SIZE);
 	ob->mod[oi] = 0;
 	if (PS_KIND(st) == PS_MIGRATING && nb) {
 		ob->state[oi] = st | PSF_UNMAPPED;

@@ -9,6 +9,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include <hmm/hmm_driver.h>
+
 #include "common.h"
 
 #define NPAGES 8
@@ -360,6 +362,11 @@ static void run_totals(int mode, long timeout_ms)
 			     (unsigned long)t.c[w],
 			     (unsigned long)atomic_load(&t.shadow[w]));
 	cr_assert_gt(atomic_load(&t.holds), 0);
+	/* The holds did something: in read-only mode CPU writes met them,
+	 * in revoke mode CPU accesses ended them. */
+	cr_assert_gt(stat(mode == HMM_EXCL_READONLY ? "cpu_writes_held"
+						    : "holds_revoked"),
+		     0);
 	cr_log_info("mode %d: %lu device atomics, %lu CPU adds, %lu holds",
 		    mode, atomic_load(&t.dev_adds), atomic_load(&t.cpu_adds),
 		    atomic_load(&t.holds));
@@ -408,9 +415,40 @@ Test(exclusive, shared_memory, .timeout = T_SHORT)
 			usleep(50000);
 			cr_assert(!atomic_load(&w.done), "write went through");
 		}
-		cr_assert_geq(hmm_exclusive_end(p, NPAGES * PG, dev), 0);
+		long r = hmm_exclusive_end(p, NPAGES * PG, dev);
+		cr_assert_geq(r, mode == HMM_EXCL_REVOKE ? 1 : 0,
+			      "mode %d: %ld pages revoked", mode, r);
 		pthread_join(t, NULL);
 		cr_assert_eq(p[4], base + 1003);
 	}
 	cr_assert_eq(hmm_mem_free(p, NPAGES * PG), 0);
+}
+
+/* A holder whose pull into its memory fails (copy error) leaves the page
+ * write-protected: CPU writes still wait for the hold. */
+Test(exclusive, failed_pull_keeps_the_hold, .timeout = T_SHORT)
+{
+	struct writer w = { 0 };
+	hmm_device_t *dev;
+	uint64_t *p, old;
+	pthread_t t;
+	int r;
+
+	need_wp();
+	dev = open_sim(0);
+	p = map_adopt(NPAGES * PG);
+	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev,
+					 HMM_EXCL_READONLY, 0), 0);
+	cr_assert_eq(((volatile uint64_t *)p)[6], 0); /* home, protected */
+	cr_assert_eq(hmm_inject_fault("copy_to_device", 0, 0, 1000), 0);
+	r = hmm_sim_atomic_add(dev, &p[6], 1, &old);
+	cr_assert_neq(r, 0, "the pull should have failed");
+	cr_assert_eq(hmm_inject_fault("copy_to_device", 0, 0, 0), 0);
+	w.word = &p[6];
+	cr_assert_eq(pthread_create(&t, NULL, writer_main, &w), 0);
+	usleep(50000);
+	cr_assert(!atomic_load(&w.done), "a CPU write went through the hold");
+	cr_assert_geq(hmm_exclusive_end(p, NPAGES * PG, dev), 0);
+	pthread_join(t, NULL);
+	cr_assert_eq(p[6], 1000);
 }

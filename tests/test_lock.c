@@ -14,6 +14,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
+#include <hmm/hmm_driver.h>
+
 #include "common.h"
 
 #define NPAGES 16
@@ -356,6 +358,8 @@ Test(lock, mremap_moves_the_lock, .timeout = T_SHORT)
 		   (char *)map_anon(NPAGES * PG));
 	cr_assert_neq(q, MAP_FAILED);
 	cr_assert_eq(probe((uint64_t *)(q + PG), false, 0, NULL, NULL), SIGBUS);
+	cr_assert_eq(probe((uint64_t *)(p + PG), false, 0, NULL, NULL), SIGSEGV,
+		     "the old address is gone");
 	cr_assert_eq(hmm_range_unlock(q, NPAGES * PG, dev), NPAGES);
 	assert_pattern(q, NPAGES * PG, 0xab);
 }
@@ -465,6 +469,7 @@ Test(lock, reads_racing_lock_and_unlock, .timeout = T_LONG)
 		     atomic_load(&h.bad));
 	cr_assert_gt(locked, 0, "never locked");
 	cr_assert_gt(atomic_load(&h.ok), 0);
+	cr_assert_gt(atomic_load(&h.bus), 0, "no read ever met the lock");
 	assert_pattern(p, NPAGES * PG, 0xef);
 }
 
@@ -491,4 +496,62 @@ Test(lock, shared_memory, .timeout = T_SHORT)
 	assert_pattern(p, NPAGES * PG, 0x6b);
 	cr_assert_eq(hmm_mem_free(p, NPAGES * PG), 0);
 	free(buf);
+}
+
+/* Shared memory cannot stay locked across a fork (parent and child share
+ * its pages): the fork unlocks it and brings it home; both see the data. */
+Test(lock, fork_unlocks_shared_memory, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	int status;
+	char *p, *buf = malloc(NPAGES * PG);
+	pid_t pid;
+
+	skip_without_lock();
+	catch_faults();
+	dev = open_sim(0);
+	p = alloc_managed(NPAGES * PG);
+	fill_pattern(p, NPAGES * PG, 0x71);
+	cr_assert_eq(hmm_range_lock(p, NPAGES * PG, dev), 0);
+	fill_pattern(buf, NPAGES * PG, 0x72);
+	cr_assert_eq(hmm_sim_write(dev, p, buf, NPAGES * PG, NULL), 0);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(pattern_mismatch(p, NPAGES * PG, 0x72, 0) == -1 ? 0 : 1);
+	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "child: status %#x", status);
+	cr_assert_eq(probe((uint64_t *)p, false, 0, NULL, NULL), 0,
+		     "the parent's range is unlocked");
+	assert_pattern(p, NPAGES * PG, 0x72);
+	cr_assert_eq(hmm_range_unlock(p, NPAGES * PG, dev), 0);
+	free(buf);
+}
+
+/* A lock whose switch fails changes nothing, and a thread that faulted
+ * meanwhile is not left waiting. */
+Test(lock, failed_switch_changes_nothing, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	char *p;
+	int r;
+
+	skip_without_lock();
+	catch_faults();
+	dev = open_sim(0);
+	p = map_adopt(NPAGES * PG);
+	fill_pattern(p, NPAGES * PG, 0x73);
+	cr_assert_eq(hmm_inject_fault("uffd_unregister", 0, 0, 1), 0);
+	r = hmm_range_lock(p, NPAGES * PG, dev);
+	cr_assert_eq(r, -ENOMEM, "hmm_range_lock with unregister failing: %d",
+		     r);
+	/* Not locked: the CPU reads its data (bringing pages home). */
+	cr_assert_eq(probe((uint64_t *)(p + 2 * PG), false, 0, NULL, NULL), 0);
+	assert_pattern(p, NPAGES * PG, 0x73);
+	cr_assert_eq(hmm_range_unlock(p, NPAGES * PG, dev), 0);
+	/* And it can be locked afterwards. */
+	cr_assert_eq(hmm_range_lock(p, NPAGES * PG, dev), 0);
+	cr_assert_eq(hmm_range_unlock(p, NPAGES * PG, dev), NPAGES);
+	assert_pattern(p, NPAGES * PG, 0x73);
 }

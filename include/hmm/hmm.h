@@ -261,7 +261,10 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
  *  - fork: locks are not inherited (as mlock(2)'s are not).  In the child
  *    the range is ordinary managed memory whose pages live on the child's
  *    copy of the device; a CPU access there brings them home with the data
- *    they had at the fork.  The parent's range stays locked.
+ *    they had at the fork.  The parent's range stays locked, except shared
+ *    memory (hmm_mem_alloc, adopted MAP_SHARED), which a fork unlocks and
+ *    brings home because parent and child share its pages, and ranges
+ *    locked to a device whose driver cannot follow a fork.
  *  - hmm_device_close unlocks the device's ranges, then brings their pages
  *    home; hmm_fini and process exit do the same.
  *

@@ -126,6 +126,12 @@ int main(void)
 			CHECK(hmm_range_unlock(buf, NPAGES * HMM_PAGE_SIZE,
 					       dev) == NPAGES,
 			      "unlock");
+			/* Every word of the device's version is here. */
+			for (size_t w = 0; w < NWORDS; w++)
+				CHECK(__atomic_load_n(&buf[w], __ATOMIC_RELAXED) ==
+					      (w ^ (k << 40)),
+				      "round %lu: word %zu after unlock",
+				      (unsigned long)k, w);
 		} else {
 			/* Not locked: the CPU writes version k. */
 			atomic_store(&version, k);
@@ -138,6 +144,7 @@ int main(void)
 	CHECK(atomic_load(&n_bad) == 0, "%lu bad reads (%lu good, %lu SIGBUS)",
 	      atomic_load(&n_bad), atomic_load(&n_ok), atomic_load(&n_bus));
 	CHECK(locked > 0, "never locked");
+	CHECK(atomic_load(&n_bus) > 0, "no read ever met the lock");
 	for (size_t w = 0; w < NWORDS; w++)
 		CHECK(buf[w] == (w ^ (150ULL << 40)), "word %zu", w);
 	printf("%d of 150 rounds locked; reads: %lu good, %lu SIGBUS\n", locked,
