@@ -789,6 +789,21 @@ void hmm__holds_revoke(uintptr_t s, uintptr_t e, const hmm_device_t *keep)
 	hmm__stat_add(HMM_STAT_holds_revoked, r);
 }
 
+void hmm__holds_forget(uintptr_t s, uintptr_t e)
+{
+	pthread_mutex_lock(&hmm__ctx.holds_lock);
+	for (struct hmm_hold **pp = &hmm__ctx.holds; *pp;) {
+		struct hmm_hold *h = *pp;
+		if (h->start >= s && h->end <= e) {
+			*pp = h->next;
+			free(h);
+		} else {
+			pp = &h->next;
+		}
+	}
+	pthread_mutex_unlock(&hmm__ctx.holds_lock);
+}
+
 int hmm__hold_revoke_page(uintptr_t page)
 {
 	bool again;

@@ -378,6 +378,9 @@ void hmm__holds_revoke(uintptr_t s, uintptr_t e, const hmm_device_t *keep);
 /* Service thread: a CPU write to @page waits for a read-only exclusive
  * hold; start its release timeout. */
 void hmm__hold_write_parked(uintptr_t page);
+/* [s, e) is unmapped: exclusive holds inside it are gone with it
+ * (hmm_exclusive_end answers -ENOENT for them). */
+void hmm__holds_forget(uintptr_t s, uintptr_t e);
 /* Service thread: a thread of libhmm writes to @page, which a device
  * holds read-only: the hold on it ends (never waits).  0, or -EAGAIN (an
  * event must be read first). */

@@ -591,6 +591,8 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 			       .pending = pending };
 
 	hmm__blocks_for_each(start, end, drop_block, &da);
+	if (unmap)
+		hmm__holds_forget(start, end);
 	hmm__invalidate(start, end, event, NULL, blockable);
 	if (da.zero)
 		hmm__blocks_for_each(start, end, zero_locked, NULL);

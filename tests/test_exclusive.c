@@ -452,3 +452,26 @@ Test(exclusive, failed_pull_keeps_the_hold, .timeout = T_SHORT)
 	pthread_join(t, NULL);
 	cr_assert_eq(p[6], 1000);
 }
+
+/* munmap ends a hold with its mapping; the address can be held afresh. */
+Test(exclusive, munmap_ends_the_hold, .timeout = T_SHORT)
+{
+	hmm_device_t *dev;
+	uint64_t *p, *q;
+
+	need_hmm();
+	dev = open_sim(0);
+	p = map_adopt(NPAGES * PG);
+	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev, HMM_EXCL_REVOKE,
+					 0), 0);
+	cr_assert_eq(munmap(p, NPAGES * PG), 0);
+	cr_assert_eq(hmm_exclusive_end(p, NPAGES * PG, dev), -ENOENT);
+	q = mmap(p, NPAGES * PG, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (q != p)
+		cr_skip_test("another mapping took the address");
+	cr_assert_eq(hmm_range_adopt(q, NPAGES * PG, 0), 0);
+	cr_assert_eq(hmm_exclusive_begin(q, NPAGES * PG, dev, HMM_EXCL_REVOKE,
+					 0), 0);
+	cr_assert_eq(hmm_exclusive_end(q, NPAGES * PG, dev), 0);
+}

@@ -306,7 +306,9 @@ long hmm_range_unlock(void *addr, size_t len, hmm_device_t *dev);
  * a page ends the device's hold on it and proceeds (the page comes home).
  *
  * In both modes another device's access to a page, a drop (madvise,
- * munmap) or an hmm_migrate to another device ends the hold on it.  No CPU
+ * munmap), an mremap or an hmm_migrate to another device ends the hold on
+ * it; so does a write by a thread of libhmm's (a device engine) that
+ * reaches the page in system memory, which never waits for a hold.  No CPU
  * write and no device atomic is lost: a hold only decides where a page
  * lives and when CPU writes run.  Holds are not inherited by a fork child.
  *
@@ -323,8 +325,8 @@ int hmm_exclusive_begin(void *addr, size_t len, hmm_device_t *dev, int mode,
  * [addr, addr + len) for @dev; CPU writes that waited complete now.
  * Returns the number of pages whose hold had already ended before this
  * call (revoked: 0 means the device held every page throughout; a timed
- * out hold counts every page), or -EINVAL, -ENOENT (no such hold),
- * -ESHUTDOWN.
+ * out hold counts every page), or -EINVAL, -ENOENT (no such hold, or its
+ * whole range was unmapped, which ended it), -ESHUTDOWN.
  */
 long hmm_exclusive_end(void *addr, size_t len, hmm_device_t *dev);
 
