@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <hmm/hmm.h>
+#include <hmm/hmm_pt.h>
 #include <hmm/hmm_sim.h>
 
 #define PG 4096UL
@@ -670,6 +671,106 @@ static void bench_metadata(void)
 	munmap(p, len);
 }
 
+/* ---- pt_update / pt_lookup (the driver kit's page table) --------------- */
+
+#define PT_LOOKUPS (1u << 21)
+
+struct pt_job {
+	struct hmm_pt *pt;
+	const uint64_t *flat;	/* NULL: look up in pt */
+	const uint32_t *idx;	/* random page indices */
+	uint64_t base, sum;
+	double rate;
+};
+
+static void *pt_lookups(void *arg)
+{
+	struct pt_job *j = arg;
+	double t = now_s();
+	uint64_t sum = 0;
+
+	for (unsigned k = 0; k < PT_LOOKUPS; k += 64) {
+		if (!j->flat)
+			hmm_pt_read_lock();
+		for (unsigned i = k; i < k + 64; i++)
+			sum += j->flat ? j->flat[j->idx[i]]
+				       : hmm_pt_lookup(j->pt, j->base + j->idx[i]);
+		if (!j->flat)
+			hmm_pt_read_unlock();
+	}
+	j->rate = PT_LOOKUPS / (now_s() - t);
+	j->sum = sum;
+	return NULL;
+}
+
+static void bench_pt(void)
+{
+	size_t n = opt_size / PG;
+	const uint64_t base = 0x7f0000000ULL; /* a typical mmap area (vpn) */
+	uint64_t *flat = calloc(n, 8), *ents = malloc(n * 8);
+	uint32_t *idx = malloc(PT_LOOKUPS * sizeof(*idx));
+	double up[16], upflat[16], l1[16], lflat[16], l2[16];
+	struct hmm_pt *pt;
+	uint64_t rs = 88172645463325252ULL;
+
+	for (size_t i = 0; i < n; i++)
+		ents[i] = HMM_PTE_VALID | HMM_PTE_WRITE | (base + i);
+	for (unsigned i = 0; i < PT_LOOKUPS; i++) {
+		rs ^= rs << 13;
+		rs ^= rs >> 7;
+		rs ^= rs << 17;
+		idx[i] = (uint32_t)(rs % n);
+	}
+	for (int k = 0; k < opt_repeat; k++) {
+		double t;
+		if (hmm_pt_create(&pt))
+			die("hmm_pt_create", -ENOMEM);
+		/* Updates as a driver makes them: 512 entries a call. */
+		t = now_s();
+		for (size_t i = 0; i < n; i += 512)
+			hmm_pt_set(pt, base + i, (n - i < 512 ? n - i : 512), ents + i);
+		up[k] = n / (now_s() - t);
+		t = now_s();
+		for (size_t i = 0; i < n; i += 512)
+			memcpy(flat + i, ents + i, (n - i < 512 ? n - i : 512) * 8);
+		upflat[k] = n / (now_s() - t);
+
+		struct pt_job a = { pt, NULL, idx, base, 0, 0 }, b = a;
+		struct pt_job f = { pt, flat, idx, base, 0, 0 };
+		pt_lookups(&a);
+		l1[k] = a.rate;
+		pt_lookups(&f);
+		lflat[k] = f.rate;
+		pthread_t th;
+		pthread_create(&th, NULL, pt_lookups, &b);
+		pt_lookups(&a);
+		pthread_join(th, NULL);
+		l2[k] = a.rate + b.rate;
+		if (k == opt_repeat - 1) {
+			double per_gib = (double)hmm_pt_bytes(pt) /
+					 ((double)opt_size / (1 << 30));
+			report(&(struct result){ "pt_memory_per_gib", "bytes",
+						 "flat array (8 B/page)",
+						 per_gib, 2.0 * (1 << 20),
+						 true, NULL });
+		}
+		hmm_pt_destroy(pt);
+	}
+	report(&(struct result){ "pt_update", "entries/s", "flat array store",
+				 median(up, opt_repeat),
+				 median(upflat, opt_repeat), false,
+				 " (512 entries a call)" });
+	report(&(struct result){ "pt_lookup", "lookups/s", "flat array load",
+				 median(l1, opt_repeat), median(lflat, opt_repeat),
+				 false, " (1 thread, random pages)" });
+	report(&(struct result){ "pt_lookup_2t", "lookups/s", "1 thread",
+				 median(l2, opt_repeat), median(l1, opt_repeat),
+				 false, " (2 threads)" });
+	free(flat);
+	free(ents);
+	free(idx);
+}
+
 /* ---- idle -------------------------------------------------------------- */
 
 static double cpu_seconds(void)
@@ -714,6 +815,7 @@ static const struct {
 	{ "metadata_per_gib", bench_metadata },
 	{ "fork_1g_device", bench_fork },
 	{ "oversubscribe_4x", bench_oversubscribe },
+	{ "pt", bench_pt },
 	{ "idle", bench_idle },
 };
 

@@ -110,7 +110,7 @@ static void dm_atfork_child(void)
 	pthread_mutex_init(&dm_lock, NULL);
 	for (struct hmm_dmirror *m = dm_mirrors; m; m = m->next) {
 		pthread_mutex_init(&m->lock, NULL);
-		sim_pt_destroy(&m->pt);
+		sim_pt_forget(&m->pt);
 		atomic_store(&m->buf_busy, false);
 		if (hmm_interval_notifier_insert(&m->notifier, 0, 0,
 						 &dm_notifier_ops))

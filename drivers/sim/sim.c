@@ -173,10 +173,8 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 				return -EBUSY;
 			continue;
 		}
-		for (uintptr_t p = cs; p < ce; p += HMM_PAGE_SIZE)
-			ret = ret ? ret
-				  : sim_pt_set(&sd->pt, p >> HMM_PAGE_SHIFT,
-					       pfns[(p - cs) >> HMM_PAGE_SHIFT]);
+		ret = sim_pt_set_many(&sd->pt, cs >> HMM_PAGE_SHIFT,
+				      (ce - cs) >> HMM_PAGE_SHIFT, pfns);
 		pthread_mutex_unlock(&sd->lock);
 		if (ret)
 			return ret;
@@ -609,7 +607,7 @@ static int sim_fork_child(hmm_device_t *dev)
 	sd->nengines = 0;
 	/* Notifiers do not follow a fork (the kernel's do not either): the
 	 * device mirrors the child's address space from now on. */
-	sim_pt_destroy(&sd->pt);
+	sim_pt_forget(&sd->pt);
 	ret = hmm_interval_notifier_insert(&sd->notifier, 0, 0,
 					   &sim_notifier_ops);
 	if (ret)
