@@ -74,8 +74,9 @@ typedef void (*hmm_pt_fn)(uint64_t vpn, uint64_t entry, void *arg);
 long hmm_pt_clear(struct hmm_pt *pt, uint64_t start, uint64_t end,
 		  hmm_pt_fn dirty, void *arg);
 
-/* @fn on every entry of [@start, @end), in order (a read section is taken
- * and dropped around each leaf).  Returns the entries visited. */
+/* @fn on every entry of [@start, @end), in order, inside one read section
+ * (so @fn must not wait for a writer of @pt).  Returns the entries
+ * visited. */
 long hmm_pt_walk(struct hmm_pt *pt, uint64_t start, uint64_t end,
 		 hmm_pt_fn fn, void *arg);
 
