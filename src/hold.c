@@ -189,6 +189,55 @@ bool hmm__range_locked(uintptr_t s, uintptr_t e)
 	return found;
 }
 
+/*
+ * What every call of the API checks first.  On 0 the device is entered and
+ * ctx.hold_lock is held: hold_leave() undoes both.
+ */
+static int hold_enter(void *addr, size_t len, hmm_device_t *dev)
+{
+	uintptr_t s = (uintptr_t)addr;
+	int ret = hmm__check_range(addr, len);
+
+	if (ret)
+		return ret;
+	if (!dev)
+		return -EINVAL;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	if (hmm_device_enter(dev))
+		return -ENODEV;
+	pthread_mutex_lock(&hmm__ctx.hold_lock);
+	if (!managed(s, s + len)) {
+		pthread_mutex_unlock(&hmm__ctx.hold_lock);
+		hmm_device_leave(dev);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+static void hold_leave(hmm_device_t *dev)
+{
+	pthread_mutex_unlock(&hmm__ctx.hold_lock);
+	hmm_device_leave(dev);
+}
+
+/* Pages of [s, e) locked to @dev (*mine), and whether any other hold or
+ * lock (of any device, or an exclusive record) covers part of it. */
+static bool held_elsewhere(uintptr_t s, uintptr_t e, const hmm_device_t *dev,
+			   size_t *mine)
+{
+	struct scan sc = { .id = dev->id };
+	struct hmm_hold *h;
+
+	pages_each(s, e, scan_page, &sc);
+	pthread_mutex_lock(&hmm__ctx.holds_lock);
+	h = hold_overlapping(s, e);
+	pthread_mutex_unlock(&hmm__ctx.holds_lock);
+	*mine = sc.mine;
+	return sc.other || h;
+}
+
 /* ---- the second userfaultfd ---------------------------------------------- */
 
 static int sigbus_ready(void)
@@ -358,35 +407,19 @@ static int lock_set(uintptr_t s, uintptr_t e, void *arg)
 int hmm_range_lock(void *addr, size_t len, hmm_device_t *dev)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
-	struct hmm_hold *h;
-	struct scan sc;
-	int ret = hmm__check_range(addr, len);
+	size_t mine;
+	bool other;
+	int ret = hold_enter(addr, len, dev);
 
 	if (ret)
 		return ret;
-	if (!dev)
-		return -EINVAL;
-	ret = hmm__ensure();
-	if (ret)
-		return ret;
-	if (hmm_device_enter(dev))
-		return -ENODEV;
-	pthread_mutex_lock(&hmm__ctx.hold_lock);
-	if (!managed(s, e)) {
-		ret = -ENOENT;
-		goto out;
-	}
 	ret = sigbus_ready();
 	if (ret)
 		goto out;
-	sc = (struct scan){ .id = dev->id };
-	pages_each(s, e, scan_page, &sc);
-	pthread_mutex_lock(&hmm__ctx.holds_lock);
-	h = hold_overlapping(s, e);
-	pthread_mutex_unlock(&hmm__ctx.holds_lock);
-	if (sc.mine && sc.mine == (e - s) >> HMM_PAGE_SHIFT)
+	other = held_elsewhere(s, e, dev, &mine);
+	if (!other && mine == (e - s) >> HMM_PAGE_SHIFT)
 		goto out; /* already locked to @dev */
-	if (sc.other || sc.mine || h) {
+	if (other || mine) {
 		ret = -EBUSY;
 		goto out;
 	}
@@ -412,8 +445,7 @@ int hmm_range_lock(void *addr, size_t len, hmm_device_t *dev)
 			ret = -EBUSY;
 	}
 out:
-	pthread_mutex_unlock(&hmm__ctx.hold_lock);
-	hmm_device_leave(dev);
+	hold_leave(dev);
 	return ret;
 }
 
@@ -514,25 +546,13 @@ static long unlock_locked(uintptr_t s, uintptr_t e, unsigned id)
 
 long hmm_range_unlock(void *addr, size_t len, hmm_device_t *dev)
 {
-	uintptr_t s = (uintptr_t)addr, e = s + len;
-	long ret = hmm__check_range(addr, len);
+	uintptr_t s = (uintptr_t)addr;
+	long ret = hold_enter(addr, len, dev);
 
 	if (ret)
 		return ret;
-	if (!dev)
-		return -EINVAL;
-	ret = hmm__ensure();
-	if (ret)
-		return ret;
-	if (hmm_device_enter(dev))
-		return -ENODEV;
-	pthread_mutex_lock(&hmm__ctx.hold_lock);
-	if (!managed(s, e))
-		ret = -ENOENT;
-	else
-		ret = unlock_locked(s, e, dev->id);
-	pthread_mutex_unlock(&hmm__ctx.hold_lock);
-	hmm_device_leave(dev);
+	ret = unlock_locked(s, s + len, dev->id);
+	hold_leave(dev);
 	return ret;
 }
 
@@ -674,32 +694,20 @@ int hmm_exclusive_begin(void *addr, size_t len, hmm_device_t *dev, int mode,
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	struct excl_arg ea;
 	struct hmm_hold *h;
-	struct scan sc;
-	int ret = hmm__check_range(addr, len);
+	size_t mine;
+	int ret;
 
-	if (ret)
-		return ret;
-	if (!dev || (mode != HMM_EXCL_READONLY && mode != HMM_EXCL_REVOKE) ||
+	if ((mode != HMM_EXCL_READONLY && mode != HMM_EXCL_REVOKE) ||
 	    timeout_ms < 0)
 		return -EINVAL;
-	ret = hmm__ensure();
+	ret = hold_enter(addr, len, dev);
 	if (ret)
 		return ret;
-	if (mode == HMM_EXCL_READONLY && !(hmm__ctx.caps & HMM_CAP_WP))
-		return -EOPNOTSUPP;
-	if (hmm_device_enter(dev))
-		return -ENODEV;
-	pthread_mutex_lock(&hmm__ctx.hold_lock);
-	if (!managed(s, e)) {
-		ret = -ENOENT;
+	if (mode == HMM_EXCL_READONLY && !(hmm__ctx.caps & HMM_CAP_WP)) {
+		ret = -EOPNOTSUPP;
 		goto out;
 	}
-	sc = (struct scan){ .id = dev->id };
-	pages_each(s, e, scan_page, &sc);
-	pthread_mutex_lock(&hmm__ctx.holds_lock);
-	h = hold_overlapping(s, e);
-	pthread_mutex_unlock(&hmm__ctx.holds_lock);
-	if (sc.other || sc.mine || h) {
+	if (held_elsewhere(s, e, dev, &mine) || mine) {
 		ret = -EBUSY;
 		goto out;
 	}
@@ -732,8 +740,7 @@ int hmm_exclusive_begin(void *addr, size_t len, hmm_device_t *dev, int mode,
 	if (ea.kind == PMOD_EXCL_RO)
 		pages_each(s, e, excl_protect, &ea);
 out:
-	pthread_mutex_unlock(&hmm__ctx.hold_lock);
-	hmm_device_leave(dev);
+	hold_leave(dev);
 	return ret;
 }
 
