@@ -31,6 +31,18 @@ static void need_wp(void)
 		cr_skip_test("no userfaultfd write-protection here");
 }
 
+/* A fresh sim device (*dev) and NPAGES adopted pages it holds in @mode. */
+static uint64_t *held_range(hmm_device_t **dev, int mode, long timeout_ms)
+{
+	uint64_t *p;
+
+	*dev = open_sim(0);
+	p = map_adopt(NPAGES * PG);
+	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, *dev, mode,
+					 timeout_ms), 0);
+	return p;
+}
+
 /* ---- read-only CPU ---------------------------------------------------------- */
 
 Test(exclusive, readonly_reads_see_the_device_atomics, .timeout = T_SHORT)
@@ -39,10 +51,7 @@ Test(exclusive, readonly_reads_see_the_device_atomics, .timeout = T_SHORT)
 	uint64_t *p, old;
 
 	need_wp();
-	dev = open_sim(0);
-	p = map_adopt(NPAGES * PG);
-	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev,
-					 HMM_EXCL_READONLY, 0), 0);
+	p = held_range(&dev, HMM_EXCL_READONLY, 0);
 	assert_all_loc(p, NPAGES * PG, HMM_LOC_DEVICE, dev);
 	for (uint64_t k = 1; k <= 50; k++) {
 		cr_assert_eq(hmm_sim_atomic_add(dev, &p[3], 2, &old), 0);
@@ -63,6 +72,15 @@ struct writer {
 	atomic_bool done;
 	uint64_t took_ms;
 };
+
+static void *writer_main(void *arg);
+
+/* A thread that adds 1000 to @word with a CPU atomic. */
+static void start_writer(struct writer *w, uint64_t *word, pthread_t *t)
+{
+	w->word = word;
+	cr_assert_eq(pthread_create(t, NULL, writer_main, w), 0);
+}
 
 static void *writer_main(void *arg)
 {
@@ -89,8 +107,7 @@ Test(exclusive, readonly_cpu_write_waits_for_the_end, .timeout = T_SHORT)
 	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev,
 					 HMM_EXCL_READONLY, 0), 0);
 	cr_assert_eq(p[5], 7, "reads go on");
-	w.word = &p[5];
-	cr_assert_eq(pthread_create(&t, NULL, writer_main, &w), 0);
+	start_writer(&w, &p[5], &t);
 	for (int i = 0; i < 20; i++) {
 		cr_assert_eq(hmm_sim_atomic_add(dev, &p[5], 1, &old), 0);
 		usleep(10000);
@@ -113,13 +130,9 @@ Test(exclusive, readonly_timeout_revokes_the_hold, .timeout = T_SHORT)
 	pthread_t t;
 
 	need_wp();
-	dev = open_sim(0);
-	p = map_adopt(NPAGES * PG);
-	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev,
-					 HMM_EXCL_READONLY, 100), 0);
+	p = held_range(&dev, HMM_EXCL_READONLY, 100);
 	cr_assert_eq(hmm_sim_atomic_add(dev, &p[9], 5, &old), 0);
-	w.word = &p[9];
-	cr_assert_eq(pthread_create(&t, NULL, writer_main, &w), 0);
+	start_writer(&w, &p[9], &t);
 	pthread_join(t, NULL);
 	cr_assert_geq(w.took_ms, 90, "the write waited only %lu ms",
 		      (unsigned long)w.took_ms);
@@ -233,13 +246,9 @@ Test(exclusive, device_close_releases_waiting_writers, .timeout = T_SHORT)
 	pthread_t t;
 
 	need_wp();
-	dev = open_sim(0);
-	p = map_adopt(NPAGES * PG);
-	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev,
-					 HMM_EXCL_READONLY, 0), 0);
+	p = held_range(&dev, HMM_EXCL_READONLY, 0);
 	cr_assert_eq(hmm_sim_atomic_add(dev, &p[2], 9, &old), 0);
-	w.word = &p[2];
-	cr_assert_eq(pthread_create(&t, NULL, writer_main, &w), 0);
+	start_writer(&w, &p[2], &t);
 	usleep(50000);
 	cr_assert(!atomic_load(&w.done));
 	cr_assert_eq(hmm_device_close(dev), 0);
@@ -435,17 +444,13 @@ Test(exclusive, failed_pull_keeps_the_hold, .timeout = T_SHORT)
 	int r;
 
 	need_wp();
-	dev = open_sim(0);
-	p = map_adopt(NPAGES * PG);
-	cr_assert_eq(hmm_exclusive_begin(p, NPAGES * PG, dev,
-					 HMM_EXCL_READONLY, 0), 0);
+	p = held_range(&dev, HMM_EXCL_READONLY, 0);
 	cr_assert_eq(((volatile uint64_t *)p)[6], 0); /* home, protected */
 	cr_assert_eq(hmm_inject_fault("copy_to_device", 0, 0, 1000), 0);
 	r = hmm_sim_atomic_add(dev, &p[6], 1, &old);
 	cr_assert_neq(r, 0, "the pull should have failed");
 	cr_assert_eq(hmm_inject_fault("copy_to_device", 0, 0, 0), 0);
-	w.word = &p[6];
-	cr_assert_eq(pthread_create(&t, NULL, writer_main, &w), 0);
+	start_writer(&w, &p[6], &t);
 	usleep(50000);
 	cr_assert(!atomic_load(&w.done), "a CPU write went through the hold");
 	cr_assert_geq(hmm_exclusive_end(p, NPAGES * PG, dev), 0);
