@@ -151,12 +151,7 @@ static bool shared_pages_home(bool evict)
 	bool home = true;
 	size_t n;
 
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	n = hmm__ctx.nranges;
-	copy = malloc(n * sizeof(*copy) + 1);
-	if (copy && n)
-		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	copy = hmm__ranges_copy(&n);
 	if (!copy)
 		return false;
 	for (size_t i = 0; i < n; i++) {

@@ -950,12 +950,7 @@ void hmm__holds_drop_device(hmm_device_t *dev)
 	/* Locked pages are unlocked: they stay on the device, from where
 	 * the close brings them home. */
 	if (atomic_load(&hmm__ctx.sigbus_fd) >= 0) {
-		pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-		n = hmm__ctx.nranges;
-		copy = malloc(n * sizeof(*copy) + 1);
-		if (copy && n)
-			memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
-		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		copy = hmm__ranges_copy(&n);
 		for (size_t i = 0; copy && i < n; i++)
 			unlock_locked(copy[i].start, copy[i].end, dev->id);
 		free(copy);
@@ -970,12 +965,7 @@ void hmm__holds_fork_prepare(void)
 
 	if (atomic_load(&hmm__ctx.sigbus_fd) < 0)
 		return;
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	n = hmm__ctx.nranges;
-	copy = malloc(n * sizeof(*copy) + 1);
-	if (copy && n)
-		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	copy = hmm__ranges_copy(&n);
 	for (unsigned id = 0; copy && id < HMM_MAX_DEVICES; id++) {
 		hmm_device_t *d = hmm__device_get(id);
 		if (!d)

@@ -342,6 +342,9 @@ struct hmm_alloc {
 
 /* Whether @addr is in libhmm's memfd-backed memory (takes the lock). */
 bool hmm__range_is_shmem(uintptr_t addr);
+/* A snapshot of the managed ranges (malloc'd; NULL and *n = 0 if out of
+ * memory), for work that must not hold ctx.ranges_lock. */
+struct hmm_mrange *hmm__ranges_copy(size_t *n);
 /* Under ctx.ranges_lock (read or write). */
 struct hmm_mrange *hmm__range_find(uintptr_t addr);
 /* 0 if [start, end) is covered by managed ranges, else -ENOENT. */

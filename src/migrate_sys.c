@@ -448,12 +448,7 @@ void hmm__migrate_all_to_system(hmm_device_t *only)
 
 	/* A copy of the ranges: migrating must not hold the registry lock
 	 * (a fault it causes may need it). */
-	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
-	n = hmm__ctx.nranges;
-	copy = malloc(n * sizeof(*copy) + 1);
-	if (copy && n)
-		memcpy(copy, hmm__ctx.ranges, n * sizeof(*copy));
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	copy = hmm__ranges_copy(&n);
 	for (size_t i = 0; copy && i < n; i++)
 		hmm__migrate_to_system(copy[i].start, copy[i].end, only, 0);
 	free(copy);

@@ -157,6 +157,21 @@ int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
 
 /* ---- ranges: sorted, disjoint, under hmm__ctx.ranges_lock ------------ */
 
+struct hmm_mrange *hmm__ranges_copy(size_t *n)
+{
+	struct hmm_mrange *copy;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	*n = hmm__ctx.nranges;
+	copy = malloc(*n * sizeof(*copy) + 1);
+	if (copy && *n)
+		memcpy(copy, hmm__ctx.ranges, *n * sizeof(*copy));
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (!copy)
+		*n = 0;
+	return copy;
+}
+
 /* Index of the first range whose end is above @addr. */
 static size_t range_lower(uintptr_t addr)
 {
