@@ -672,19 +672,35 @@ int hmm_sim_read(hmm_device_t *dev, const void *addr, void *buf, size_t len,
 		 struct hmm_sim_result *res)
 {
 	/* The engine fills a bounce buffer; the caller's buffer, which may
-	 * itself be managed memory, is copied here, outside any device lock. */
-	struct sim_cmd c = { .op = OP_READ, .addr = (uintptr_t)addr, .len = len };
-	int ret;
+	 * itself be managed memory, is copied here, outside any device lock.
+	 * Large reads go a few MiB at a time through one bounce buffer,
+	 * which stays in the caches instead of being faulted in afresh. */
+	const size_t chunk = 4UL << 20;
+	struct hmm_sim_result sum = { 0 }, r1;
+	void *bounce;
+	int ret = 0;
 
 	if (!buf && len)
 		return -EINVAL;
-	c.buf = malloc(len ? len : 1);
-	if (!c.buf)
+	bounce = malloc(len < chunk ? (len ? len : 1) : chunk);
+	if (!bounce)
 		return -ENOMEM;
-	ret = submit(dev, &c, res);
-	if (!ret)
-		memcpy(buf, c.buf, len);
-	free(c.buf);
+	for (size_t off = 0; off < len || (!len && !off); off += chunk) {
+		size_t n = len - off < chunk ? len - off : chunk;
+		struct sim_cmd c = { .op = OP_READ,
+				     .addr = (uintptr_t)addr + off,
+				     .len = n, .buf = bounce };
+		r1 = (struct hmm_sim_result){ 0 };
+		ret = submit(dev, &c, &r1);
+		sum.faults += r1.faults;
+		sum.pages += r1.pages;
+		if (ret || !len)
+			break;
+		memcpy((char *)buf + off, bounce, n);
+	}
+	free(bounce);
+	if (res)
+		*res = sum;
 	return ret;
 }
 
