@@ -39,7 +39,8 @@ struct hmm_sim_result {
 	uint64_t pages;		/* pages touched */
 };
 
-/* The device copies @len bytes at @addr (any alignment) into @buf. */
+/* The device copies @len bytes at @addr (any alignment) into @buf (a few
+ * MiB at a time; on error @buf holds part of the data). */
 int hmm_sim_read(hmm_device_t *dev, const void *addr, void *buf, size_t len,
 		 struct hmm_sim_result *res);
 
