@@ -520,12 +520,18 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 						      : PSF_CLEARED);
 			break;
 		case PS_SYSTEM:
+			/* Marked even while the service thread fills it
+			 * (PSF_FILLING): a fill that finds the page present
+			 * (it was just brought home) installs nothing and
+			 * keeps the mark, and a migration that collects it
+			 * after the fill must know the kernel is about to drop
+			 * it; a fill that installs zeros clears the mark
+			 * (fill_end: zeros are what the drop leaves). */
 			if (da->unmap) {
 				b->state[i] = PS_NONE;
 				b->mod[i] = 0;
 			}
-			else if (da->pending && !da->keep_data &&
-				 !(st & PSF_FILLING))
+			else if (da->pending && !da->keep_data)
 				b->state[i] = st | PSF_DROPPING;
 			else if (!da->pending)
 				b->state[i] = st & (uint8_t)~PSF_DROPPING;
