@@ -1065,8 +1065,8 @@ static void do_sim_atomic_launch(struct fz_in *in)
 	want = r.einval ? 1 : sim_want(dk, d, r.addr, r.len, c.write);
 	if (!d)
 		want = -EINVAL;
-	else if (dk == 1)
-		want = -ENODEV;
+	else if (dk == 1 && !r.einval)
+		want = -ENODEV; /* (a bad range on a closed device: either) */
 	/* Known bug 1: a write launch over read-only pages is given a
 	 * writable mapping; the kernel's store faults, the guard takes it out
 	 * of the middle of @fn and the run starts again, seeing its own
