@@ -137,6 +137,26 @@ static void fill_end(struct hmm_block *b, uintptr_t page, uintptr_t end,
 }
 
 /*
+ * Install a page of zeros at @page (write-protected if @wp), called with
+ * b->lock held, which orders it with the page's state; returns with it
+ * released.  UFFDIO_COPY waits for no thread of libhmm, so holding the
+ * lock across it is safe.  A page already there (EEXIST) only needs its
+ * waiters woken.  Returns 0, or -EAGAIN (an event must be read first).
+ */
+static int zero_locked(struct hmm_block *b, uintptr_t page, bool wp)
+{
+	long r = hmm__uffd_copy(hmm__ctx.uffd, page, zero_page, HMM_PAGE_SIZE,
+				wp, false);
+
+	pthread_mutex_unlock(&b->lock);
+	if (r == -EAGAIN)
+		return -EAGAIN;
+	if (r != 1)
+		hmm__uffd_wake(hmm__ctx.uffd, page, HMM_PAGE_SIZE);
+	return 0;
+}
+
+/*
  * A MISSING fault on a page migrating to a device whose source was present
  * when the migration began.
  *  - libhmm's own drop is under way: park, the commit is near.
@@ -155,7 +175,6 @@ static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 			   uint8_t st)
 {
 	bool shm;
-	long r;
 
 	/* The range's kind, without b->lock (the registry lock comes first
 	 * in the lock order). */
@@ -176,17 +195,9 @@ static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 	 * Install the zeros with b->lock held, so that the migration cannot
 	 * commit (and its zap record vanish) between the check above and the
 	 * install: a zero page must never sit over data that the commit is
-	 * about to declare device-resident.  UFFDIO_COPY does not wait for
-	 * any thread of libhmm, so holding the lock across it is safe.
+	 * about to declare device-resident.
 	 */
-	r = hmm__uffd_copy(hmm__ctx.uffd, page, zero_page, HMM_PAGE_SIZE,
-			   hmm__ctx.caps & HMM_CAP_WP, false);
-	pthread_mutex_unlock(&b->lock);
-	if (r == -EAGAIN)
-		return -EAGAIN;
-	if (r != 1)
-		hmm__uffd_wake(hmm__ctx.uffd, page, HMM_PAGE_SIZE);
-	return 0;
+	return zero_locked(b, page, hmm__ctx.caps & HMM_CAP_WP);
 }
 
 /* Whether a thread of libhmm's (a device engine) made the fault. */
@@ -265,28 +276,16 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 		default:
 			if (PMOD_KIND(b->mod[idx]) == PMOD_EXCL_RO &&
 			    PS_KIND(st) == PS_SYSTEM) {
-				long r = 0;
-				/* Held read-only for a device: writes wait;
-				 * a read of a page not present gets zeros,
-				 * write-protected (b->lock held across it as
-				 * in fault_in_flight). */
+				/* Held read-only for a device: a read of a
+				 * page not present gets zeros, write-
+				 * protected; writes wait (a thread of
+				 * libhmm's ends the hold instead). */
 				if (!wp && !write)
-					r = hmm__uffd_copy(hmm__ctx.uffd, page,
-							   zero_page,
-							   HMM_PAGE_SIZE, true,
-							   false);
+					return zero_locked(b, page, true);
 				pthread_mutex_unlock(&b->lock);
-				if ((wp || write) && own_fault(m))
+				if (own_fault(m))
 					return hmm__hold_revoke_page(page);
-				if (wp || write) {
-					hmm__hold_write_parked(page);
-					return 0;
-				}
-				if (r == -EAGAIN)
-					return -EAGAIN;
-				if (r != 1)
-					hmm__uffd_wake(hmm__ctx.uffd, page,
-						       HMM_PAGE_SIZE);
+				hmm__hold_write_parked(page);
 				return 0;
 			}
 			pthread_mutex_unlock(&b->lock);
