@@ -189,20 +189,27 @@ bool hmm__range_locked(uintptr_t s, uintptr_t e)
 	return found;
 }
 
-/*
- * What every call of the API checks first.  On 0 the device is entered and
- * ctx.hold_lock is held: hold_leave() undoes both.
- */
-static int hold_enter(void *addr, size_t len, hmm_device_t *dev)
+/* The arguments every call of the API takes, and libhmm up. */
+static int hold_args(void *addr, size_t len, hmm_device_t *dev)
 {
-	uintptr_t s = (uintptr_t)addr;
 	int ret = hmm__check_range(addr, len);
 
 	if (ret)
 		return ret;
 	if (!dev)
 		return -EINVAL;
-	ret = hmm__ensure();
+	return hmm__ensure();
+}
+
+/*
+ * What lock, unlock and begin check first.  On 0 the device is entered
+ * and ctx.hold_lock is held: hold_leave() undoes both.
+ */
+static int hold_enter(void *addr, size_t len, hmm_device_t *dev)
+{
+	uintptr_t s = (uintptr_t)addr;
+	int ret = hold_args(addr, len, dev);
+
 	if (ret)
 		return ret;
 	if (hmm_device_enter(dev))
@@ -765,13 +772,9 @@ long hmm_exclusive_end(void *addr, size_t len, hmm_device_t *dev)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	struct hmm_hold *h;
-	long ret = hmm__check_range(addr, len), held;
+	long ret = hold_args(addr, len, dev), held;
 
-	if (ret)
-		return ret;
-	if (!dev)
-		return -EINVAL;
-	ret = hmm__ensure();
+	/* (A closed device's holds are gone already: no device_enter.) */
 	if (ret)
 		return ret;
 	pthread_mutex_lock(&hmm__ctx.hold_lock);
