@@ -155,7 +155,9 @@ static bool shared_pages_home(bool evict)
 	if (!copy)
 		return false;
 	for (size_t i = 0; i < n; i++) {
-		if (copy[i].kind != HMM_MK_SHMEM)
+		/* Files too: parent and child share the page cache, and
+		 * each would write back its own device copy. */
+		if (copy[i].kind == HMM_MK_ANON)
 			continue;
 		if (evict)
 			hmm__migrate_to_system(copy[i].start, copy[i].end, NULL,
@@ -270,9 +272,14 @@ static int child_restart(void)
 		return -errno;
 	wp = c->caps & HMM_CAP_WP;
 	for (size_t i = 0; i < c->nranges; i++) {
-		ret = hmm__uffd_register(c->uffd, c->ranges[i].start,
-					 c->ranges[i].end - c->ranges[i].start,
-					 wp);
+		const struct hmm_mrange *r = &c->ranges[i];
+		if (r->kind == HMM_MK_FPROT)
+			continue; /* never registered */
+		ret = r->kind == HMM_MK_FILE
+			      ? hmm__uffd_register_minor(c->uffd, r->start,
+							 r->end - r->start)
+			      : hmm__uffd_register(c->uffd, r->start,
+						   r->end - r->start, wp);
 		if (ret)
 			return ret;
 	}

@@ -20,6 +20,7 @@
  */
 #include <dlfcn.h>
 #include <string.h>
+#include <ucontext.h>
 
 #include "internal.h"
 
@@ -141,6 +142,20 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
 		g->code = si->si_code;
 		g->addr = (uintptr_t)si->si_addr;
 		siglongjmp(g->jb, 1);
+	}
+	/* A page of a file mapping that lives on a device (PROT_NONE):
+	 * brought back here, in the faulting thread, and the access runs
+	 * again.  errno is the application's. */
+	if (sig == SIGSEGV && si->si_code == SEGV_ACCERR) {
+		int saved = errno;
+		bool write = false;
+#if defined(__x86_64__)
+		write = ((ucontext_t *)uc)->uc_mcontext.gregs[REG_ERR] & 2;
+#endif
+		bool done = hmm__file_prot_fault((uintptr_t)si->si_addr, write);
+		errno = saved;
+		if (done)
+			return;
 	}
 	chain(sig, si, uc);
 }

@@ -123,14 +123,23 @@ static bool pages_each(uintptr_t s, uintptr_t e, page_fn fn, void *arg)
 	return true;
 }
 
-static bool managed(uintptr_t s, uintptr_t e)
+/* 0 if [s, e) is managed memory that can be held; -ENOENT, or
+ * -EOPNOTSUPP for file mappings (no SIGBUS registration, no write-protect
+ * faults for them). */
+static int managed(uintptr_t s, uintptr_t e)
 {
 	int r;
 
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	r = hmm__ranges_cover(s, e);
+	for (uintptr_t p = s; !r && p < e;) {
+		struct hmm_mrange *m = hmm__range_find(p);
+		if (HMM_MK_IS_FILE(m->kind))
+			r = -EOPNOTSUPP;
+		p = m->end;
+	}
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
-	return r == 0;
+	return r;
 }
 
 /* Bring [s, e) into @dev's memory. */
@@ -215,10 +224,11 @@ static int hold_enter(void *addr, size_t len, hmm_device_t *dev)
 	if (hmm_device_enter(dev))
 		return -ENODEV;
 	pthread_mutex_lock(&hmm__ctx.hold_lock);
-	if (!managed(s, s + len)) {
+	ret = managed(s, s + len);
+	if (ret) {
 		pthread_mutex_unlock(&hmm__ctx.hold_lock);
 		hmm_device_leave(dev);
-		return -ENOENT;
+		return ret;
 	}
 	return 0;
 }

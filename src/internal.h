@@ -155,6 +155,10 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp);
  * the events: for ranges locked to a device. */
 int hmm__uffd_open_sigbus(int *fd);
 int hmm__uffd_unregister(int fd, uintptr_t start, size_t len);
+/* Register for MINOR faults (shmem files whose page cache stays). */
+int hmm__uffd_register_minor(int fd, uintptr_t start, size_t len);
+/* UFFDIO_CONTINUE: pages mapped (>= 0) or -errno. */
+long hmm__uffd_continue(int fd, uintptr_t start, size_t len, bool dontwake);
 /* These return pages resolved (>= 0) or -errno (-EAGAIN, -EEXIST, ...). */
 long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
 		    bool wp, bool dontwake);
@@ -173,6 +177,7 @@ struct hmm_vma {
 	bool anon;		/* no file, or [heap]/[stack] */
 	bool shmem_anon;	/* MAP_SHARED|MAP_ANONYMOUS */
 	unsigned long dev_major, dev_minor, ino; /* the file mapped, if any */
+	uint64_t off;		/* file offset of start */
 	bool special;		/* [vvar], [vdso], [vsyscall] */
 };
 /* VMAs overlapping [start, end), sorted; *out is malloc'd.  Returns count
@@ -313,14 +318,34 @@ void hmm__blocks_for_each(uintptr_t start, uintptr_t end,
 				     void *),
 			  void *arg);
 
-enum hmm_mkind { HMM_MK_ANON = 0, HMM_MK_SHMEM = 1 };
+/*
+ * What backs a managed range, and so how its pages leave and come back:
+ *  ANON   private anonymous: MISSING faults; pages move (UFFDIO_MOVE/COPY).
+ *  SHMEM  libhmm's memfd or adopted MAP_SHARED|MAP_ANONYMOUS: MISSING
+ *         faults; a page on a device is a hole in the shmem object.
+ *  FILE   an application's shmem-backed file (memfd, tmpfs) mapped
+ *         MAP_SHARED (hmm_file_adopt): MINOR faults; the page-cache page
+ *         stays (other views read it), the user's page-table entries go.
+ *  FPROT  any other file mapping (disk filesystems, MAP_PRIVATE):
+ *         not registered; a page on a device is PROT_NONE in the user's
+ *         mapping and comes back through libhmm's SIGSEGV handler (file.c).
+ */
+enum hmm_mkind {
+	HMM_MK_ANON = 0,
+	HMM_MK_SHMEM = 1,
+	HMM_MK_FILE = 2,
+	HMM_MK_FPROT = 3,
+};
+#define HMM_MK_IS_FILE(k) ((k) >= HMM_MK_FILE)
 
 /* A managed range (registry entry). */
 struct hmm_mrange {
 	uintptr_t start, end;
 	enum hmm_mkind kind;
-	struct hmm_alloc *alloc; /* SHMEM: the allocation it belongs to */
-	uint64_t off;		 /* SHMEM: file offset of start */
+	struct hmm_alloc *alloc; /* SHMEM, FILE, FPROT: what it belongs to */
+	uint64_t off;		 /* SHMEM, FILE, FPROT: file offset of start */
+	int prot;		 /* FPROT: the protection the application
+				  * gave it (device pages are PROT_NONE) */
 };
 
 /* An allocation of hmm_mem_alloc: a memfd, mapped at the user's address
@@ -338,10 +363,22 @@ struct hmm_alloc {
 	struct hmm_vma obj;	/* dev_major, dev_minor, ino */
 	bool forked;		/* ctx.ranges_lock */
 	int refs;		/* ranges pointing here; ctx.ranges_lock */
+	/* Files (hmm_file_adopt): the alias maps file offsets [alias_off,
+	 * alias_off + len) (NULL for private mappings, which have no file
+	 * data to write); memfd is libhmm's duplicate of the application's
+	 * descriptor. */
+	uint64_t alias_off;
+	bool priv;		/* MAP_PRIVATE */
+	bool sync_each;		/* HMM_FILE_SYNC_EACH */
+	bool file;		/* from hmm_file_adopt (counted in
+				 * hmm__file_ranges) */
 };
 
-/* Whether @addr is in libhmm's memfd-backed memory (takes the lock). */
+/* Whether @addr is in shared memory whose data a MADV_DONTNEED keeps
+ * (SHMEM or FILE; takes the lock). */
 bool hmm__range_is_shmem(uintptr_t addr);
+/* The kind of the range at @addr, or -1 (takes the lock). */
+int hmm__range_kind(uintptr_t addr);
 /* A snapshot of the managed ranges (malloc'd; NULL and *n = 0 if out of
  * memory), for work that must not hold ctx.ranges_lock. */
 struct hmm_mrange *hmm__ranges_copy(size_t *n);
@@ -358,6 +395,16 @@ int hmm__range_trim(uintptr_t start, uintptr_t end);
 void hmm__ranges_free_all(void);
 /* Drop a reference to an allocation (ctx.ranges_lock for writing). */
 void hmm__alloc_put(struct hmm_alloc *a);
+/* A copy of the range entry at @addr, with a reference on its allocation
+ * (give it back with hmm__range_put), from the registry or, for a range
+ * being released or unmapped, from the retired list.  Returns false if
+ * none (*out then describes [addr, the next range) as ANON). */
+bool hmm__range_get(uintptr_t addr, struct hmm_mrange *out);
+void hmm__range_put(struct hmm_mrange *r);
+/* A range leaving the registry whose pages are still to come home:
+ * hmm__range_get finds it meanwhile (ctx.ranges_lock for writing). */
+void hmm__retired_push(const struct hmm_mrange *r);
+void hmm__retired_pop(uintptr_t start);
 
 /* Set every page in [start, end) to @state (block created as needed),
  * except pages on a device or in flight.  Returns 0, -EAGAIN if such a
@@ -409,6 +456,40 @@ int hmm__hold_pull(uintptr_t s, uintptr_t e, hmm_device_t *owner);
  * its VMAs.  Returns 0 or -errno. */
 int hmm__check_vmas(uintptr_t s, uintptr_t e, struct hmm_vma **vmas,
 		    long *nvmas);
+
+/* ---- file.c --------------------------------------------------------- */
+/* The SIGSEGV handler, for a fault at @addr: a page of a FPROT range that
+ * libhmm made PROT_NONE is brought back (true: retry the access).  Runs
+ * in the faulting thread. */
+bool hmm__file_prot_fault(uintptr_t addr, bool write);
+/* VMAs of FPROT ranges that are PROT_NONE because their pages are on a
+ * device take the protection the application gave them. */
+void hmm__file_fix_prot(struct hmm_vma *v, long n);
+/* Pointer to the page-cache copy of @va through the alias, or NULL (private
+ * mapping).  @r is a copy of the range entry. */
+void *hmm__file_alias_ptr(const struct hmm_mrange *r, uintptr_t va);
+/* Write back the device-written pages of file-backed ranges in [s, e) (of
+ * @only, if set); pages stay on their device.  Returns pages written or
+ * -errno. */
+long hmm__file_writeback(uintptr_t s, uintptr_t e, hmm_device_t *only);
+/* The mapping wrappers (interpose.c): munmap writes back first, and
+ * forgets FPROT ranges after (they send no UNMAP event); mprotect brings
+ * FPROT device pages home first and records the new protection after;
+ * mremap releases FPROT ranges first. */
+void hmm__file_before_unmap(uintptr_t s, uintptr_t e);
+void hmm__file_after_unmap(uintptr_t s, uintptr_t e);
+void hmm__file_before_protect(uintptr_t s, uintptr_t e);
+void hmm__file_after_protect(uintptr_t s, uintptr_t e, int prot);
+void hmm__file_before_remap(uintptr_t s, uintptr_t e);
+/* Managed file ranges exist (a cheap test for the I/O wrappers). */
+extern atomic_int hmm__file_ranges;
+/* Ranges in safe mode exist. */
+extern atomic_int hmm__file_sync_each;
+/* Read (@write false) or write @len bytes at @va of this process through
+ * /proc/self/mem, which reaches PROT_NONE pages.  0 or -errno. */
+int hmm__procmem_rw(bool write, void *buf, uintptr_t va, size_t len);
+/* raw mprotect (no interposition, no prot_gen bump) */
+int hmm__sys_mprotect(void *addr, size_t len, int prot);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {
@@ -502,6 +583,11 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			    hmm_device_t *dev, const struct hmm_vma *vmas,
 			    long nvmas, unsigned long prot_gen);
 
+/* The device's copy of @n pages, as DMA, under a guard: a page that
+ * faults (unmapped, past the end of a file) makes it -EFAULT. */
+int hmm__guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
+		      const struct hmm_copy_desc *d, size_t n);
+
 /* ---- context.c ------------------------------------------------------ */
 struct hmm_zap {		/* a zap libhmm does itself (migrate.c) */
 	uintptr_t start, end;	/* within one block */
@@ -530,6 +616,10 @@ struct hmm_context {
 	pthread_rwlock_t ranges_lock; /* protects ranges, nranges */
 	struct hmm_mrange *ranges;    /* sorted by start, disjoint */
 	size_t nranges, ranges_cap;
+	/* Ranges out of the registry whose file pages are still coming home
+	 * (hmm__retired_push); also ranges_lock. */
+	struct hmm_mrange retired[8];
+	size_t nretired;
 
 	/* Held for reading by migrations started by application threads,
 	 * for writing across fork (atfork), so that no page is in flight

@@ -192,9 +192,12 @@ int mprotect(void *addr, size_t len, int prot)
 	long ret;
 
 	range_of(addr, len, &s, &e);
+	hmm__file_before_protect(s, e);
 	if (mirrored())
 		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
 	ret = spare_own(SYS_mprotect, addr, len, prot, 0);
+	if (!ret)
+		hmm__file_after_protect(s, e, prot);
 	return protect(addr, len, prot, ret);
 }
 
@@ -204,9 +207,12 @@ int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 	long ret;
 
 	range_of(addr, len, &s, &e);
+	hmm__file_before_protect(s, e);
 	if (mirrored())
 		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
 	ret = spare_own(SYS_pkey_mprotect, addr, len, prot, pkey);
+	if (!ret)
+		hmm__file_after_protect(s, e, prot);
 	return protect(addr, len, prot, ret);
 }
 
@@ -275,9 +281,13 @@ int munmap(void *addr, size_t len)
 
 	range_of(addr, len, &s, &e);
 	mg = managed(s, e);
+	if (mg)
+		hmm__file_before_unmap(s, e);
 	if (m)
 		before(s, e, HMM_NOTIFY_UNMAP);
 	ret = (int)spare_own(SYS_munmap, addr, len, 0, 0);
+	if (mg && !ret)
+		hmm__file_after_unmap(s, e);
 	if (m)
 		after(s, e, HMM_NOTIFY_UNMAP);
 	/* The UNMAP event of a managed range was read before munmap returned;
@@ -373,6 +383,9 @@ void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	range_of(old, HMM_MAX(old_len, new_len), &s, &e);
 	if (new_addr)
 		range_of(new_addr, new_len, &ns, &ne);
+	hmm__file_before_remap(s, e);
+	if (ns)
+		hmm__file_before_remap(ns, ne);
 	if (m) {
 		before(s, e, HMM_NOTIFY_UNMAP);
 		if (ns)

@@ -25,6 +25,7 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 
 	if (n < 0)
 		return (int)n;
+	hmm__file_fix_prot(*vmas, n);
 	ret = hmm__vma_covered(*vmas, n, s, e);
 	for (long i = 0; !ret && i < n; i++) {
 		if ((*vmas)[i].prot == PROT_NONE || (*vmas)[i].special)
@@ -198,7 +199,9 @@ int hmm_range_release(void *addr, size_t len)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	struct hmm_alloc *alloc = NULL;
+	enum hmm_mkind kind = HMM_MK_ANON;
 	uint64_t off = 0;
+	int prot = 0;
 	int ret = hmm__check_range(addr, len);
 
 	if (ret)
@@ -218,16 +221,19 @@ int hmm_range_release(void *addr, size_t len)
 				ret = -EINVAL; /* use hmm_mem_free */
 				break;
 			}
-			if (r->kind == HMM_MK_SHMEM) {
-				/* Adopted shared memory: keep the alias
-				 * until the pages are home. */
+			if (r->kind != HMM_MK_ANON) {
+				/* Adopted shared memory, files: keep the
+				 * alias until the pages are home. */
 				if ((alloc && alloc != r->alloc) ||
 				    (!alloc && p != s)) {
 					ret = -EINVAL; /* one at a time */
 					break;
 				}
-				if (!alloc)
+				if (!alloc) {
 					off = r->off + (s - r->start);
+					kind = r->kind;
+					prot = r->prot;
+				}
 				alloc = r->alloc;
 			} else if (alloc) {
 				ret = -EINVAL; /* shared and private mixed */
@@ -236,10 +242,15 @@ int hmm_range_release(void *addr, size_t len)
 			p = r->end;
 		}
 	}
+	struct hmm_mrange piece = { s, e, kind, alloc, off, prot };
 	if (!ret) {
 		if (alloc)
 			alloc->refs++;
 		ret = hmm__range_trim(s, e);
+		/* A file's pages come home by writing the file: until they
+		 * have, the migration engine finds the range here. */
+		if (!ret && HMM_MK_IS_FILE(kind))
+			hmm__retired_push(&piece);
 	}
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	if (ret)
@@ -248,7 +259,12 @@ int hmm_range_release(void *addr, size_t len)
 	 * registry: no new one starts); new migrations fail with -ENOENT. */
 	hmm__holds_revoke(s, e, NULL);
 	ret = unmanage(s, e);
-	if (!ret) {
+	if (HMM_MK_IS_FILE(kind)) {
+		pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+		hmm__retired_pop(s);
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	}
+	if (!ret && kind != HMM_MK_FPROT) {
 		ret = hmm__uffd_unregister(hmm__ctx.uffd, s, len);
 		/* Still registered: faults would reach libhmm for memory it
 		 * no longer knows.  Manage it again (every page is home). */
@@ -260,8 +276,8 @@ int hmm_range_release(void *addr, size_t len)
 		/* Pages are still on a device: keep the registration, or
 		 * they would read as zeros.  Manage the range again (or it
 		 * could not be unregistered). */
-		hmm__range_insert(s, e, alloc ? HMM_MK_SHMEM : HMM_MK_ANON,
-				  alloc, off);
+		if (!hmm__range_insert(s, e, kind, alloc, off))
+			hmm__range_find(s)->prot = prot;
 	hmm__alloc_put(alloc);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	return ret;

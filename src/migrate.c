@@ -26,8 +26,8 @@
 #include "compat.h"
 #include "migrate.h"
 
-static int guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
-			const struct hmm_copy_desc *d, size_t n)
+int hmm__guarded_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
+		      const struct hmm_copy_desc *d, size_t n)
 {
 	struct hmm_guard g;
 	int ret;
@@ -140,12 +140,25 @@ static void *source_ptr(const struct hmm_mrange *r, uintptr_t va)
 	return (void *)va;
 }
 
+void *hmm__file_alias_ptr(const struct hmm_mrange *r, uintptr_t va)
+{
+	if (!r->alloc || !r->alloc->alias)
+		return NULL;
+	return (char *)r->alloc->alias + (r->off - r->alloc->alias_off) +
+	       (va - r->start);
+}
+
 static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 {
 	int inj = hmm__inject(HMM_INJ_ZAP);
 
 	if (inj)
 		return inj;
+	if (r->kind == HMM_MK_FPROT)
+		/* The page stays (in the page cache, or private); the
+		 * application's access to it faults into libhmm (file.c). */
+		return hmm__sys_mprotect((void *)s, e - s, PROT_NONE) ? -errno
+								      : 0;
 	if (r->kind == HMM_MK_SHMEM && r->alloc->memfd < 0) {
 		/* Adopted shared anonymous memory: punch the hole through
 		 * the alias (no userfaultfd event there). */
@@ -177,7 +190,10 @@ static int zap_one(const struct hmm_mrange *r, uintptr_t s, uintptr_t e)
 int hmm__zap_runs(const struct hmm_mrange *r, struct hmm_block *b,
 		  const struct sel *s, struct hmm_zap *zaps, size_t *nzaps)
 {
-	bool anon = r->kind == HMM_MK_ANON;
+	/* Drops through the application's mapping, whose REMOVE events come
+	 * back to libhmm: anonymous memory, and files (MADV_DONTNEED unmaps
+	 * their pages, the page cache keeps them). */
+	bool anon = r->kind == HMM_MK_ANON || r->kind == HMM_MK_FILE;
 	int ret = 0;
 
 	/* No VMA may split through an interposed call between the drop and
@@ -677,7 +693,7 @@ static int copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
 	pthread_mutex_unlock(&b->lock);
 	ret = hmm__inject(HMM_INJ_COPY_TO_DEVICE);
 	if (!ret)
-		ret = guarded_copy(dev, HMM_COPY_TO_DEVICE, descs, nd);
+		ret = hmm__guarded_copy(dev, HMM_COPY_TO_DEVICE, descs, nd);
 	free(descs);
 	if (!ret && nz)
 		ret = dev->ops->zero(dev, zero, nz);
@@ -758,6 +774,51 @@ static void reprotect(uintptr_t s, uintptr_t e)
 	}
 }
 
+/* Files, phase 2: copy every page (a file page not in memory has data
+ * all the same: reading it brings it in).  Shared mappings are read
+ * through the alias; private ones, whose pages may differ from the file's,
+ * through /proc/self/mem, which reads the PROT_NONE pages as they are.  A
+ * page past the end of the file faults (SIGBUS): -EFAULT. */
+static int file_copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
+			       hmm_device_t *dev, const struct sel *sel)
+{
+	struct hmm_copy_desc *descs = malloc(sel->n * sizeof(*descs));
+	char *buf = NULL;
+	int ret = hmm__inject(HMM_INJ_COPY_TO_DEVICE);
+
+	if (!descs)
+		return -ENOMEM;
+	if (!ret && r->alloc->priv) {
+		buf = malloc(sel->n << HMM_PAGE_SHIFT);
+		if (!buf)
+			ret = -ENOMEM;
+		for (size_t k = 0; !ret && k < sel->n; k += sel_run(sel, k)) {
+			size_t len = sel_run(sel, k) << HMM_PAGE_SHIFT;
+			ret = hmm__procmem_rw(false, buf + (k << HMM_PAGE_SHIFT),
+					      sel_va(b, sel->idx[k]), len);
+		}
+	}
+	for (size_t k = 0; !ret && k < sel->n; k++)
+		descs[k] = (struct hmm_copy_desc){
+			sel->dpfn[k],
+			buf ? buf + (k << HMM_PAGE_SHIFT)
+			    : hmm__file_alias_ptr(r, sel_va(b, sel->idx[k])) };
+	if (!ret)
+		ret = hmm__guarded_copy(dev, HMM_COPY_TO_DEVICE, descs, sel->n);
+	free(descs);
+	free(buf);
+	return ret;
+}
+
+/* A failed migration of FPROT pages: the application's protection back. */
+static void file_unprotect(const struct hmm_mrange *r, struct hmm_block *b,
+			   const struct sel *sel)
+{
+	for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
+		hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
+				  sel_run(sel, k) << HMM_PAGE_SHIFT, r->prot);
+}
+
 static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 			    uintptr_t e, hmm_device_t *dev,
 			    const struct hmm_vma *vmas, long nvmas,
@@ -819,6 +880,25 @@ again:
 			return -EBUSY;
 		usleep(1000);
 		goto again;
+	}
+	if (HMM_MK_IS_FILE(r->kind)) {
+		/* Files: the user's mapping lets go first (its page-table
+		 * entries zapped, or PROT_NONE), so that a CPU access now
+		 * waits for this migration; the page cache (or the private
+		 * page) keeps the data, which is copied from there. */
+		memset(sel->flag, 1, sel->n);
+		ret = hmm__zap_runs(r, b, sel, zaps, &nzaps);
+		if (!ret)
+			ret = file_copy_to_device(r, b, dev, sel);
+		if (ret) {
+			if (r->kind == HMM_MK_FPROT)
+				file_unprotect(r, b, sel);
+			for (size_t z = 0; z < nzaps; z++)
+				hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
+			rollback_to_system(b, sel, dev, true);
+			return ret;
+		}
+		goto commit;
 	}
 	if (r->kind == HMM_MK_ANON && (hmm__ctx.caps & HMM_CAP_MOVE) &&
 	    hmm__option(HMM_OPT_USE_MOVE) && (stash = stash_get())) {
@@ -953,7 +1033,7 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 			ret = -ENOENT;
 			break;
 		}
-		if (r.alloc && !shared_here_only(r.alloc))
+		if (r.kind == HMM_MK_SHMEM && !shared_here_only(r.alloc))
 			ret = -EBUSY;
 		else
 			ret = block_to_device(&r, pos, bend, dev, vmas, nvmas,

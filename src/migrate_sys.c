@@ -170,6 +170,74 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	return 0;
 }
 
+/*
+ * Files: the device's data goes into the page itself (through the alias
+ * for a shared mapping, through /proc/self/mem for a private one; only
+ * pages the device could write: the others are unchanged there), then
+ * the user's mapping gets the page back: UFFDIO_CONTINUE maps the page
+ * cache page (FILE), or the protection is restored (FPROT, after the
+ * commit, by the caller).  Both run under the block lock, so that a drop
+ * by the application (MADV_REMOVE, a truncation: marked PSF_CLEARED under
+ * the lock before its system call) is ordered with the write: a cleared
+ * page gets nothing.  A page the file no longer has (truncated: the write
+ * faults) is gone.
+ */
+static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
+			    struct hmm_block *b, struct sel *sel, size_t k0,
+			    size_t n)
+{
+	char *bb = NULL;
+	int ret;
+
+	if (hmm__devmem_fail_take(dev, HMM_FAIL_SYSMEM))
+		return -ENOMEM;
+	if ((ret = hmm__inject(HMM_INJ_COPY_TO_SYSTEM)))
+		return ret;
+	if (r->alloc->priv && !(bb = bounce_get()))
+		return -ENOMEM;
+	for (size_t k = k0; k < k0 + n;) {
+		unsigned i = sel->idx[k];
+		uintptr_t va = sel_va(b, i);
+		struct hmm_copy_desc d;
+		long c = 1;
+		pthread_mutex_lock(&b->lock);
+		if (b->state[i] & PSF_CLEARED) {
+			pthread_mutex_unlock(&b->lock);
+			sel->flag[k++] = INST_NOT_DONE;
+			continue;
+		}
+		if (b->state[i] & PSF_DEV_WRITE) {
+			d = (struct hmm_copy_desc){
+				sel->dpfn[k], bb ? bb : hmm__file_alias_ptr(r, va) };
+			ret = hmm__guarded_copy(dev, HMM_COPY_TO_SYSTEM, &d, 1);
+			if (!ret && bb)
+				ret = hmm__procmem_rw(true, bb, va, HMM_PAGE_SIZE);
+			if (ret == -EFAULT || ret == -EIO) {
+				/* past the end of the file now */
+				pthread_mutex_unlock(&b->lock);
+				sel->flag[k++] = INST_GONE;
+				ret = 0;
+				continue;
+			}
+			if (ret) {
+				pthread_mutex_unlock(&b->lock);
+				return ret;
+			}
+		}
+		if (r->kind == HMM_MK_FILE)
+			c = hmm__uffd_continue(hmm__ctx.uffd, va, HMM_PAGE_SIZE,
+					       true);
+		pthread_mutex_unlock(&b->lock);
+		if (c == -EAGAIN)
+			return 0; /* the rest stays INST_NOT_DONE */
+		/* EEXIST: mapped already (the data is in the page);
+		 * EFAULT: no page cache page (truncated); ENOENT: the
+		 * mapping is gone. */
+		sel->flag[k++] = c == 1 || c == -EEXIST ? INST_DONE : INST_GONE;
+	}
+	return 0;
+}
+
 /* Phase 1: select the DEVICE pages of [s, e) (of @only, if set), one
  * device per batch.  Returns 0, or 1 if it met a page in flight (which it
  * waited for, unless non-blocking), or -ETIMEDOUT. */
@@ -343,9 +411,43 @@ static void drop_again(struct hmm_block *b, struct sel *rezap)
 	pthread_mutex_unlock(&b->lock);
 }
 
-static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
-			    int flags, struct sel *sel, struct sel *rezap)
+/*
+ * FPROT, after the commit: the pages of @sel that are in system memory get
+ * the application's protection back, run by run.  Under the block lock:
+ * a migration that takes a page again (MIGRATING, then PROT_NONE after
+ * the lock) is ordered after this, so its PROT_NONE is never undone.
+ * (mprotect waits for no thread of libhmm: a fault in a userfaultfd range
+ * lets the mmap lock go before it waits.)
+ */
+static void fprot_restore(const struct hmm_mrange *r, struct hmm_block *b,
+			  const struct sel *sel)
 {
+	bool home[HMM_BLOCK_PAGES];
+
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n; k++)
+		home[k] = PS_KIND(b->state[sel->idx[k]]) == PS_SYSTEM;
+	for (size_t k = 0; k < sel->n;) {
+		size_t n = 1;
+		if (!home[k]) {
+			k++;
+			continue;
+		}
+		while (k + n < sel->n && home[k + n] &&
+		       sel->idx[k + n] == sel->idx[k] + n)
+			n++;
+		hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
+				  n << HMM_PAGE_SHIFT, r->prot);
+		k += n;
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
+static long block_to_system(const struct hmm_mrange *r, uintptr_t s,
+			    uintptr_t e, hmm_device_t *only, int flags,
+			    struct sel *sel, struct sel *rezap)
+{
+	bool file = HMM_MK_IS_FILE(r->kind) && r->alloc;
 	struct hmm_block *b = hmm__block_lookup(s);
 	struct timespec deadline;
 	long total = 0;
@@ -377,7 +479,10 @@ static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
 				HMM_NOTIFY_MIGRATE, NULL,
 				!(flags & HMM_MIG_NONBLOCK));
 		for (size_t k0 = 0; k0 < sel->n && !ret; k0 += sel_run(sel, k0))
-			ret = install_run(dev, b, sel, k0, sel_run(sel, k0));
+			ret = file ? install_file_run(r, dev, b, sel, k0,
+						      sel_run(sel, k0))
+				   : install_run(dev, b, sel, k0,
+						 sel_run(sel, k0));
 
 		moved = commit_to_system(b, dev, sel, rezap,
 					 !(flags & HMM_MIG_NONBLOCK), &waiters,
@@ -389,7 +494,13 @@ static long block_to_system(uintptr_t s, uintptr_t e, hmm_device_t *only,
 		 * the device page free and the counters up to date. */
 		hmm__stat_add(HMM_STAT_pages_to_system, moved);
 		hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);
-		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
+		/* FPROT: the application's protection back, for every page
+		 * that left its device (installed, dropped or gone: an
+		 * access then gets what the file has, or SIGBUS). */
+		if (r->kind == HMM_MK_FPROT)
+			fprot_restore(r, b, sel);
+		for (size_t k = 0; r->kind != HMM_MK_FPROT && k < sel->n;
+		     k += sel_run(sel, k))
 			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
 				       sel_run(sel, k) << HMM_PAGE_SHIFT);
 		total += (long)moved;
@@ -424,10 +535,17 @@ long hmm__migrate_to_system(uintptr_t start, uintptr_t end,
 		pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
 	for (uintptr_t pos = start; pos < end;) {
 		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
+		struct hmm_mrange rg;
 		long r;
 		if (bend > end)
 			bend = end;
-		r = block_to_system(pos, bend, only, flags, &sel[0], &sel[1]);
+		/* Each piece within one range: files come home their way. */
+		hmm__range_get(pos, &rg);
+		if (bend > rg.end)
+			bend = rg.end;
+		r = block_to_system(&rg, pos, bend, only, flags, &sel[0],
+				    &sel[1]);
+		hmm__range_put(&rg);
 		if (r < 0) {
 			total = r;
 			break;

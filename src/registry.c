@@ -203,9 +203,21 @@ bool hmm__range_is_shmem(uintptr_t addr)
 
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	r = hmm__range_find(addr);
-	shm = r && r->kind == HMM_MK_SHMEM;
+	shm = r && (r->kind == HMM_MK_SHMEM || r->kind == HMM_MK_FILE);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	return shm;
+}
+
+int hmm__range_kind(uintptr_t addr)
+{
+	struct hmm_mrange *r;
+	int kind;
+
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find(addr);
+	kind = r ? (int)r->kind : -1;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	return kind;
 }
 
 bool hmm__ranges_overlap(uintptr_t start, uintptr_t end)
@@ -257,18 +269,102 @@ int hmm__range_insert(uintptr_t start, uintptr_t end, enum hmm_mkind kind,
 		return -ENOMEM;
 	memmove(&c->ranges[i + 1], &c->ranges[i],
 		(c->nranges - i) * sizeof(c->ranges[0]));
-	c->ranges[i] = (struct hmm_mrange){ start, end, kind, alloc, off };
+	c->ranges[i] = (struct hmm_mrange){ start, end, kind, alloc, off, 0 };
 	c->nranges++;
 	if (alloc)
 		alloc->refs++;
 	return 0;
 }
 
+bool hmm__range_get(uintptr_t addr, struct hmm_mrange *out)
+{
+	struct hmm_context *c = &hmm__ctx;
+	struct hmm_mrange *r;
+	bool found = false, wr = false;
+
+	/* The read lock for anonymous ranges (the fault path); the write
+	 * lock only to take a reference on an allocation. */
+	pthread_rwlock_rdlock(&c->ranges_lock);
+again:
+	r = hmm__range_find(addr);
+	for (size_t i = 0; !r && i < c->nretired; i++)
+		if (c->retired[i].start <= addr && addr < c->retired[i].end)
+			r = &c->retired[i];
+	if (r && r->alloc && !wr) {
+		pthread_rwlock_unlock(&c->ranges_lock);
+		pthread_rwlock_wrlock(&c->ranges_lock);
+		wr = true;
+		goto again;
+	}
+	if (r) {
+		*out = *r;
+		if (out->alloc)
+			out->alloc->refs++;
+		found = true;
+	} else {
+		size_t i = range_lower(addr);
+		*out = (struct hmm_mrange){ .start = addr, .kind = HMM_MK_ANON,
+					    .end = i < c->nranges
+							   ? c->ranges[i].start
+							   : UINTPTR_MAX };
+		for (size_t k = 0; k < c->nretired; k++)
+			if (c->retired[k].start > addr &&
+			    c->retired[k].start < out->end)
+				out->end = c->retired[k].start;
+	}
+	pthread_rwlock_unlock(&c->ranges_lock);
+	return found;
+}
+
+void hmm__range_put(struct hmm_mrange *r)
+{
+	if (!r->alloc)
+		return;
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	hmm__alloc_put(r->alloc);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	r->alloc = NULL;
+}
+
+void hmm__retired_push(const struct hmm_mrange *r)
+{
+	struct hmm_context *c = &hmm__ctx;
+
+	/* Full (eight releases of files at once): the pages still come
+	 * home, as anonymous memory would (without writing the file); the
+	 * caller brought them home before, so only a racing migration's
+	 * pages can be concerned. */
+	if (c->nretired == sizeof(c->retired) / sizeof(c->retired[0]))
+		return;
+	c->retired[c->nretired] = *r;
+	if (r->alloc)
+		r->alloc->refs++;
+	c->nretired++;
+}
+
+void hmm__retired_pop(uintptr_t start)
+{
+	struct hmm_context *c = &hmm__ctx;
+
+	for (size_t i = 0; i < c->nretired; i++)
+		if (c->retired[i].start == start) {
+			hmm__alloc_put(c->retired[i].alloc);
+			c->retired[i] = c->retired[--c->nretired];
+			return;
+		}
+}
+
 void hmm__alloc_put(struct hmm_alloc *a)
 {
 	if (!a || --a->refs > 0)
 		return;
-	hmm__munmap_own(a->alias, a->len);
+	if (a->file) {
+		atomic_fetch_sub(&hmm__file_ranges, 1);
+		if (a->sync_each)
+			atomic_fetch_sub(&hmm__file_sync_each, 1);
+	}
+	if (a->alias)
+		hmm__munmap_own(a->alias, a->len);
 	if (a->memfd >= 0)
 		close(a->memfd);
 	free(a);

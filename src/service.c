@@ -200,6 +200,49 @@ static int fault_in_flight(struct hmm_block *b, unsigned idx, uintptr_t page,
 	return zero_locked(b, page, hmm__ctx.caps & HMM_CAP_WP);
 }
 
+/*
+ * A MINOR fault on a file page (FILE ranges): the page cache has the page,
+ * the user's mapping does not.  A page in system memory is mapped as it is
+ * (UFFDIO_CONTINUE), with the pages after it that are in system memory
+ * too, up to the fault-around window.  Under b->lock, so that a migration
+ * cannot take a page between the check and the mapping (it would find the
+ * mapping back after its zap).  UFFDIO_CONTINUE waits for no thread of
+ * libhmm.  Returns 0 (done, or the page is not SYSTEM: look again), or
+ * -EAGAIN.
+ */
+static int resolve_continue(struct hmm_block *b, uintptr_t page)
+{
+	uintptr_t s, e, end = page;
+	long r;
+
+	fault_window(page, &s, &e);
+	pthread_mutex_lock(&b->lock);
+	while (end < e && PS_KIND(b->state[hmm__block_index(end)]) == PS_SYSTEM)
+		end += HMM_PAGE_SIZE;
+	if (end == page &&
+	    PS_KIND(b->state[hmm__block_index(page)]) != PS_NONE) {
+		pthread_mutex_unlock(&b->lock);
+		return 1;
+	}
+	if (end == page)
+		end = page + HMM_PAGE_SIZE; /* a range libhmm forgot */
+	r = hmm__uffd_continue(hmm__ctx.uffd, page, end - page, false);
+	if (r != (long)((end - page) >> HMM_PAGE_SHIFT) && r != -EAGAIN &&
+	    end - page > HMM_PAGE_SIZE)
+		/* A page of the window is mapped already, or has no page
+		 * cache page: just this one. */
+		r = hmm__uffd_continue(hmm__ctx.uffd, page, HMM_PAGE_SIZE,
+				       false);
+	pthread_mutex_unlock(&b->lock);
+	if (r == -EAGAIN)
+		return -EAGAIN;
+	if (r < 1)
+		/* Mapped already, or truncated away: the access retries
+		 * (and gets SIGBUS past the end of the file). */
+		hmm__uffd_wake(hmm__ctx.uffd, page, HMM_PAGE_SIZE);
+	return 0;
+}
+
 /* Whether a thread of libhmm's (a device engine) made the fault. */
 static bool own_fault(const struct uffd_msg *m)
 {
@@ -214,12 +257,22 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 	uintptr_t page = addr & ~HMM_PAGE_MASK;
 	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+	bool minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
 	struct hmm_block *b = hmm__block_lookup(page);
 	unsigned idx = hmm__block_index(page);
 	uint8_t st;
 
 	if (first)
 		hmm__stat_add(HMM_STAT_cpu_faults, 1);
+	if (!b && minor) {
+		long r = hmm__uffd_continue(hmm__ctx.uffd, page, HMM_PAGE_SIZE,
+					    false);
+		if (r == -EAGAIN)
+			return -EAGAIN;
+		if (r < 1)
+			hmm__uffd_wake(hmm__ctx.uffd, page, HMM_PAGE_SIZE);
+		return 0;
+	}
 	if (!b)
 		return wp ? hmm__uffd_writeprotect(hmm__ctx.uffd, page,
 						   HMM_PAGE_SIZE, false)
@@ -274,6 +327,13 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			continue; /* look at the page again */
 		}
 		default:
+			if (minor) {
+				pthread_mutex_unlock(&b->lock);
+				int r = resolve_continue(b, page);
+				if (r <= 0)
+					return r;
+				continue; /* it changed: look again */
+			}
 			if (PMOD_KIND(b->mod[idx]) == PMOD_EXCL_RO &&
 			    PS_KIND(st) == PS_SYSTEM) {
 				/* Held read-only for a device: a read of a
@@ -367,6 +427,11 @@ static void handle_remove(uintptr_t s, uintptr_t e)
 static void handle_unmap(uintptr_t s, uintptr_t e)
 {
 	hmm__stat_add(HMM_STAT_events_unmap, 1);
+	/* A file's pages that a device wrote reach the file first (through
+	 * the alias, still mapped); the munmap wrapper did it already unless
+	 * the system call was raw. */
+	if (atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed))
+		hmm__file_writeback(s, e, NULL);
 	hmm__pages_drop(s, e, true, false, false, HMM_NOTIFY_UNMAP, false);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	hmm__range_trim(s, e);

@@ -188,6 +188,40 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
 	return 0;
 }
 
+int hmm__uffd_register_minor(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MINOR,
+	};
+	int inj = hmm__inject(HMM_INJ_UFFD_REGISTER);
+
+	if (inj)
+		return inj;
+	if (ioctl(fd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	return 0;
+}
+
+long hmm__uffd_continue(int fd, uintptr_t start, size_t len, bool dontwake)
+{
+	struct uffdio_continue c = {
+		.range = { .start = start, .len = len },
+		.mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0,
+	};
+	int inj = hmm__inject(HMM_INJ_UFFD_COPY);
+
+	if (inj)
+		return inj;
+	if (ioctl(fd, UFFDIO_CONTINUE, &c) == 0)
+		return (long)(len >> HMM_PAGE_SHIFT);
+	if (errno == EAGAIN)
+		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
+	if (c.mapped > 0)
+		return (long)((size_t)c.mapped >> HMM_PAGE_SHIFT);
+	return -errno;
+}
+
 int hmm__uffd_unregister(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };

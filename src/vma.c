@@ -68,8 +68,11 @@ static int parse_line(char *line, struct hmm_vma *v)
 	v->shared = p[3] == 's';
 	/* skip perms, offset, dev, inode (keeping the last two) */
 	v->dev_major = v->dev_minor = v->ino = 0;
+	v->off = 0;
 	while (*p && field < 4) {
-		if (field == 2) {
+		if (field == 1) {
+			v->off = strtoull(p, NULL, 16);
+		} else if (field == 2) {
 			v->dev_major = strtoul(p, &end, 16);
 			if (*end == ':')
 				v->dev_minor = strtoul(end + 1, NULL, 16);

@@ -662,6 +662,7 @@ static int submit(hmm_device_t *dev, struct sim_cmd *c,
 	while (!c->done)
 		pthread_cond_wait(&sd->dcond, &sd->qlock);
 	pthread_mutex_unlock(&sd->qlock);
+	hmm_device_command_done(dev);
 	hmm_device_leave(dev);
 	if (res)
 		*res = c->res;

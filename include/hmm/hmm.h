@@ -42,8 +42,8 @@
  *   -EFAULT     the range is not entirely mapped, or part of it is PROT_NONE
  *   -ENOENT     the range is not (entirely) managed by libhmm
  *   -EEXIST     the range overlaps memory libhmm already manages
- *   -EOPNOTSUPP memory of a kind libhmm cannot manage yet (file-backed,
- *               shared anonymous for adoption)
+ *   -EOPNOTSUPP memory of a kind this call cannot manage (file mappings
+ *               go through hmm_file_adopt)
  *   -EBUSY      another userfaultfd already owns the range
  *   -ENOMEM     out of system memory, or out of device memory for a migration
  *   -EPERM      userfaultfd is not available to this process (see hmm_init)
@@ -173,6 +173,99 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out);
  * length), -ESHUTDOWN.
  */
 int hmm_mem_free(void *addr, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* File-backed memory                                                  */
+/* ------------------------------------------------------------------ */
+
+/*
+ * hmm_file_adopt - manage part of a file mapping, so that its pages can
+ * move to devices.
+ *
+ * @addr, @len: page aligned, within one mapping (one VMA) of the file that
+ * @fd is open on, made with mmap(MAP_SHARED) or mmap(MAP_PRIVATE).  @fd is
+ * only used during the call (libhmm maps the file itself; the descriptor
+ * may be closed afterwards); for a writable shared mapping it must be open
+ * O_RDWR.  @flags: 0 or HMM_FILE_SYNC_EACH.
+ *
+ * How pages come back to the CPU, per kind of mapping:
+ *  - shmem-backed files (memfd_create, tmpfs, /dev/shm) mapped MAP_SHARED:
+ *    userfaultfd MINOR faults.  The page-cache page stays while a device
+ *    holds the data; a CPU access gets the device's data written into it
+ *    and mapped (UFFDIO_CONTINUE), with no further copy, and a page the
+ *    device could not write (read-only mapping) comes back without a copy.
+ *  - every other file mapping (ext4, xfs, ... ; any MAP_PRIVATE mapping):
+ *    the page is PROT_NONE in this mapping while a device holds it, and
+ *    libhmm's SIGSEGV handler brings it back in the faulting thread.
+ *    Faults that are not libhmm's go to the application's own SIGSEGV
+ *    handler, or kill, exactly as without libhmm.  A system call given a
+ *    buffer in such a page fails with EFAULT (the kernel raises no signal
+ *    for it): touch it first, or bring the range home with hmm_migrate.
+ *
+ * Consistency contract:
+ *  - Accesses through a managed mapping, by the CPU or a device, always
+ *    see the latest data, wherever it lives.
+ *  - Every other view of the file -- read()/pread() by another process,
+ *    other mappings (in this process or another), the page cache, the
+ *    disk -- sees data a device wrote once it has been written back.
+ *    Write-back points: hmm_file_sync(); msync() of the range; munmap();
+ *    hmm_range_release(); hmm_device_close(); hmm_fini() and normal exit
+ *    (exit() or return from main, from any thread); fork() (pages of
+ *    file mappings come home first); and, for ranges adopted with
+ *    HMM_FILE_SYNC_EACH, the end of every device command
+ *    (hmm_device_command_done).  Pages stay on their device after a
+ *    write-back, except at munmap, release, close, fini and fork.
+ *  - In this process, read(), pread(), readv(), preadv(), preadv2() on the
+ *    file write back the pages they cover first, so they never return
+ *    stale data; write(), pwrite() and the vector forms bring the pages
+ *    they cover home first, so that the written data is what every view
+ *    sees afterwards.  (libc's buffered stdio calls read and write inside
+ *    libc and are not seen: call hmm_file_sync() before fread() on such a
+ *    file.)  sendfile, splice and copy_file_range are not seen either.
+ *  - A page written both by a device and, meanwhile, through another view
+ *    (another process's write(), say) ends with the device's data at the
+ *    next write-back: the unit is the page.  Pages a device could not
+ *    write are never written back, so other views' writes to them stay.
+ *  - Truncation and holes (ftruncate(), truncate(), fallocate() with
+ *    PUNCH_HOLE or ZERO_RANGE in this process; madvise(MADV_REMOVE)):
+ *    device copies of the pages lost are dropped, pages only partly lost
+ *    come home first; an access past the end of the file raises SIGBUS as
+ *    usual.  A truncation by another process is seen when the page is next
+ *    accessed or written back (past the end: SIGBUS, nothing written).
+ *  - What a SIGKILL (or any death without exit handlers) loses: device
+ *    data not yet written back.  Without HMM_FILE_SYNC_EACH, everything a
+ *    device wrote since the last write-back point; with it, nothing a
+ *    completed device command wrote (the page cache has it, and the
+ *    kernel writes it to disk as for any dirty page).
+ *
+ * Not available for file mappings: hmm_range_lock and hmm_exclusive_begin
+ * (-EOPNOTSUPP).  A file offset can be managed through one mapping at a
+ * time in a process.  mremap() of a managed range of a disk file brings it
+ * home and leaves it unmanaged at its new address; mprotect() brings the
+ * pages it covers home first.
+ *
+ * Returns 0, or -EINVAL (bad range or flags, or not a file mapping: see
+ * hmm_range_adopt), -EBADF (@fd is not open, or is not the file mapped at
+ * @addr), -EACCES (the mapping is writable and shared, @fd is not open for
+ * writing), -EFAULT (not entirely mapped, or PROT_NONE), -EOPNOTSUPP (the
+ * range spans more than one mapping), -EEXIST (already managed, or these
+ * file offsets are managed through another mapping), -EBUSY, -ENOMEM,
+ * -EPERM, -ESHUTDOWN.
+ */
+#define HMM_FILE_SYNC_EACH 1u /* write back after every device command */
+int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags);
+
+/*
+ * hmm_file_sync - write back what devices wrote in the file-backed pages
+ * of [addr, addr + len) to the file (its page cache); the pages stay on
+ * their devices.  Parts of the range that are anonymous memory are
+ * skipped.
+ *
+ * Returns the number of pages written (>= 0), or -EINVAL, -ENOENT (part
+ * of the range is not managed), -EIO (a device could not copy),
+ * -ESHUTDOWN.
+ */
+int hmm_file_sync(void *addr, size_t len);
 
 /* ------------------------------------------------------------------ */
 /* Devices                                                             */

@@ -274,6 +274,14 @@ int hmm_device_enter(hmm_device_t *dev);
 void hmm_device_leave(hmm_device_t *dev);
 
 /*
+ * A driver calls this when a command that may have written device memory
+ * has completed.  File-backed ranges adopted with HMM_FILE_SYNC_EACH get
+ * the device's pages written back to the file now (hmm_file_adopt); with
+ * none, it costs one load.
+ */
+void hmm_device_command_done(hmm_device_t *dev);
+
+/*
  * Tell libhmm that the device used its page @dpfn (a device access through
  * a translation it holds).  libhmm evicts the least recently used device
  * pages when a migration finds device memory full; a driver that never

@@ -1,0 +1,873 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * File-backed memory (capability 6): hmm_file_adopt, write-back, the
+ * protection-fault path, and the file I/O calls that must see what devices
+ * wrote.
+ *
+ * Two mechanisms, chosen per mapping at adoption:
+ *
+ *  FILE   a shmem-backed file (memfd, tmpfs) mapped MAP_SHARED, with
+ *         userfaultfd MINOR faults.  Moving a page to a device zaps the
+ *         user's page-table entry (MADV_DONTNEED, which keeps the page in
+ *         the page cache) and copies the page-cache page through libhmm's
+ *         alias mapping.  A CPU access then raises a MINOR fault; the
+ *         device's data is written into the page-cache page through the
+ *         alias and UFFDIO_CONTINUE maps it: no extra copy, and a page the
+ *         device could not write needs no copy at all.
+ *  FPROT  every other file mapping (disk filesystems; MAP_PRIVATE), which
+ *         userfaultfd cannot register.  A page on a device is PROT_NONE in
+ *         the user's mapping; libhmm's SIGSEGV handler (guard.c) brings it
+ *         back in the faulting thread, writing the device's data through
+ *         the alias (shared) or /proc/self/mem (private), then restores the
+ *         protection.  Faults that are not libhmm's go to the application's
+ *         handler as before.
+ *
+ * In both, the page cache keeps the page while a device holds it; what
+ * other views (file I/O, other mappings, other processes) read there is
+ * the data as of the last write-back (hmm_file_sync, msync, munmap,
+ * release, device close, exit, and with HMM_FILE_SYNC_EACH the end of
+ * every device command).  read()/write() and friends in this process,
+ * ftruncate, fallocate and msync are interposed so that they see, and do
+ * not lose, device data.
+ */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <ucontext.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <linux/magic.h>
+
+#include "compat.h"
+#include "internal.h"
+
+atomic_int hmm__file_ranges;
+atomic_int hmm__file_sync_each;
+
+int hmm__sys_mprotect(void *addr, size_t len, int prot)
+{
+	return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
+/* ---- /proc/self/mem ----------------------------------------------------- */
+
+/* One descriptor per process (a child of fork opens its own: the parent's
+ * names the parent's memory). */
+static int procmem_fd = -1;
+static pid_t procmem_pid;
+static pthread_mutex_t procmem_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int hmm__procmem_rw(bool write, void *buf, uintptr_t va, size_t len)
+{
+	pid_t pid = getpid();
+	int fd;
+
+	pthread_mutex_lock(&procmem_lock);
+	if (procmem_fd < 0 || procmem_pid != pid) {
+		/* The parent's descriptor, inherited by this child: not ours
+		 * to close (it may be reused); just forget it. */
+		procmem_fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+		procmem_pid = pid;
+	}
+	fd = procmem_fd;
+	pthread_mutex_unlock(&procmem_lock);
+	if (fd < 0)
+		return -EIO;
+	while (len) {
+		ssize_t n = write ? pwrite(fd, buf, len, (off_t)va)
+				  : pread(fd, buf, len, (off_t)va);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -EIO; /* past the end of the file, say */
+		buf = (char *)buf + n;
+		va += (uintptr_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* ---- adoption ----------------------------------------------------------- */
+
+/* Whether a managed file range maps part of file offsets [off, off + len)
+ * of @obj (ctx.ranges_lock held). */
+static bool offsets_managed(const struct hmm_vma *obj, uint64_t off,
+			    uint64_t len)
+{
+	for (size_t i = 0; i < hmm__ctx.nranges; i++) {
+		const struct hmm_mrange *r = &hmm__ctx.ranges[i];
+		const struct hmm_alloc *a = r->alloc;
+		if (!HMM_MK_IS_FILE(r->kind) || a->obj.ino != obj->ino ||
+		    a->obj.dev_major != obj->dev_major ||
+		    a->obj.dev_minor != obj->dev_minor)
+			continue;
+		if (r->off < off + len && off < r->off + (r->end - r->start))
+			return true;
+	}
+	return false;
+}
+
+int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	struct hmm_alloc *a = NULL;
+	struct hmm_vma *vmas = NULL;
+	struct statfs sfs;
+	struct stat sb;
+	enum hmm_mkind kind;
+	long n;
+	int ret, acc;
+
+	ret = hmm__check_range(addr, len);
+	if (ret || (flags & ~HMM_FILE_SYNC_EACH))
+		return ret ? ret : -EINVAL;
+	if (fd < 0 || fstat(fd, &sb) || (acc = fcntl(fd, F_GETFL)) < 0)
+		return -EBADF;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	/* An unmap of this address whose event is still queued must not
+	 * meet the new range. */
+	hmm__service_sync();
+	n = hmm__vma_snapshot(s, e, &vmas);
+	if (n < 0)
+		return (int)n;
+	ret = hmm__vma_covered(vmas, n, s, e);
+	if (!ret && (vmas[0].prot == PROT_NONE || vmas[0].special))
+		ret = -EFAULT;
+	if (!ret && (vmas[0].anon || vmas[0].shmem_anon))
+		ret = -EINVAL; /* not a file: hmm_range_adopt */
+	else if (!ret && n > 1)
+		ret = -EOPNOTSUPP; /* one mapping at a time */
+	else if (!ret && (vmas[0].ino != sb.st_ino ||
+			  vmas[0].dev_major != major(sb.st_dev) ||
+			  vmas[0].dev_minor != minor(sb.st_dev)))
+		ret = -EBADF; /* not the file mapped there */
+	else if (!ret && vmas[0].shared && (vmas[0].prot & PROT_WRITE) &&
+		 (acc & O_ACCMODE) != O_RDWR)
+		ret = -EACCES; /* write-back needs a writable descriptor */
+	if (ret) {
+		free(vmas);
+		return ret;
+	}
+	a = calloc(1, sizeof(*a));
+	if (!a) {
+		free(vmas);
+		return -ENOMEM;
+	}
+	a->obj = vmas[0];
+	a->priv = !vmas[0].shared;
+	a->sync_each = flags & HMM_FILE_SYNC_EACH;
+	a->memfd = -1;
+	a->start = s;
+	a->len = len;
+	a->alias_off = vmas[0].off + (s - vmas[0].start);
+	kind = HMM_MK_FPROT;
+	if (!a->priv && !fstatfs(fd, &sfs) && sfs.f_type == TMPFS_MAGIC &&
+	    (hmm__ctx.caps & HMM_CAP_MINOR_SHMEM))
+		kind = HMM_MK_FILE;
+	if (!a->priv) {
+		/* libhmm's own view of the file's pages: it reads and writes
+		 * the page cache there, unregistered and never PROT_NONE. */
+		a->alias = hmm__mmap_own(len,
+					 (vmas[0].prot & PROT_WRITE)
+						 ? PROT_READ | PROT_WRITE
+						 : PROT_READ,
+					 MAP_SHARED, fd, (off_t)a->alias_off);
+		if (a->alias == MAP_FAILED) {
+			ret = errno == EACCES ? -EACCES : -ENOMEM;
+			free(vmas);
+			free(a);
+			return ret;
+		}
+	}
+	int prot = vmas[0].prot;
+	free(vmas);
+
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	if (hmm__ranges_overlap(s, e) ||
+	    offsets_managed(&a->obj, a->alias_off, len)) {
+		ret = -EEXIST;
+		goto out;
+	}
+	if (kind == HMM_MK_FILE)
+		ret = hmm__uffd_register_minor(hmm__ctx.uffd, s, len);
+	if (ret)
+		goto out;
+	ret = hmm__pages_set_state(s, e, PS_SYSTEM);
+	if (ret == -EAGAIN)
+		ret = -EBUSY; /* an earlier mapping's pages still in flight */
+	if (!ret)
+		ret = hmm__range_insert(s, e, kind, a, a->alias_off);
+	if (ret) {
+		hmm__pages_set_state(s, e, PS_NONE);
+		if (kind == HMM_MK_FILE)
+			hmm__uffd_unregister(hmm__ctx.uffd, s, len);
+		goto out;
+	}
+	hmm__range_find(s)->prot = prot;
+	a->file = true;
+	atomic_fetch_add(&hmm__file_ranges, 1);
+	if (a->sync_each)
+		atomic_fetch_add(&hmm__file_sync_each, 1);
+out:
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret) {
+		if (a->alias)
+			hmm__munmap_own(a->alias, len);
+		free(a);
+	}
+	return ret;
+}
+
+/* ---- write-back --------------------------------------------------------- */
+
+/* Write back the DEVICE pages of one piece [s, e) of the shared file range
+ * @r (of @only, if set).  Returns pages written or -errno. */
+static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
+			    uintptr_t e, hmm_device_t *only)
+{
+	struct hmm_block *b = hmm__block_lookup(s);
+	unsigned ids[HMM_BLOCK_PAGES];
+	hmm_device_t *devs[HMM_MAX_DEVICES] = { 0 };
+	size_t n = 0;
+	long done = 0;
+	int ret = 0;
+
+	if (!b)
+		return 0;
+	/* The devices first (dev_lock is not taken under a block lock). */
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		unsigned i = hmm__block_index(p);
+		if (PS_KIND(b->state[i]) == PS_DEVICE &&
+		    (b->state[i] & PSF_DEV_WRITE))
+			ids[n++] = PDEV_ID(b->dev[i]);
+	}
+	pthread_mutex_unlock(&b->lock);
+	for (size_t k = 0; k < n; k++)
+		if (!devs[ids[k]])
+			devs[ids[k]] = hmm__device_get(ids[k]);
+	if (!n)
+		return 0;
+	/*
+	 * Each copy under the block lock: the device page cannot be freed or
+	 * reused meanwhile (a drop changes the state under the lock and frees
+	 * after), and a drop of the application's (a truncation) is ordered
+	 * with it.  A driver's copy waits for nothing of libhmm's.
+	 */
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = s; p < e && !ret; p += HMM_PAGE_SIZE) {
+		unsigned i = hmm__block_index(p);
+		hmm_device_t *d;
+		struct hmm_copy_desc desc;
+		if (PS_KIND(b->state[i]) != PS_DEVICE ||
+		    !(b->state[i] & PSF_DEV_WRITE))
+			continue;
+		d = devs[PDEV_ID(b->dev[i])];
+		if (!d || (only && d != only))
+			continue;
+		desc = (struct hmm_copy_desc){ b->dpfn[i],
+					       hmm__file_alias_ptr(r, p) };
+		ret = hmm__guarded_copy(d, HMM_COPY_TO_SYSTEM, &desc, 1);
+		if (ret == -EFAULT)
+			ret = 0; /* past the end of the file: nothing to keep */
+		else if (!ret)
+			done++;
+	}
+	pthread_mutex_unlock(&b->lock);
+	return ret ? ret : done;
+}
+
+long hmm__file_writeback(uintptr_t s, uintptr_t e, hmm_device_t *only)
+{
+	long total = 0;
+
+	for (uintptr_t pos = s; pos < e;) {
+		uintptr_t bend = HMM_MIN((pos & ~(HMM_BLOCK_SIZE - 1)) +
+						 HMM_BLOCK_SIZE, e);
+		struct hmm_mrange r;
+		long n = 0;
+		if (hmm__range_get(pos, &r) && bend > r.end)
+			bend = r.end;
+		else if (bend > r.end)
+			bend = r.end;
+		if (HMM_MK_IS_FILE(r.kind) && r.alloc && r.alloc->alias)
+			n = writeback_piece(&r, pos, bend, only);
+		hmm__range_put(&r);
+		if (n < 0)
+			return n;
+		total += n;
+		pos = bend;
+	}
+	return total;
+}
+
+int hmm_file_sync(void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	long n;
+	int ret = hmm__check_range(addr, len);
+
+	if (ret)
+		return ret;
+	if (atomic_load(&hmm__ctx.state) == HMM_CTX_DOWN)
+		return -ESHUTDOWN;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	ret = hmm__ranges_cover(s, s + len);
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	if (ret)
+		return ret;
+	n = hmm__file_writeback(s, s + len, NULL);
+	return n < 0 ? (int)n : (int)HMM_MIN(n, (long)INT32_MAX);
+}
+
+void hmm_device_command_done(hmm_device_t *dev)
+{
+	struct hmm_mrange *copy;
+	size_t n;
+
+	if (!atomic_load_explicit(&hmm__file_sync_each, memory_order_relaxed))
+		return;
+	copy = hmm__ranges_copy(&n);
+	for (size_t i = 0; copy && i < n; i++)
+		if (HMM_MK_IS_FILE(copy[i].kind) && copy[i].alloc->sync_each)
+			hmm__file_writeback(copy[i].start, copy[i].end, dev);
+	free(copy);
+}
+
+/* ---- the protection-fault path ------------------------------------------ */
+
+void hmm__file_fix_prot(struct hmm_vma *v, long n)
+{
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed))
+		return;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	for (long i = 0; i < n; i++) {
+		struct hmm_mrange *r;
+		if (v[i].prot != PROT_NONE)
+			continue;
+		r = hmm__range_find(v[i].start);
+		if (r && r->kind == HMM_MK_FPROT && v[i].end <= r->end)
+			v[i].prot = r->prot;
+	}
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+}
+
+/* The page at @page is in system memory but may still be PROT_NONE (a
+ * drop took it from its device): give it the application's protection,
+ * under the block lock (see fprot_restore in migrate_sys.c). */
+static void restore_page(struct hmm_block *b, uintptr_t page, int prot)
+{
+	pthread_mutex_lock(&b->lock);
+	if (PS_KIND(b->state[hmm__block_index(page)]) == PS_SYSTEM)
+		hmm__sys_mprotect((void *)page, HMM_PAGE_SIZE, prot);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* The last page this thread had restored without bringing anything home:
+ * a second fault there is not libhmm's. */
+static __thread uintptr_t last_restored;
+
+bool hmm__file_prot_fault(uintptr_t addr, bool write)
+{
+	uintptr_t page = addr & ~HMM_PAGE_MASK;
+	struct hmm_mrange *rp;
+	struct hmm_block *b;
+	int prot = 0;
+	bool fprot = false;
+
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return false;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	rp = hmm__range_find(page);
+	if (rp && rp->kind == HMM_MK_FPROT) {
+		fprot = true;
+		prot = rp->prot;
+	}
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	b = fprot ? hmm__block_lookup(page) : NULL;
+	if (!b || !(prot & (write ? PROT_WRITE : PROT_READ)))
+		return false; /* the application's own protection */
+	for (int round = 0; round < 1000; round++) {
+		struct timespec deadline;
+		uint8_t st;
+		pthread_mutex_lock(&b->lock);
+		st = b->state[hmm__block_index(page)];
+		if (PS_KIND(st) == PS_MIGRATING) {
+			/* Wait for the migration (the handler runs in an
+			 * application thread that held nothing of libhmm's
+			 * when it faulted). */
+			clock_gettime(CLOCK_REALTIME, &deadline);
+			deadline.tv_sec += 1;
+			pthread_cond_timedwait(&b->cond, &b->lock, &deadline);
+			pthread_mutex_unlock(&b->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&b->lock);
+		if (PS_KIND(st) == PS_DEVICE) {
+			uintptr_t s = page, e = page + HMM_PAGE_SIZE;
+			long fa = hmm__option(HMM_OPT_FAULT_AROUND);
+			if (fa >= (long)HMM_PAGE_SIZE) {
+				fa = 1L << (63 - __builtin_clzl((unsigned long)fa));
+				s = HMM_MAX(page & ~((uintptr_t)fa - 1),
+					    page & ~(HMM_BLOCK_SIZE - 1));
+				e = HMM_MIN(s + (uintptr_t)fa,
+					    (page & ~(HMM_BLOCK_SIZE - 1)) +
+						    HMM_BLOCK_SIZE);
+			}
+			hmm__stat_add(HMM_STAT_cpu_faults, 1);
+			long r = hmm__migrate_to_system(s, e, NULL, 0);
+			if (r < 0 && r != -ETIMEDOUT && r != -EAGAIN)
+				return false; /* cannot: the fault stands */
+			last_restored = 0;
+			continue;
+		}
+		if (PS_KIND(st) != PS_SYSTEM)
+			return false;
+		if (last_restored == page) {
+			last_restored = 0;
+			return false;
+		}
+		restore_page(b, page, prot);
+		last_restored = page;
+		return true;
+	}
+	return false;
+}
+
+/* ---- interposed file calls ---------------------------------------------- */
+
+/* Set while a wrapper runs libhmm's work, so that libhmm's own reads
+ * (of /proc/self/maps, say) go straight through. */
+static __thread bool in_wrapper;
+
+/* The managed file ranges of the file @fd names, as copies (malloc'd), or
+ * NULL.  Only when file ranges exist at all. */
+static struct hmm_mrange *ranges_of_file(int fd, const char *path,
+					 size_t *np)
+{
+	struct hmm_mrange *copy, *out;
+	struct stat sb;
+	size_t n, k = 0;
+
+	*np = 0;
+	if (in_wrapper || hmm__own_thread ||
+	    !atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return NULL;
+	if (path ? stat(path, &sb) : fstat(fd, &sb))
+		return NULL;
+	if (!S_ISREG(sb.st_mode))
+		return NULL;
+	copy = hmm__ranges_copy(&n);
+	if (!copy)
+		return NULL;
+	out = copy;
+	for (size_t i = 0; i < n; i++) {
+		const struct hmm_alloc *a = copy[i].alloc;
+		if (HMM_MK_IS_FILE(copy[i].kind) && a->obj.ino == sb.st_ino &&
+		    a->obj.dev_major == major(sb.st_dev) &&
+		    a->obj.dev_minor == minor(sb.st_dev))
+			out[k++] = copy[i];
+	}
+	if (!k) {
+		free(copy);
+		return NULL;
+	}
+	*np = k;
+	return out;
+}
+
+/* The part of range @r that maps file offsets [off, off + len): *s, *e
+ * (page aligned, outward); false if none. */
+static bool file_span(const struct hmm_mrange *r, uint64_t off, uint64_t len,
+		      uintptr_t *s, uintptr_t *e)
+{
+	uint64_t rs = r->off, re = r->off + (r->end - r->start);
+	uint64_t lo = off & ~(uint64_t)HMM_PAGE_MASK;
+	uint64_t hi = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+
+	hi = hi > UINT64_MAX - HMM_PAGE_MASK ? UINT64_MAX & ~HMM_PAGE_MASK
+					     : (hi + HMM_PAGE_MASK) &
+						       ~(uint64_t)HMM_PAGE_MASK;
+	lo = HMM_MAX(lo, rs);
+	hi = HMM_MIN(hi, re);
+	if (lo >= hi)
+		return false;
+	*s = r->start + (lo - rs);
+	*e = r->start + (hi - rs);
+	return true;
+}
+
+enum io_kind { IO_READ, IO_WRITE };
+
+/*
+ * Before I/O on file offsets [off, off + len) of @fd: a read must see what
+ * devices wrote (write back); a write must not be undone by a later
+ * write-back, nor be missed by a device's copy (bring the pages home).
+ */
+static void file_io_prepare(int fd, int64_t off, uint64_t len, enum io_kind k)
+{
+	struct hmm_mrange *rs;
+	size_t n;
+
+	rs = ranges_of_file(fd, NULL, &n);
+	if (!rs)
+		return;
+	in_wrapper = true;
+	if (off < 0) {
+		/* read()/write() at the file position; O_APPEND: anywhere
+		 * from the position on. */
+		int fl = fcntl(fd, F_GETFL);
+		off = lseek(fd, 0, SEEK_CUR);
+		if (off < 0 || (fl >= 0 && (fl & O_APPEND))) {
+			off = 0;
+			len = UINT64_MAX;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		uintptr_t s, e;
+		if (!file_span(&rs[i], (uint64_t)off, len, &s, &e))
+			continue;
+		if (k == IO_READ)
+			hmm__file_writeback(s, e, NULL);
+		else
+			hmm__migrate_to_system(s, e, NULL, 0);
+	}
+	in_wrapper = false;
+	free(rs);
+}
+
+static uint64_t iov_len(const struct iovec *iov, int cnt)
+{
+	uint64_t t = 0;
+
+	for (int i = 0; iov && i < cnt; i++)
+		t += iov[i].iov_len;
+	return t;
+}
+
+/* libc's function behind ours, looked up once (racing lookups store the
+ * same pointer). */
+#define REAL(name, ret, ...)                                               \
+	static ret (*real_##name)(__VA_ARGS__);                            \
+	static ret (*get_##name(void))(__VA_ARGS__)                        \
+	{                                                                  \
+		ret (*f)(__VA_ARGS__) =                                    \
+			__atomic_load_n(&real_##name, __ATOMIC_ACQUIRE);   \
+		if (!f) {                                                  \
+			f = (ret(*)(__VA_ARGS__))dlsym(RTLD_NEXT, #name);  \
+			__atomic_store_n(&real_##name, f, __ATOMIC_RELEASE); \
+		}                                                          \
+		return f;                                                  \
+	}
+
+REAL(read, ssize_t, int, void *, size_t)
+REAL(write, ssize_t, int, const void *, size_t)
+REAL(pread, ssize_t, int, void *, size_t, off_t)
+REAL(pwrite, ssize_t, int, const void *, size_t, off_t)
+REAL(pread64, ssize_t, int, void *, size_t, off_t)
+REAL(pwrite64, ssize_t, int, const void *, size_t, off_t)
+REAL(readv, ssize_t, int, const struct iovec *, int)
+REAL(writev, ssize_t, int, const struct iovec *, int)
+REAL(preadv, ssize_t, int, const struct iovec *, int, off_t)
+REAL(pwritev, ssize_t, int, const struct iovec *, int, off_t)
+REAL(preadv64, ssize_t, int, const struct iovec *, int, off_t)
+REAL(pwritev64, ssize_t, int, const struct iovec *, int, off_t)
+REAL(preadv2, ssize_t, int, const struct iovec *, int, off_t, int)
+REAL(pwritev2, ssize_t, int, const struct iovec *, int, off_t, int)
+REAL(preadv64v2, ssize_t, int, const struct iovec *, int, off_t, int)
+REAL(pwritev64v2, ssize_t, int, const struct iovec *, int, off_t, int)
+REAL(msync, int, void *, size_t, int)
+
+/* Each wrapper under its exact symbol name (libc's headers may rename
+ * the 64-bit-offset forms). */
+#define WRAP_IO(sym, kind, offexpr, lenexpr, params, args)                 \
+	ssize_t hmm_wrap_##sym params __asm__(#sym);                      \
+	ssize_t hmm_wrap_##sym params                                     \
+	{                                                                  \
+		file_io_prepare(fd, offexpr, lenexpr, kind);               \
+		return get_##sym() args;                                   \
+	}
+
+WRAP_IO(read, IO_READ, -1, len, (int fd, void *buf, size_t len),
+	(fd, buf, len))
+WRAP_IO(write, IO_WRITE, -1, len, (int fd, const void *buf, size_t len),
+	(fd, buf, len))
+WRAP_IO(pread, IO_READ, off, len,
+	(int fd, void *buf, size_t len, off_t off), (fd, buf, len, off))
+WRAP_IO(pwrite, IO_WRITE, off, len,
+	(int fd, const void *buf, size_t len, off_t off), (fd, buf, len, off))
+WRAP_IO(pread64, IO_READ, off, len,
+	(int fd, void *buf, size_t len, off_t off), (fd, buf, len, off))
+WRAP_IO(pwrite64, IO_WRITE, off, len,
+	(int fd, const void *buf, size_t len, off_t off), (fd, buf, len, off))
+WRAP_IO(readv, IO_READ, -1, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt), (fd, iov, cnt))
+WRAP_IO(writev, IO_WRITE, -1, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt), (fd, iov, cnt))
+WRAP_IO(preadv, IO_READ, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off),
+	(fd, iov, cnt, off))
+WRAP_IO(pwritev, IO_WRITE, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off),
+	(fd, iov, cnt, off))
+WRAP_IO(preadv64, IO_READ, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off),
+	(fd, iov, cnt, off))
+WRAP_IO(pwritev64, IO_WRITE, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off),
+	(fd, iov, cnt, off))
+WRAP_IO(preadv2, IO_READ, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off, int fl),
+	(fd, iov, cnt, off, fl))
+WRAP_IO(pwritev2, IO_WRITE, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off, int fl),
+	(fd, iov, cnt, off, fl))
+WRAP_IO(preadv64v2, IO_READ, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off, int fl),
+	(fd, iov, cnt, off, fl))
+WRAP_IO(pwritev64v2, IO_WRITE, off, iov_len(iov, cnt),
+	(int fd, const struct iovec *iov, int cnt, off_t off, int fl),
+	(fd, iov, cnt, off, fl))
+
+int msync(void *addr, size_t len, int flags)
+{
+	uintptr_t s = (uintptr_t)addr & ~HMM_PAGE_MASK;
+	uintptr_t e = ((uintptr_t)addr + len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
+
+	if (!in_wrapper && e > s &&
+	    atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
+	    atomic_load(&hmm__ctx.state) == HMM_CTX_UP) {
+		in_wrapper = true;
+		hmm__file_writeback(s, e, NULL);
+		in_wrapper = false;
+	}
+	return get_msync()(addr, len, flags);
+}
+
+/*
+ * The file loses file offsets [off, off + len) (a truncation, a hole):
+ * device copies of whole pages there are dropped (the file has zeros or
+ * nothing there now), and pages only partly inside come home first, so
+ * that the kernel clears the part it clears in the current data.
+ */
+static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
+		      bool drop)
+{
+	struct hmm_mrange *rs;
+	size_t n;
+
+	rs = ranges_of_file(fd, path, &n);
+	if (!rs)
+		return;
+	in_wrapper = true;
+	for (size_t i = 0; i < n; i++) {
+		uintptr_t s, e;
+		uint64_t lo, hi;
+		if (!file_span(&rs[i], off, len, &s, &e))
+			continue;
+		if (!drop) {
+			/* The data moves within the file: home first. */
+			hmm__migrate_to_system(s, e, NULL, 0);
+			continue;
+		}
+		/* partial pages at either end */
+		if (off & HMM_PAGE_MASK)
+			hmm__migrate_to_system(s, s + HMM_PAGE_SIZE, NULL, 0);
+		lo = (off + HMM_PAGE_MASK) & ~(uint64_t)HMM_PAGE_MASK;
+		hi = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+		if (hi != UINT64_MAX && (hi & HMM_PAGE_MASK))
+			hmm__migrate_to_system(e - HMM_PAGE_SIZE, e, NULL, 0);
+		hi &= ~(uint64_t)HMM_PAGE_MASK;
+		if (hi > lo && file_span(&rs[i], lo, hi - lo, &s, &e)) {
+			hmm__pages_drop(s, e, false, false, false,
+					HMM_NOTIFY_CLEAR, true);
+			if (rs[i].kind == HMM_MK_FPROT) {
+				/* the pages are home: their protection back */
+				for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+					struct hmm_block *b =
+						hmm__block_lookup(p);
+					if (b)
+						restore_page(b, p, rs[i].prot);
+				}
+			}
+		}
+	}
+	in_wrapper = false;
+	free(rs);
+}
+
+int hmm_wrap_ftruncate(int fd, off_t len) __asm__("ftruncate");
+int hmm_wrap_ftruncate(int fd, off_t len)
+{
+	if (len >= 0)
+		file_lose(fd, NULL, (uint64_t)len, UINT64_MAX, true);
+	return (int)syscall(SYS_ftruncate, fd, len);
+}
+
+int hmm_wrap_ftruncate64(int fd, off_t len) __asm__("ftruncate64");
+int hmm_wrap_ftruncate64(int fd, off_t len)
+{
+	return hmm_wrap_ftruncate(fd, len);
+}
+
+int hmm_wrap_truncate(const char *path, off_t len) __asm__("truncate");
+int hmm_wrap_truncate(const char *path, off_t len)
+{
+	if (len >= 0 && path)
+		file_lose(-1, path, (uint64_t)len, UINT64_MAX, true);
+	return (int)syscall(SYS_truncate, path, len);
+}
+
+int hmm_wrap_truncate64(const char *path, off_t len) __asm__("truncate64");
+int hmm_wrap_truncate64(const char *path, off_t len)
+{
+	return hmm_wrap_truncate(path, len);
+}
+
+int hmm_wrap_fallocate(int fd, int mode, off_t off, off_t len)
+	__asm__("fallocate");
+int hmm_wrap_fallocate(int fd, int mode, off_t off, off_t len)
+{
+	if (off >= 0 && len > 0 && (mode & ~FALLOC_FL_KEEP_SIZE)) {
+		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+			file_lose(fd, NULL, (uint64_t)off, (uint64_t)len,
+				  true);
+		else /* collapse, insert: the data after @off moves */
+			file_lose(fd, NULL, (uint64_t)off, UINT64_MAX, false);
+	}
+	if (syscall(SYS_fallocate, fd, mode, off, len))
+		return -1;
+	return 0;
+}
+
+int hmm_wrap_fallocate64(int fd, int mode, off_t off, off_t len)
+	__asm__("fallocate64");
+int hmm_wrap_fallocate64(int fd, int mode, off_t off, off_t len)
+{
+	return hmm_wrap_fallocate(fd, mode, off, len);
+}
+
+/* ---- mapping changes (interpose.c) -------------------------------------- */
+
+/* Copies of the FPROT ranges overlapping [s, e), clipped to it, or NULL. */
+static struct hmm_mrange *fprot_pieces(uintptr_t s, uintptr_t e, size_t *np)
+{
+	struct hmm_mrange *copy;
+	size_t n, k = 0;
+
+	*np = 0;
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return NULL;
+	copy = hmm__ranges_copy(&n);
+	for (size_t i = 0; copy && i < n; i++) {
+		if (copy[i].kind != HMM_MK_FPROT || copy[i].end <= s ||
+		    copy[i].start >= e)
+			continue;
+		copy[k] = copy[i];
+		if (copy[k].start < s) {
+			copy[k].off += s - copy[k].start;
+			copy[k].start = s;
+		}
+		copy[k].end = HMM_MIN(copy[k].end, e);
+		k++;
+	}
+	if (!k) {
+		free(copy);
+		return NULL;
+	}
+	*np = k;
+	return copy;
+}
+
+void hmm__file_before_unmap(uintptr_t s, uintptr_t e)
+{
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return;
+	hmm__file_writeback(s, e, NULL);
+}
+
+void hmm__file_after_unmap(uintptr_t s, uintptr_t e)
+{
+	struct hmm_mrange *p;
+	size_t n;
+
+	/* FPROT ranges send no UNMAP event: forget them here. */
+	p = fprot_pieces(s, e, &n);
+	for (size_t i = 0; i < n; i++) {
+		hmm__pages_drop(p[i].start, p[i].end, true, false, false,
+				HMM_NOTIFY_UNMAP, true);
+		pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+		hmm__range_trim(p[i].start, p[i].end);
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	}
+	free(p);
+}
+
+void hmm__file_before_protect(uintptr_t s, uintptr_t e)
+{
+	struct hmm_mrange *p;
+	size_t n;
+
+	/* Device pages there come home first: the new protection would
+	 * otherwise undo libhmm's PROT_NONE. */
+	p = fprot_pieces(s, e, &n);
+	for (size_t i = 0; i < n; i++)
+		hmm__migrate_to_system(p[i].start, p[i].end, NULL, 0);
+	free(p);
+}
+
+void hmm__file_after_protect(uintptr_t s, uintptr_t e, int prot)
+{
+	struct hmm_mrange *p;
+	size_t n;
+
+	/* The protection the application gave, for the pieces it covered
+	 * (the registry splits there). */
+	p = fprot_pieces(s, e, &n);
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	for (size_t i = 0; i < n; i++) {
+		struct hmm_mrange *r = hmm__range_find(p[i].start);
+		struct hmm_alloc *a;
+		if (!r || r->kind != HMM_MK_FPROT)
+			continue;
+		a = r->alloc;
+		a->refs++;
+		hmm__range_trim(p[i].start, p[i].end);
+		if (!hmm__range_insert(p[i].start, p[i].end, HMM_MK_FPROT, a,
+				       p[i].off))
+			hmm__range_find(p[i].start)->prot = prot;
+		hmm__alloc_put(a);
+	}
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	free(p);
+}
+
+void hmm__file_before_remap(uintptr_t s, uintptr_t e)
+{
+	struct hmm_mrange *p;
+	size_t n;
+
+	/* Nothing follows a FPROT mapping to its new address: home first,
+	 * and no longer managed. */
+	p = fprot_pieces(s, e, &n);
+	for (size_t i = 0; i < n; i++)
+		hmm_range_release((void *)p[i].start, p[i].end - p[i].start);
+	free(p);
+}
