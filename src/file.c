@@ -82,8 +82,10 @@ int hmm__procmem_rw(bool write, void *buf, uintptr_t va, size_t len)
 	if (fd < 0)
 		return -EIO;
 	while (len) {
-		ssize_t n = write ? pwrite(fd, buf, len, (off_t)va)
-				  : pread(fd, buf, len, (off_t)va);
+		/* Straight to the kernel: not through the file wrappers
+		 * below (this runs under block locks). */
+		ssize_t n = syscall(write ? SYS_pwrite64 : SYS_pread64, fd, buf,
+				    len, (off_t)va);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -93,6 +95,75 @@ int hmm__procmem_rw(bool write, void *buf, uintptr_t va, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+static struct hmm_mrange *fprot_pieces(uintptr_t s, uintptr_t e, size_t *np);
+
+/* ---- which files are managed ------------------------------------------- */
+
+/*
+ * The files that managed ranges map, for the I/O wrappers, which must not
+ * take a lock for a file libhmm does not manage (libhmm itself reads
+ * /proc files under its locks): slots of (device, inode) read without a
+ * lock; an overflow flag sends every regular file to the locked path.
+ * Written under ctx.ranges_lock (write).
+ */
+#define FILE_SLOTS 64
+static _Atomic uint64_t slot_dev[FILE_SLOTS], slot_ino[FILE_SLOTS];
+static int slot_refs[FILE_SLOTS];
+static atomic_bool slots_overflow;
+
+static uint64_t obj_dev(const struct hmm_vma *o)
+{
+	return makedev(o->dev_major, o->dev_minor) + 1; /* never 0 */
+}
+
+static void slot_get(const struct hmm_vma *o)
+{
+	int free_slot = -1;
+
+	for (int i = 0; i < FILE_SLOTS; i++) {
+		if (slot_refs[i] && atomic_load(&slot_dev[i]) == obj_dev(o) &&
+		    atomic_load(&slot_ino[i]) == o->ino) {
+			slot_refs[i]++;
+			return;
+		}
+		if (!slot_refs[i] && free_slot < 0)
+			free_slot = i;
+	}
+	if (free_slot < 0) {
+		atomic_store(&slots_overflow, true);
+		return;
+	}
+	slot_refs[free_slot] = 1;
+	atomic_store(&slot_ino[free_slot], o->ino);
+	atomic_store(&slot_dev[free_slot], obj_dev(o));
+}
+
+void hmm__file_slot_put(const struct hmm_vma *o)
+{
+	for (int i = 0; i < FILE_SLOTS; i++)
+		if (slot_refs[i] && atomic_load(&slot_dev[i]) == obj_dev(o) &&
+		    atomic_load(&slot_ino[i]) == o->ino) {
+			if (--slot_refs[i] == 0)
+				atomic_store(&slot_dev[i], 0);
+			return;
+		}
+}
+
+static bool slot_match(const struct stat *sb)
+{
+	uint64_t dev = (uint64_t)sb->st_dev + 1;
+
+	if (atomic_load_explicit(&slots_overflow, memory_order_relaxed))
+		return true;
+	for (int i = 0; i < FILE_SLOTS; i++)
+		if (atomic_load_explicit(&slot_dev[i], memory_order_acquire) ==
+			    dev &&
+		    atomic_load_explicit(&slot_ino[i], memory_order_relaxed) ==
+			    sb->st_ino)
+			return true;
+	return false;
 }
 
 /* ---- adoption ----------------------------------------------------------- */
@@ -115,6 +186,25 @@ static bool offsets_managed(const struct hmm_vma *obj, uint64_t off,
 	return false;
 }
 
+struct vma_prots {
+	const struct hmm_vma *v;
+	long n;
+};
+
+/* FPROT: every page of [s, e) records the protection of its VMA. */
+static void set_prot_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			   void *arg)
+{
+	const struct vma_prots *vp = arg;
+
+	pthread_mutex_lock(&b->lock);
+	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
+		const struct hmm_vma *v = hmm__vma_find(vp->v, vp->n, p);
+		b->mod[hmm__block_index(p)] = (uint8_t)(v ? v->prot & 7 : 0);
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
 int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 {
 	uintptr_t s = (uintptr_t)addr, e = s + len;
@@ -134,25 +224,37 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 	ret = hmm__ensure();
 	if (ret)
 		return ret;
-	/* An unmap of this address whose event is still queued must not
-	 * meet the new range. */
+	/* An unmap of this address whose event is still queued, or whose
+	 * pages are still in flight, must not meet the new range. */
 	hmm__service_sync();
+	hmm__wait_idle(s, e);
 	n = hmm__vma_snapshot(s, e, &vmas);
 	if (n < 0)
 		return (int)n;
 	ret = hmm__vma_covered(vmas, n, s, e);
-	if (!ret && (vmas[0].prot == PROT_NONE || vmas[0].special))
-		ret = -EFAULT;
-	if (!ret && (vmas[0].anon || vmas[0].shmem_anon))
-		ret = -EINVAL; /* not a file: hmm_range_adopt */
-	else if (!ret && n > 1)
-		ret = -EOPNOTSUPP; /* one mapping at a time */
-	else if (!ret && (vmas[0].ino != sb.st_ino ||
-			  vmas[0].dev_major != major(sb.st_dev) ||
-			  vmas[0].dev_minor != minor(sb.st_dev)))
+	/* One mapping of one file, which mprotect may have cut into several
+	 * VMAs: the same file, shared or not throughout, offsets following
+	 * the addresses. */
+	bool writable = false;
+	for (long i = 0; !ret && i < n; i++) {
+		const struct hmm_vma *v = &vmas[i];
+		if (v->prot == PROT_NONE || v->special)
+			ret = -EFAULT;
+		else if (v->anon || v->shmem_anon)
+			ret = i ? -EOPNOTSUPP : -EINVAL; /* hmm_range_adopt */
+		else if (v->ino != vmas[0].ino ||
+			 v->dev_major != vmas[0].dev_major ||
+			 v->dev_minor != vmas[0].dev_minor ||
+			 v->shared != vmas[0].shared ||
+			 v->off != vmas[0].off + (v->start - vmas[0].start))
+			ret = -EOPNOTSUPP; /* more than one mapping */
+		writable |= v->shared && (v->prot & PROT_WRITE);
+	}
+	if (!ret && (vmas[0].ino != sb.st_ino ||
+		     vmas[0].dev_major != major(sb.st_dev) ||
+		     vmas[0].dev_minor != minor(sb.st_dev)))
 		ret = -EBADF; /* not the file mapped there */
-	else if (!ret && vmas[0].shared && (vmas[0].prot & PROT_WRITE) &&
-		 (acc & O_ACCMODE) != O_RDWR)
+	else if (!ret && writable && (acc & O_ACCMODE) != O_RDWR)
 		ret = -EACCES; /* write-back needs a writable descriptor */
 	if (ret) {
 		free(vmas);
@@ -178,9 +280,8 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 		/* libhmm's own view of the file's pages: it reads and writes
 		 * the page cache there, unregistered and never PROT_NONE. */
 		a->alias = hmm__mmap_own(len,
-					 (vmas[0].prot & PROT_WRITE)
-						 ? PROT_READ | PROT_WRITE
-						 : PROT_READ,
+					 writable ? PROT_READ | PROT_WRITE
+						  : PROT_READ,
 					 MAP_SHARED, fd, (off_t)a->alias_off);
 		if (a->alias == MAP_FAILED) {
 			ret = errno == EACCES ? -EACCES : -ENOMEM;
@@ -189,8 +290,7 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 			return ret;
 		}
 	}
-	int prot = vmas[0].prot;
-	free(vmas);
+	struct vma_prots vp = { vmas, n };
 
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	if (hmm__ranges_overlap(s, e) ||
@@ -213,13 +313,16 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 			hmm__uffd_unregister(hmm__ctx.uffd, s, len);
 		goto out;
 	}
-	hmm__range_find(s)->prot = prot;
+	if (kind == HMM_MK_FPROT)
+		hmm__blocks_for_each(s, e, set_prot_block, &vp);
+	slot_get(&a->obj);
 	a->file = true;
 	atomic_fetch_add(&hmm__file_ranges, 1);
 	if (a->sync_each)
 		atomic_fetch_add(&hmm__file_sync_each, 1);
 out:
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	free(vmas);
 	if (ret) {
 		if (a->alias)
 			hmm__munmap_own(a->alias, len);
@@ -249,7 +352,7 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
 		unsigned i = hmm__block_index(p);
 		if (PS_KIND(b->state[i]) == PS_DEVICE &&
-		    (b->state[i] & PSF_DEV_WRITE))
+		    PDEV_OWES(b->state[i], b->dev[i]))
 			ids[n++] = PDEV_ID(b->dev[i]);
 	}
 	pthread_mutex_unlock(&b->lock);
@@ -270,7 +373,7 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 		hmm_device_t *d;
 		struct hmm_copy_desc desc;
 		if (PS_KIND(b->state[i]) != PS_DEVICE ||
-		    !(b->state[i] & PSF_DEV_WRITE))
+		    !PDEV_OWES(b->state[i], b->dev[i]))
 			continue;
 		d = devs[PDEV_ID(b->dev[i])];
 		if (!d || (only && d != only))
@@ -282,6 +385,8 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 			ret = 0; /* past the end of the file: nothing to keep */
 		else if (!ret)
 			done++;
+		if (!ret) /* written: what is owed now is what it may write */
+			b->dev[i] &= (uint8_t)~PDEV_DIRTY;
 	}
 	pthread_mutex_unlock(&b->lock);
 	return ret ? ret : done;
@@ -349,63 +454,165 @@ void hmm_device_command_done(hmm_device_t *dev)
 
 /* ---- the protection-fault path ------------------------------------------ */
 
-void hmm__file_fix_prot(struct hmm_vma *v, long n)
+/* Append @v to the array being built (*out, *n, *cap); false if out of
+ * memory. */
+static bool vma_push(struct hmm_vma **out, long *n, long *cap,
+		     const struct hmm_vma *v)
 {
+	if (*n == *cap) {
+		long c = *cap ? *cap * 2 : 16;
+		struct hmm_vma *nv = realloc(*out, (size_t)c * sizeof(*nv));
+		if (!nv)
+			return false;
+		*out = nv;
+		*cap = c;
+	}
+	(*out)[(*n)++] = *v;
+	return true;
+}
+
+void hmm__file_fix_prot(struct hmm_vma **vp, long *np)
+{
+	struct hmm_vma *v = *vp, *out = NULL;
+	long n = *np, on = 0, cap = 0;
+	bool any = false;
+
 	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed))
+		return;
+	for (long i = 0; i < n && !any; i++)
+		any = v[i].prot == PROT_NONE;
+	if (!any)
 		return;
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	for (long i = 0; i < n; i++) {
-		struct hmm_mrange *r;
-		if (v[i].prot != PROT_NONE)
+		struct hmm_mrange *r = hmm__range_find(v[i].start);
+		if (v[i].prot != PROT_NONE || !r || r->kind != HMM_MK_FPROT ||
+		    v[i].end > r->end) {
+			if (!vma_push(&out, &on, &cap, &v[i]))
+				goto oom;
 			continue;
-		r = hmm__range_find(v[i].start);
-		if (r && r->kind == HMM_MK_FPROT && v[i].end <= r->end)
-			v[i].prot = r->prot;
+		}
+		/* One VMA per run of pages with the same protection of the
+		 * application's (a PROT_NONE VMA may join pages on devices
+		 * with a page the application made PROT_NONE). */
+		for (uintptr_t p = v[i].start; p < v[i].end;) {
+			struct hmm_block *b = hmm__block_lookup(p);
+			uintptr_t bend = HMM_MIN((p & ~(HMM_BLOCK_SIZE - 1)) +
+							 HMM_BLOCK_SIZE, v[i].end);
+			struct hmm_vma piece = v[i];
+			if (!b) {
+				piece.start = p;
+				piece.end = bend;
+				if (!vma_push(&out, &on, &cap, &piece))
+					goto oom;
+				p = bend;
+				continue;
+			}
+			pthread_mutex_lock(&b->lock);
+			while (p < bend) {
+				int prot = PMOD_PROT(b->mod[hmm__block_index(p)]);
+				piece.start = p;
+				while (p < bend &&
+				       PMOD_PROT(b->mod[hmm__block_index(p)]) == prot)
+					p += HMM_PAGE_SIZE;
+				piece.end = p;
+				piece.prot = prot;
+				piece.off = v[i].off + (piece.start - v[i].start);
+				if (!vma_push(&out, &on, &cap, &piece)) {
+					pthread_mutex_unlock(&b->lock);
+					goto oom;
+				}
+			}
+			pthread_mutex_unlock(&b->lock);
+		}
 	}
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	free(v);
+	*vp = out;
+	*np = on;
+	return;
+oom:
+	/* Keep the kernel's view: PROT_NONE, refused as such. */
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	free(out);
 }
 
-/* The page at @page is in system memory but may still be PROT_NONE (a
- * drop took it from its device): give it the application's protection,
- * under the block lock (see fprot_restore in migrate_sys.c). */
-static void restore_page(struct hmm_block *b, uintptr_t page, int prot)
+void hmm__fprot_restore_locked(struct hmm_block *b, uintptr_t s, uintptr_t e)
 {
+	for (uintptr_t p = s; p < e;) {
+		unsigned i = hmm__block_index(p);
+		uintptr_t q = p;
+		if (PS_KIND(b->state[i]) != PS_SYSTEM) {
+			p += HMM_PAGE_SIZE;
+			continue;
+		}
+		while (q < e &&
+		       PS_KIND(b->state[hmm__block_index(q)]) == PS_SYSTEM &&
+		       b->mod[hmm__block_index(q)] == b->mod[i])
+			q += HMM_PAGE_SIZE;
+		hmm__sys_mprotect((void *)p, q - p, PMOD_PROT(b->mod[i]));
+		p = q;
+	}
+}
+
+static void restore_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			  void *arg)
+{
+	(void)arg;
 	pthread_mutex_lock(&b->lock);
-	if (PS_KIND(b->state[hmm__block_index(page)]) == PS_SYSTEM)
-		hmm__sys_mprotect((void *)page, HMM_PAGE_SIZE, prot);
+	hmm__fprot_restore_locked(b, s, e);
 	pthread_mutex_unlock(&b->lock);
 }
 
-/* The last page this thread had restored without bringing anything home:
- * a second fault there is not libhmm's. */
+void hmm__file_after_drop(uintptr_t s, uintptr_t e)
+{
+	struct hmm_mrange *p;
+	size_t n;
+
+	/* Pages a drop took from their device are in system memory, and
+	 * must be reachable again (by the CPU without a fault, and by
+	 * devices, which read system pages through the mapping). */
+	p = fprot_pieces(s, e, &n);
+	for (size_t i = 0; i < n; i++)
+		hmm__blocks_for_each(p[i].start, p[i].end, restore_block, NULL);
+	free(p);
+}
+
+/* The last page this thread restored without bringing anything home, and
+ * how many times in a row. */
 static __thread uintptr_t last_restored;
+static __thread unsigned restored_again;
 
 bool hmm__file_prot_fault(uintptr_t addr, bool write)
 {
 	uintptr_t page = addr & ~HMM_PAGE_MASK;
+	unsigned idx = hmm__block_index(page);
 	struct hmm_mrange *rp;
 	struct hmm_block *b;
-	int prot = 0;
-	bool fprot = false;
+	bool fprot;
 
 	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
 	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
 		return false;
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	rp = hmm__range_find(page);
-	if (rp && rp->kind == HMM_MK_FPROT) {
-		fprot = true;
-		prot = rp->prot;
-	}
+	fprot = rp && rp->kind == HMM_MK_FPROT;
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	b = fprot ? hmm__block_lookup(page) : NULL;
-	if (!b || !(prot & (write ? PROT_WRITE : PROT_READ)))
-		return false; /* the application's own protection */
+	if (!b)
+		return false;
 	for (int round = 0; round < 1000; round++) {
 		struct timespec deadline;
 		uint8_t st;
+		int prot;
 		pthread_mutex_lock(&b->lock);
-		st = b->state[hmm__block_index(page)];
+		st = b->state[idx];
+		prot = PMOD_PROT(b->mod[idx]);
+		if (!(prot & (write ? PROT_WRITE : PROT_READ))) {
+			/* the application's own protection */
+			pthread_mutex_unlock(&b->lock);
+			return false;
+		}
 		if (PS_KIND(st) == PS_MIGRATING) {
 			/* Wait for the migration (the handler runs in an
 			 * application thread that held nothing of libhmm's
@@ -437,11 +644,18 @@ bool hmm__file_prot_fault(uintptr_t addr, bool write)
 		}
 		if (PS_KIND(st) != PS_SYSTEM)
 			return false;
-		if (last_restored == page) {
+		/* Restoring the same page again and again without a
+		 * migration in between: the fault is not libhmm's (a raw
+		 * mprotect it did not see, a failing mprotect). */
+		if (last_restored == page && ++restored_again > 64) {
 			last_restored = 0;
 			return false;
 		}
-		restore_page(b, page, prot);
+		if (last_restored != page)
+			restored_again = 0;
+		pthread_mutex_lock(&b->lock);
+		hmm__fprot_restore_locked(b, page, page + HMM_PAGE_SIZE);
+		pthread_mutex_unlock(&b->lock);
 		last_restored = page;
 		return true;
 	}
@@ -464,13 +678,14 @@ static struct hmm_mrange *ranges_of_file(int fd, const char *path,
 	size_t n, k = 0;
 
 	*np = 0;
-	if (in_wrapper || hmm__own_thread ||
-	    !atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
-	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+	/* The cheap test first: most processes manage no file at all. */
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP || in_wrapper ||
+	    hmm__own_thread)
 		return NULL;
 	if (path ? stat(path, &sb) : fstat(fd, &sb))
 		return NULL;
-	if (!S_ISREG(sb.st_mode))
+	if (!S_ISREG(sb.st_mode) || !slot_match(&sb))
 		return NULL;
 	copy = hmm__ranges_copy(&n);
 	if (!copy)
@@ -649,9 +864,9 @@ int msync(void *addr, size_t len, int flags)
 	uintptr_t s = (uintptr_t)addr & ~HMM_PAGE_MASK;
 	uintptr_t e = ((uintptr_t)addr + len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 
-	if (!in_wrapper && e > s &&
-	    atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
-	    atomic_load(&hmm__ctx.state) == HMM_CTX_UP) {
+	if (atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
+	    atomic_load(&hmm__ctx.state) == HMM_CTX_UP && !in_wrapper &&
+	    e > s) {
 		in_wrapper = true;
 		hmm__file_writeback(s, e, NULL);
 		in_wrapper = false;
@@ -693,19 +908,9 @@ static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
 		if (hi != UINT64_MAX && (hi & HMM_PAGE_MASK))
 			hmm__migrate_to_system(e - HMM_PAGE_SIZE, e, NULL, 0);
 		hi &= ~(uint64_t)HMM_PAGE_MASK;
-		if (hi > lo && file_span(&rs[i], lo, hi - lo, &s, &e)) {
+		if (hi > lo && file_span(&rs[i], lo, hi - lo, &s, &e))
 			hmm__pages_drop(s, e, false, false, false,
 					HMM_NOTIFY_CLEAR, true);
-			if (rs[i].kind == HMM_MK_FPROT) {
-				/* the pages are home: their protection back */
-				for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
-					struct hmm_block *b =
-						hmm__block_lookup(p);
-					if (b)
-						restore_page(b, p, rs[i].prot);
-				}
-			}
-		}
 	}
 	in_wrapper = false;
 	free(rs);
@@ -820,43 +1025,81 @@ void hmm__file_after_unmap(uintptr_t s, uintptr_t e)
 	free(p);
 }
 
-void hmm__file_before_protect(uintptr_t s, uintptr_t e)
+/* mprotect of one piece of a FPROT range, under each block's lock: every
+ * page records the new protection, pages in system memory take it now,
+ * pages on a device (or moving) stay PROT_NONE and take it when they come
+ * home.  Returns 0 or -errno. */
+static int protect_piece(uintptr_t s, uintptr_t e, int prot, int pkey)
 {
-	struct hmm_mrange *p;
-	size_t n;
+	int ret = 0;
 
-	/* Device pages there come home first: the new protection would
-	 * otherwise undo libhmm's PROT_NONE. */
-	p = fprot_pieces(s, e, &n);
-	for (size_t i = 0; i < n; i++)
-		hmm__migrate_to_system(p[i].start, p[i].end, NULL, 0);
-	free(p);
+	for (uintptr_t pos = s; pos < e;) {
+		uintptr_t bend = HMM_MIN((pos & ~(HMM_BLOCK_SIZE - 1)) +
+						 HMM_BLOCK_SIZE, e);
+		struct hmm_block *b = hmm__block_lookup(pos);
+		if (!b)
+			return -ENOMEM; /* managed pages have blocks */
+		pthread_mutex_lock(&b->lock);
+		for (uintptr_t p = pos; p < bend && !ret;) {
+			uintptr_t q = p;
+			while (q < bend &&
+			       PS_KIND(b->state[hmm__block_index(q)]) ==
+				       PS_SYSTEM)
+				q += HMM_PAGE_SIZE;
+			if (q > p &&
+			    (pkey < 0 ? syscall(SYS_mprotect, p, q - p, prot)
+				      : syscall(SYS_pkey_mprotect, p, q - p,
+						prot, pkey)))
+				ret = -errno;
+			p = q == p ? p + HMM_PAGE_SIZE : q;
+		}
+		for (uintptr_t p = pos; p < bend && !ret; p += HMM_PAGE_SIZE)
+			b->mod[hmm__block_index(p)] = (uint8_t)(prot & 7);
+		pthread_mutex_unlock(&b->lock);
+		if (ret)
+			return ret;
+		pos = bend;
+	}
+	return 0;
 }
 
-void hmm__file_after_protect(uintptr_t s, uintptr_t e, int prot)
+bool hmm__file_protect(uintptr_t s, uintptr_t e, int prot, int pkey,
+		       long *ret)
 {
 	struct hmm_mrange *p;
+	uintptr_t pos = s;
 	size_t n;
+	int err = 0;
 
-	/* The protection the application gave, for the pieces it covered
-	 * (the registry splits there). */
 	p = fprot_pieces(s, e, &n);
-	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
-	for (size_t i = 0; i < n; i++) {
-		struct hmm_mrange *r = hmm__range_find(p[i].start);
-		struct hmm_alloc *a;
-		if (!r || r->kind != HMM_MK_FPROT)
-			continue;
-		a = r->alloc;
-		a->refs++;
-		hmm__range_trim(p[i].start, p[i].end);
-		if (!hmm__range_insert(p[i].start, p[i].end, HMM_MK_FPROT, a,
-				       p[i].off))
-			hmm__range_find(p[i].start)->prot = prot;
-		hmm__alloc_put(a);
+	if (!p)
+		return false;
+	/* Bad protections are the kernel's to judge, first. */
+	if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) {
+		free(p);
+		*ret = pkey < 0 ? syscall(SYS_mprotect, s, e - s, prot)
+				: syscall(SYS_pkey_mprotect, s, e - s, prot,
+					  pkey);
+		return true;
 	}
-	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	for (size_t i = 0; i <= n && !err; i++) {
+		uintptr_t gap_end = i < n ? p[i].start : e;
+		/* the part that is not a FPROT range, as the caller would */
+		if (gap_end > pos &&
+		    (pkey < 0 ? syscall(SYS_mprotect, pos, gap_end - pos, prot)
+			      : syscall(SYS_pkey_mprotect, pos, gap_end - pos,
+					prot, pkey)))
+			err = -errno;
+		if (i < n && !err) {
+			err = protect_piece(p[i].start, p[i].end, prot, pkey);
+			pos = p[i].end;
+		}
+	}
 	free(p);
+	if (err)
+		errno = -err;
+	*ret = err ? -1 : 0;
+	return true;
 }
 
 void hmm__file_before_remap(uintptr_t s, uintptr_t e)
@@ -869,5 +1112,16 @@ void hmm__file_before_remap(uintptr_t s, uintptr_t e)
 	p = fprot_pieces(s, e, &n);
 	for (size_t i = 0; i < n; i++)
 		hmm_range_release((void *)p[i].start, p[i].end - p[i].start);
+	free(p);
+}
+
+void hmm__file_home(uintptr_t s, uintptr_t e)
+{
+	struct hmm_mrange *p;
+	size_t n;
+
+	p = fprot_pieces(s, e, &n);
+	for (size_t i = 0; i < n; i++)
+		hmm__migrate_to_system(p[i].start, p[i].end, NULL, 0);
 	free(p);
 }

@@ -136,16 +136,11 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
 	if (sig == SIGSEGV && si->si_code == SEGV_ACCERR &&
 	    hmm__lock_transition_wait((uintptr_t)si->si_addr))
 		return;
-	g = guard_top;
-	if (g && g->armed) {
-		g->signo = sig;
-		g->code = si->si_code;
-		g->addr = (uintptr_t)si->si_addr;
-		siglongjmp(g->jb, 1);
-	}
-	/* A page of a file mapping that lives on a device (PROT_NONE):
-	 * brought back here, in the faulting thread, and the access runs
-	 * again.  errno is the application's. */
+	/* A page of a file mapping that lives on a device (PROT_NONE): it
+	 * comes back here, in the faulting thread, and the access runs
+	 * again -- libhmm's own guarded accesses too (a device fault's touch
+	 * of such a page is a CPU access, as with userfaultfd).  errno is the
+	 * application's. */
 	if (sig == SIGSEGV && si->si_code == SEGV_ACCERR) {
 		int saved = errno;
 		bool write = false;
@@ -156,6 +151,13 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
 		errno = saved;
 		if (done)
 			return;
+	}
+	g = guard_top;
+	if (g && g->armed) {
+		g->signo = sig;
+		g->code = si->si_code;
+		g->addr = (uintptr_t)si->si_addr;
+		siglongjmp(g->jb, 1);
 	}
 	chain(sig, si, uc);
 }

@@ -277,6 +277,12 @@ enum {
 /* dev[i]: the device id, and one flag */
 #define PDEV_ID(d) ((d) & 0x3f)
 #define PDEV_NOREAD 0x80     /* DEVICE/MIGRATING: CPU mapping is PROT_NONE */
+#define PDEV_DIRTY 0x40	     /* DEVICE/MIGRATING: the device copy was
+			      * writable (PSF_DEV_WRITE) before an mprotect
+			      * took that away: a file's write-back still
+			      * owes it (file.c) */
+/* A file page's device copy may differ from the page cache. */
+#define PDEV_OWES(st, d) (((st) & PSF_DEV_WRITE) || ((d) & PDEV_DIRTY))
 
 /* 2 MiB of address space.  Blocks live until hmm_fini. */
 struct hmm_block {
@@ -303,6 +309,14 @@ struct hmm_block {
 #define PMOD_EXCL_RO 0x80
 #define PMOD_EXCL_REVOKE 0xc0
 #define PMOD_IS_EXCL(m) (((m) & 0x80) != 0)
+/*
+ * FPROT ranges (file.c) have no holds: there mod[i] is the protection the
+ * application gave the page (PROT_* bits), which it gets back whenever it
+ * is in system memory (on a device it is PROT_NONE).  Code that ends a
+ * hold clears mod with PMOD_UNHOLD, which keeps a protection.
+ */
+#define PMOD_PROT(m) ((int)((m) & 7))
+#define PMOD_UNHOLD(m) ((uint8_t)(PMOD_KIND(m) ? 0 : (m)))
 struct hmm_block *hmm__block_lookup(uintptr_t addr);
 struct hmm_block *hmm__block_get(uintptr_t addr); /* creates; NULL: ENOMEM */
 static inline unsigned hmm__block_index(uintptr_t addr)
@@ -344,8 +358,6 @@ struct hmm_mrange {
 	enum hmm_mkind kind;
 	struct hmm_alloc *alloc; /* SHMEM, FILE, FPROT: what it belongs to */
 	uint64_t off;		 /* SHMEM, FILE, FPROT: file offset of start */
-	int prot;		 /* FPROT: the protection the application
-				  * gave it (device pages are PROT_NONE) */
 };
 
 /* An allocation of hmm_mem_alloc: a memfd, mapped at the user's address
@@ -452,6 +464,9 @@ void hmm__holds_fini(void);
 int hmm__hold_pull(uintptr_t s, uintptr_t e, hmm_device_t *owner);
 
 /* ---- managed.c ------------------------------------------------------ */
+/* An earlier mapping at [s, e) may still have pages in flight: wait for
+ * them (HMM_MIGRATE_TIMEOUT_MS at most). */
+void hmm__wait_idle(uintptr_t s, uintptr_t e);
 /* [s, e) mapped and accessible (not PROT_NONE); *vmas (malloc'd) gets
  * its VMAs.  Returns 0 or -errno. */
 int hmm__check_vmas(uintptr_t s, uintptr_t e, struct hmm_vma **vmas,
@@ -463,8 +478,9 @@ int hmm__check_vmas(uintptr_t s, uintptr_t e, struct hmm_vma **vmas,
  * in the faulting thread. */
 bool hmm__file_prot_fault(uintptr_t addr, bool write);
 /* VMAs of FPROT ranges that are PROT_NONE because their pages are on a
- * device take the protection the application gave them. */
-void hmm__file_fix_prot(struct hmm_vma *v, long n);
+ * device take the protection the application gave them, page by page
+ * (the array, malloc'd, may be replaced by a longer one). */
+void hmm__file_fix_prot(struct hmm_vma **v, long *n);
 /* Pointer to the page-cache copy of @va through the alias, or NULL (private
  * mapping).  @r is a copy of the range entry. */
 void *hmm__file_alias_ptr(const struct hmm_mrange *r, uintptr_t va);
@@ -473,14 +489,27 @@ void *hmm__file_alias_ptr(const struct hmm_mrange *r, uintptr_t va);
  * -errno. */
 long hmm__file_writeback(uintptr_t s, uintptr_t e, hmm_device_t *only);
 /* The mapping wrappers (interpose.c): munmap writes back first, and
- * forgets FPROT ranges after (they send no UNMAP event); mprotect brings
- * FPROT device pages home first and records the new protection after;
- * mremap releases FPROT ranges first. */
+ * forgets FPROT ranges after (they send no UNMAP event); mremap releases
+ * FPROT ranges first.  mprotect over FPROT ranges: hmm__file_protect
+ * does the whole call (false: none there, the caller does it), so that
+ * pages on a device stay PROT_NONE; *ret gets the system call's result. */
 void hmm__file_before_unmap(uintptr_t s, uintptr_t e);
 void hmm__file_after_unmap(uintptr_t s, uintptr_t e);
-void hmm__file_before_protect(uintptr_t s, uintptr_t e);
-void hmm__file_after_protect(uintptr_t s, uintptr_t e, int prot);
 void hmm__file_before_remap(uintptr_t s, uintptr_t e);
+/* FPROT pages of [s, e) on devices come home (mlock). */
+void hmm__file_home(uintptr_t s, uintptr_t e);
+bool hmm__file_protect(uintptr_t s, uintptr_t e, int prot, int pkey,
+		       long *ret);
+/* Under b->lock: the pages of [s, e) in @b that are in system memory get
+ * the protection in their mod[] (FPROT), run by run.  (mprotect waits for
+ * no thread of libhmm: a fault in a userfaultfd range lets the mmap lock
+ * go before it waits.) */
+void hmm__fprot_restore_locked(struct hmm_block *b, uintptr_t s, uintptr_t e);
+/* A drop (hmm__pages_drop) took pages of [s, e) home: FPROT pages there
+ * get their protection back. */
+void hmm__file_after_drop(uintptr_t s, uintptr_t e);
+/* An allocation of a file goes (ctx.ranges_lock for writing). */
+void hmm__file_slot_put(const struct hmm_vma *obj);
 /* Managed file ranges exist (a cheap test for the I/O wrappers). */
 extern atomic_int hmm__file_ranges;
 /* Ranges in safe mode exist. */

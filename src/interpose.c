@@ -156,6 +156,9 @@ static void protect_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		uint8_t *st = &b->state[i];
 		if (PS_KIND(*st) != PS_DEVICE && PS_KIND(*st) != PS_MIGRATING)
 			continue;
+		/* What a device could write before stays owed to a file. */
+		if (*st & PSF_DEV_WRITE)
+			b->dev[i] |= PDEV_DIRTY;
 		*st = (uint8_t)((*st & ~PSF_DEV_WRITE) |
 				((prot & PROT_WRITE) ? PSF_DEV_WRITE : 0));
 		b->dev[i] = (uint8_t)((b->dev[i] & ~PDEV_NOREAD) |
@@ -192,12 +195,13 @@ int mprotect(void *addr, size_t len, int prot)
 	long ret;
 
 	range_of(addr, len, &s, &e);
-	hmm__file_before_protect(s, e);
 	if (mirrored())
 		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
-	ret = spare_own(SYS_mprotect, addr, len, prot, 0);
-	if (!ret)
-		hmm__file_after_protect(s, e, prot);
+	/* File mappings whose pages live on devices: libhmm keeps those
+	 * PROT_NONE, and does the call itself there. */
+	if (((uintptr_t)addr & HMM_PAGE_MASK) ||
+	    !hmm__file_protect(s, e, prot, -1, &ret))
+		ret = spare_own(SYS_mprotect, addr, len, prot, 0);
 	return protect(addr, len, prot, ret);
 }
 
@@ -207,12 +211,11 @@ int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 	long ret;
 
 	range_of(addr, len, &s, &e);
-	hmm__file_before_protect(s, e);
 	if (mirrored())
 		before(s, e, HMM_NOTIFY_PROTECTION_VMA);
-	ret = spare_own(SYS_pkey_mprotect, addr, len, prot, pkey);
-	if (!ret)
-		hmm__file_after_protect(s, e, prot);
+	if (((uintptr_t)addr & HMM_PAGE_MASK) ||
+	    !hmm__file_protect(s, e, prot, pkey, &ret))
+		ret = spare_own(SYS_pkey_mprotect, addr, len, prot, pkey);
 	return protect(addr, len, prot, ret);
 }
 
@@ -249,7 +252,15 @@ static bool vma_advice(int advice)
  */
 static int lock_range(const void *addr, size_t len, unsigned int flags)
 {
-	long ret = vmas_still(SYS_mlock2, addr, len, MLOCK_ONFAULT);
+	uintptr_t s, e;
+	long ret;
+
+	/* File pages on a device are PROT_NONE, which mlock cannot
+	 * populate: home first (anonymous ones come home by the faults of
+	 * the population itself). */
+	range_of((void *)addr, len, &s, &e);
+	hmm__file_home(s, e);
+	ret = vmas_still(SYS_mlock2, addr, len, MLOCK_ONFAULT);
 
 	if (ret || (flags & MLOCK_ONFAULT))
 		return (int)ret;

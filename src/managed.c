@@ -25,7 +25,7 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 
 	if (n < 0)
 		return (int)n;
-	hmm__file_fix_prot(*vmas, n);
+	hmm__file_fix_prot(vmas, &n);
 	ret = hmm__vma_covered(*vmas, n, s, e);
 	for (long i = 0; !ret && i < n; i++) {
 		if ((*vmas)[i].prot == PROT_NONE || (*vmas)[i].special)
@@ -75,7 +75,7 @@ bool hmm__range_busy(uintptr_t s, uintptr_t e)
 
 /* An earlier mapping at this address may still have pages in flight (a
  * migration that met its munmap finishes them off): wait for them. */
-static void wait_idle(uintptr_t s, uintptr_t e)
+void hmm__wait_idle(uintptr_t s, uintptr_t e)
 {
 	long ms = hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS);
 
@@ -115,7 +115,7 @@ int hmm_range_adopt(void *addr, size_t len, unsigned int flags)
 		free(vmas);
 		return ret;
 	}
-	wait_idle(s, e);
+	hmm__wait_idle(s, e);
 	shared = vmas[0].shmem_anon;
 	if (shared && hmm__mapped_elsewhere(&vmas[0])) {
 		/* Another process (a child from an earlier fork) maps it:
@@ -201,7 +201,6 @@ int hmm_range_release(void *addr, size_t len)
 	struct hmm_alloc *alloc = NULL;
 	enum hmm_mkind kind = HMM_MK_ANON;
 	uint64_t off = 0;
-	int prot = 0;
 	int ret = hmm__check_range(addr, len);
 
 	if (ret)
@@ -232,7 +231,6 @@ int hmm_range_release(void *addr, size_t len)
 				if (!alloc) {
 					off = r->off + (s - r->start);
 					kind = r->kind;
-					prot = r->prot;
 				}
 				alloc = r->alloc;
 			} else if (alloc) {
@@ -242,7 +240,7 @@ int hmm_range_release(void *addr, size_t len)
 			p = r->end;
 		}
 	}
-	struct hmm_mrange piece = { s, e, kind, alloc, off, prot };
+	struct hmm_mrange piece = { s, e, kind, alloc, off };
 	if (!ret) {
 		if (alloc)
 			alloc->refs++;
@@ -276,8 +274,7 @@ int hmm_range_release(void *addr, size_t len)
 		/* Pages are still on a device: keep the registration, or
 		 * they would read as zeros.  Manage the range again (or it
 		 * could not be unregistered). */
-		if (!hmm__range_insert(s, e, kind, alloc, off))
-			hmm__range_find(s)->prot = prot;
+		hmm__range_insert(s, e, kind, alloc, off);
 	hmm__alloc_put(alloc);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	return ret;
@@ -325,7 +322,7 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	/* An unmap of this address whose event is still queued, or whose
 	 * pages are still in flight, must not meet the new range. */
 	hmm__service_sync();
-	wait_idle(a->start, a->start + len);
+	hmm__wait_idle(a->start, a->start + len);
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	ret = hmm__uffd_register(hmm__ctx.uffd, a->start, len,
 				 hmm__ctx.caps & HMM_CAP_WP);

@@ -517,7 +517,7 @@ static void rollback_to_system(struct hmm_block *b, struct sel *s,
 					      ? PS_SYSTEM | PSF_DROPPING
 					      : PS_SYSTEM;
 		if (st & (PSF_UNMAPPED | PSF_CLEARED))
-			b->mod[s->idx[k]] = 0;
+			b->mod[s->idx[k]] = PMOD_UNHOLD(b->mod[s->idx[k]]);
 		if (st & PSF_UNMAPPED) {
 			/* mremap moved it; the data moved with the page
 			 * tables (nothing was dropped yet). */
@@ -704,7 +704,7 @@ static int copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
  * its system copy is gone (so its data lives only in the device copy).
  * Returns pages now on the device. */
 static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
-			       struct sel *sel, bool *waiters)
+			       struct sel *sel, bool *waiters, bool fprot)
 {
 	uint32_t dropped[HMM_BLOCK_PAGES];
 	size_t moved = 0, drop = 0;
@@ -733,9 +733,12 @@ static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
 			b->state[i] = PS_SYSTEM;
 			b->ndev--;
 		} else if (st & PSF_CLEARED) {
-			/* Dropped by the application meanwhile. */
+			/* Dropped by the application meanwhile.  Its system
+			 * call may not have dropped yet (a file's page cache
+			 * keeps the old data until the hole is punched): the
+			 * next migration looks (drop_pending). */
 			dropped[drop++] = sel->dpfn[k];
-			b->state[i] = PS_SYSTEM;
+			b->state[i] = PS_SYSTEM | PSF_DROPPING;
 			b->ndev--;
 		} else {
 			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
@@ -743,6 +746,13 @@ static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
 			moved++;
 		}
 	}
+	/* FPROT pages that stay in system memory (dropped meanwhile) get
+	 * the application's protection back before anyone sees them. */
+	for (size_t k = 0; fprot && k < sel->n; k++)
+		if (PS_KIND(b->state[sel->idx[k]]) == PS_SYSTEM)
+			hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
+					  HMM_PAGE_SIZE,
+					  PMOD_PROT(b->mod[sel->idx[k]]));
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
 	if (drop)
@@ -765,6 +775,7 @@ static void reprotect(uintptr_t s, uintptr_t e)
 		long n = hmm__vma_snapshot(s, e, &v);
 		if (n < 0)
 			return;
+		hmm__file_fix_prot(&v, &n);
 		for (long i = 0; i < n; i++)
 			hmm__protect_range(HMM_MAX(s, v[i].start),
 					   HMM_MIN(e, v[i].end), v[i].prot);
@@ -810,13 +821,39 @@ static int file_copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
 	return ret;
 }
 
-/* A failed migration of FPROT pages: the application's protection back. */
-static void file_unprotect(const struct hmm_mrange *r, struct hmm_block *b,
-			   const struct sel *sel)
+/*
+ * FILE: every page of @sel gets a page-cache page before the zap.  A CPU
+ * access to a hole is served by the kernel without a MINOR fault (there
+ * is no page to be minor about): after the zap it would map a fresh page
+ * behind libhmm's back while the data lives on the device.  With the page
+ * there, any access after the zap is a MINOR fault, which waits for this
+ * migration.  (Accesses before the zap land in the page cache, which is
+ * copied after it.)  Pages past the end of the file fail: -EFAULT.
+ */
+static int file_populate(const struct hmm_mrange *r, struct hmm_block *b,
+			 const struct sel *sel)
 {
+	if (r->kind != HMM_MK_FILE)
+		return 0;
 	for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
-		hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
-				  sel_run(sel, k) << HMM_PAGE_SHIFT, r->prot);
+		if (hmm__sys_madvise(hmm__file_alias_ptr(r, sel_va(b, sel->idx[k])),
+				     sel_run(sel, k) << HMM_PAGE_SHIFT,
+				     MADV_POPULATE_READ))
+			return errno == EINVAL ? 0 /* kernel < 5.14 */
+					       : -EFAULT;
+	return 0;
+}
+
+/* A failed migration of FPROT pages, before its rollback (the pages are
+ * still MIGRATING: nothing sees them PROT_NONE in system memory): the
+ * application's protection back. */
+static void file_unprotect(struct hmm_block *b, const struct sel *sel)
+{
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n; k++)
+		hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]), HMM_PAGE_SIZE,
+				  PMOD_PROT(b->mod[sel->idx[k]]));
+	pthread_mutex_unlock(&b->lock);
 }
 
 static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
@@ -887,14 +924,16 @@ again:
 		 * waits for this migration; the page cache (or the private
 		 * page) keeps the data, which is copied from there. */
 		memset(sel->flag, 1, sel->n);
-		ret = hmm__zap_runs(r, b, sel, zaps, &nzaps);
+		ret = file_populate(r, b, sel);
+		if (!ret)
+			ret = hmm__zap_runs(r, b, sel, zaps, &nzaps);
 		if (!ret)
 			ret = file_copy_to_device(r, b, dev, sel);
 		if (ret) {
-			if (r->kind == HMM_MK_FPROT)
-				file_unprotect(r, b, sel);
 			for (size_t z = 0; z < nzaps; z++)
 				hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
+			if (r->kind == HMM_MK_FPROT)
+				file_unprotect(b, sel);
 			rollback_to_system(b, sel, dev, true);
 			return ret;
 		}
@@ -950,7 +989,8 @@ again:
 	if (wp && (ret || r->kind == HMM_MK_SHMEM))
 		wp_runs(b, sel, false, &deadline);
 commit:
-	moved = commit_to_device(b, dev, sel, &waiters);
+	moved = commit_to_device(b, dev, sel, &waiters,
+				 r->kind == HMM_MK_FPROT);
 	for (size_t z = 0; z < nzaps; z++)
 		hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
 	if (waiters)

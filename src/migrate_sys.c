@@ -182,6 +182,35 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
  * page gets nothing.  A page the file no longer has (truncated: the write
  * faults) is gone.
  */
+/*
+ * FPROT: the pages of the run that leave their device here (installed,
+ * gone, or dropped meanwhile) get the application's protection back while
+ * they are still MIGRATING, so that nothing sees them in system memory
+ * and PROT_NONE (a device reads system pages through the mapping).
+ */
+static void fprot_unprotect_run(struct hmm_block *b, const struct sel *sel,
+				size_t k0, size_t n)
+{
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = k0; k < k0 + n;) {
+		unsigned i = sel->idx[k];
+		size_t m = 0;
+		while (k + m < k0 + n &&
+		       (sel->flag[k + m] != INST_NOT_DONE ||
+			(b->state[sel->idx[k + m]] & PSF_CLEARED)) &&
+		       b->mod[sel->idx[k + m]] == b->mod[i])
+			m++;
+		if (!m) {
+			k++;
+			continue;
+		}
+		hmm__sys_mprotect((void *)sel_va(b, i), m << HMM_PAGE_SHIFT,
+				  PMOD_PROT(b->mod[i]));
+		k += m;
+	}
+	pthread_mutex_unlock(&b->lock);
+}
+
 static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 			    struct hmm_block *b, struct sel *sel, size_t k0,
 			    size_t n)
@@ -206,7 +235,7 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 			sel->flag[k++] = INST_NOT_DONE;
 			continue;
 		}
-		if (b->state[i] & PSF_DEV_WRITE) {
+		if (PDEV_OWES(b->state[i], b->dev[i])) {
 			d = (struct hmm_copy_desc){
 				sel->dpfn[k], bb ? bb : hmm__file_alias_ptr(r, va) };
 			ret = hmm__guarded_copy(dev, HMM_COPY_TO_SYSTEM, &d, 1);
@@ -221,6 +250,8 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 			}
 			if (ret) {
 				pthread_mutex_unlock(&b->lock);
+				if (r->kind == HMM_MK_FPROT)
+					fprot_unprotect_run(b, sel, k0, k - k0);
 				return ret;
 			}
 		}
@@ -229,12 +260,14 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 					       true);
 		pthread_mutex_unlock(&b->lock);
 		if (c == -EAGAIN)
-			return 0; /* the rest stays INST_NOT_DONE */
+			break; /* the rest stays INST_NOT_DONE */
 		/* EEXIST: mapped already (the data is in the page);
 		 * EFAULT: no page cache page (truncated); ENOENT: the
 		 * mapping is gone. */
 		sel->flag[k++] = c == 1 || c == -EEXIST ? INST_DONE : INST_GONE;
 	}
+	if (r->kind == HMM_MK_FPROT)
+		fprot_unprotect_run(b, sel, k0, n);
 	return 0;
 }
 
@@ -329,7 +362,7 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 		    (st & PSF_CLEARED)) {
 			if (PMOD_IS_EXCL(b->mod[i]))
 				hmm__stat_add(HMM_STAT_holds_revoked, 1);
-			b->mod[i] = 0;
+			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
 		}
 		if (res == INST_DONE && (st & PSF_CLEARED) && can_rezap) {
 			/* Installed, then dropped by the application: it
@@ -339,13 +372,14 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 			rezap->idx[rezap->n++] = i;
 			continue;
 		}
-		/* Installed and dropped, by a thread that cannot drop it
-		 * again (the service thread, which the application's madvise
-		 * waits for before it ends the drop): the kernel drops it;
-		 * until then a migration must not take the old data. */
-		b->state[i] = res == INST_DONE && (st & PSF_CLEARED)
-				      ? PS_SYSTEM | PSF_DROPPING
-				      : PS_SYSTEM;
+		/* Dropped meanwhile, and installed by a thread that cannot
+		 * drop it again (the service thread, which the application's
+		 * madvise waits for before it ends the drop), or not
+		 * installed (a file's page cache still has the old data):
+		 * the kernel drops it; until then a migration must not take
+		 * the old data (drop_pending looks). */
+		b->state[i] = (st & PSF_CLEARED) ? PS_SYSTEM | PSF_DROPPING
+						 : PS_SYSTEM;
 		if (res == INST_DONE)
 			moved++;
 	}
@@ -411,38 +445,6 @@ static void drop_again(struct hmm_block *b, struct sel *rezap)
 	pthread_mutex_unlock(&b->lock);
 }
 
-/*
- * FPROT, after the commit: the pages of @sel that are in system memory get
- * the application's protection back, run by run.  Under the block lock:
- * a migration that takes a page again (MIGRATING, then PROT_NONE after
- * the lock) is ordered after this, so its PROT_NONE is never undone.
- * (mprotect waits for no thread of libhmm: a fault in a userfaultfd range
- * lets the mmap lock go before it waits.)
- */
-static void fprot_restore(const struct hmm_mrange *r, struct hmm_block *b,
-			  const struct sel *sel)
-{
-	bool home[HMM_BLOCK_PAGES];
-
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = 0; k < sel->n; k++)
-		home[k] = PS_KIND(b->state[sel->idx[k]]) == PS_SYSTEM;
-	for (size_t k = 0; k < sel->n;) {
-		size_t n = 1;
-		if (!home[k]) {
-			k++;
-			continue;
-		}
-		while (k + n < sel->n && home[k + n] &&
-		       sel->idx[k + n] == sel->idx[k] + n)
-			n++;
-		hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
-				  n << HMM_PAGE_SHIFT, r->prot);
-		k += n;
-	}
-	pthread_mutex_unlock(&b->lock);
-}
-
 static long block_to_system(const struct hmm_mrange *r, uintptr_t s,
 			    uintptr_t e, hmm_device_t *only, int flags,
 			    struct sel *sel, struct sel *rezap)
@@ -494,11 +496,6 @@ static long block_to_system(const struct hmm_mrange *r, uintptr_t s,
 		 * the device page free and the counters up to date. */
 		hmm__stat_add(HMM_STAT_pages_to_system, moved);
 		hmm__stat_add(HMM_STAT_bytes_to_system, moved * HMM_PAGE_SIZE);
-		/* FPROT: the application's protection back, for every page
-		 * that left its device (installed, dropped or gone: an
-		 * access then gets what the file has, or SIGBUS). */
-		if (r->kind == HMM_MK_FPROT)
-			fprot_restore(r, b, sel);
 		for (size_t k = 0; r->kind != HMM_MK_FPROT && k < sel->n;
 		     k += sel_run(sel, k))
 			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
@@ -610,7 +607,7 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 				da->zero = true;
 				break;
 			}
-			b->mod[i] = 0;
+			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
 			if (da->nfreed == da->cap) {
 				size_t cap = da->cap ? 2 * da->cap : 512;
 				uint32_t *f = realloc(da->freed, cap * 4);
@@ -712,6 +709,8 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 	hmm__blocks_for_each(start, end, drop_block, &da);
 	if (unmap)
 		hmm__holds_forget(start, end);
+	else if (atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed))
+		hmm__file_after_drop(start, end);
 	hmm__invalidate(start, end, event, NULL, blockable);
 	if (da.zero)
 		hmm__blocks_for_each(start, end, zero_locked, NULL);

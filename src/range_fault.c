@@ -109,7 +109,7 @@ static int snap_load(struct snap *sn, uintptr_t s, uintptr_t e)
 	sn->nvmas = hmm__vma_snapshot(s, e, &sn->vmas);
 	if (sn->nvmas < 0)
 		return (int)sn->nvmas;
-	hmm__file_fix_prot(sn->vmas, sn->nvmas);
+	hmm__file_fix_prot(&sn->vmas, &sn->nvmas);
 	sn->pm = calloc(n, sizeof(uint64_t));
 	if (!sn->pm)
 		return -ENOMEM;

@@ -101,7 +101,9 @@ void hmm__blocks_fork_child(void)
 			pthread_cond_init(&b->cond, NULL);
 			for (size_t i = 0; i < HMM_BLOCK_PAGES; i++) {
 				b->state[i] &= (uint8_t)~PSF_WAITERS;
-				b->mod[i] = 0; /* holds are the parent's */
+				/* holds are the parent's (a file page's
+				 * protection stays) */
+				b->mod[i] = PMOD_UNHOLD(b->mod[i]);
 			}
 		}
 	}
@@ -203,7 +205,8 @@ bool hmm__range_is_shmem(uintptr_t addr)
 
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	r = hmm__range_find(addr);
-	shm = r && (r->kind == HMM_MK_SHMEM || r->kind == HMM_MK_FILE);
+	shm = r && (r->kind == HMM_MK_SHMEM || r->kind == HMM_MK_FILE ||
+		    (r->kind == HMM_MK_FPROT && !r->alloc->priv));
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	return shm;
 }
@@ -269,7 +272,7 @@ int hmm__range_insert(uintptr_t start, uintptr_t end, enum hmm_mkind kind,
 		return -ENOMEM;
 	memmove(&c->ranges[i + 1], &c->ranges[i],
 		(c->nranges - i) * sizeof(c->ranges[0]));
-	c->ranges[i] = (struct hmm_mrange){ start, end, kind, alloc, off, 0 };
+	c->ranges[i] = (struct hmm_mrange){ start, end, kind, alloc, off };
 	c->nranges++;
 	if (alloc)
 		alloc->refs++;
@@ -359,6 +362,7 @@ void hmm__alloc_put(struct hmm_alloc *a)
 	if (!a || --a->refs > 0)
 		return;
 	if (a->file) {
+		hmm__file_slot_put(&a->obj);
 		atomic_fetch_sub(&hmm__file_ranges, 1);
 		if (a->sync_each)
 			atomic_fetch_sub(&hmm__file_sync_each, 1);

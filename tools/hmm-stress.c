@@ -11,7 +11,11 @@
  *
  *  - Memory is R regions of P pages.  Even regions are private anonymous
  *    memory (mmap + hmm_range_adopt), odd ones are libhmm's shared memory
- *    (hmm_mem_alloc).  Each region has a shadow: a plain array of words.
+ *    (hmm_mem_alloc).  With --files, regions cycle through four kinds: those
+ *    two, a memfd and an unlinked file in /var/tmp, each mapped MAP_SHARED
+ *    and managed with hmm_file_adopt; a remap of a file region is munmap
+ *    (which writes the device's data back) and mmap of the same file, and
+ *    keeps the data.  Each region has a shadow: a plain array of words.
  *
  *  - Ownership.  The words of a region are cut into runs of RUN_WORDS
  *    words (384 bytes, so runs straddle page boundaries); run k belongs to
@@ -123,7 +127,7 @@ static struct {
 	unsigned long seconds, hang_seconds, size_mib;
 	uint64_t seed;
 	unsigned int threads, devices, regions;
-	bool fork, verbose;
+	bool fork, verbose, files;
 } opt = {
 	.seconds = 10, .hang_seconds = 30, .size_mib = 64,
 	.threads = 4, .devices = 2, .regions = 8, .fork = true,
@@ -169,8 +173,11 @@ struct region {
 	_Atomic(uint64_t *) mem; /* changes under the write lock only */
 	uint64_t *shadow;	/* word w: its owner under the read lock, or
 				 * anyone under the write lock */
-	bool shared;		/* hmm_mem_alloc, else mmap + adopt */
+	bool shared;		/* not private anonymous memory */
+	int kind;		/* R_* */
+	int fd;			/* R_MEMFD, R_DISK: the file */
 };
+enum { R_ANON, R_SHM, R_MEMFD, R_DISK };
 
 static struct region *regions;
 static size_t region_words, region_len;
@@ -914,13 +921,20 @@ static void refill(struct thr *t, int r)
  * hmm_range_adopt, retried: an error it does not document is a failure, but
  * the run goes on with the region managed if a retry succeeds.
  */
+static int adopt_once(int r, void *p)
+{
+	if (regions[r].kind >= R_MEMFD)
+		return hmm_file_adopt(p, region_len, regions[r].fd, 0);
+	return hmm_range_adopt(p, region_len, 0);
+}
+
 static void adopt(struct thr *t, int r, void *p, const char *after)
 {
-	int ret = hmm_range_adopt(p, region_len, 0), first = ret, tries = 1;
+	int ret = adopt_once(r, p), first = ret, tries = 1;
 
 	while (ret && tries < 1000) {
 		sleep_beat(t, 1, false);
-		ret = hmm_range_adopt(p, region_len, 0);
+		ret = adopt_once(r, p);
 		tries++;
 	}
 	if (first)
@@ -936,6 +950,25 @@ static void dis_remap(struct thr *t, int r)
 	void *p;
 	int ret;
 
+	if (g->kind >= R_MEMFD) {
+		/* munmap writes the devices' data back: the file keeps it. */
+		act(t, "munmap + mmap + hmm_file_adopt", -1, r, -1);
+		if (munmap(old, region_len))
+			failure(t, "munmap region %d: %s", r, strerror(errno));
+		p = mmap(old, region_len, PROT_READ | PROT_WRITE,
+			 MAP_SHARED | MAP_FIXED_NOREPLACE, g->fd, 0);
+		if (p == MAP_FAILED)
+			p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
+				 MAP_SHARED, g->fd, 0);
+		if (p == MAP_FAILED)
+			fatal(t, "mmap region %d: %s", r, strerror(errno));
+		adopt(t, r, p, "munmap + mmap");
+		atomic_store(&g->mem, p);
+		check_cpu(t, r, 0, region_words, -1,
+			  "cpu read of a file region mapped again");
+		count(t, K_REMAP);
+		return;
+	}
 	if (g->shared) {
 		act(t, "hmm_mem_free + hmm_mem_alloc", -1, r, -1);
 		ret = hmm_mem_free(old, region_len);
@@ -1072,7 +1105,10 @@ static void dis_mlock(struct thr *t, int r)
 	if (mlock(&mem[a], n * PG)) {
 		if (errno != ENOMEM && errno != EPERM && errno != EAGAIN)
 			failure(t, "mlock region %d: %s", r, strerror(errno));
-		return; /* over RLIMIT_MEMLOCK: not ours to test */
+		/* over RLIMIT_MEMLOCK, not ours to test; part of the range
+		 * may be locked all the same */
+		munlock(&mem[a], n * PG);
+		return;
 	}
 	act(t, "hmm_sim_read (locked)", d, r, (long)p);
 	ret = hmm_sim_read(devs[d], &mem[a], t->buf, PG, NULL);
@@ -1223,7 +1259,9 @@ static void dis_release(struct thr *t, int r)
 	uint64_t *mem = atomic_load(&regions[r].mem);
 	int ret;
 
-	act(t, "hmm_range_release + hmm_range_adopt", -1, r, -1);
+	act(t, regions[r].kind >= R_MEMFD ? "hmm_range_release + hmm_file_adopt"
+					  : "hmm_range_release + hmm_range_adopt",
+	    -1, r, -1);
 	ret = hmm_range_release(mem, region_len);
 	if (ret)
 		failure(t, "hmm_range_release region %d: %d", r, ret);
@@ -1283,11 +1321,11 @@ static void *disruptor(void *arg)
 			dis_noaccess(t, r);
 		else if (k == K_MLOCK)
 			dis_mlock(t, r);
-		else if (k == K_RELEASE && !regions[r].shared)
+		else if (k == K_RELEASE && regions[r].kind != R_SHM)
 			dis_release(t, r);
-		else if (k == K_DEVLOCK)
+		else if (k == K_DEVLOCK && regions[r].kind < R_MEMFD)
 			dis_devlock(t, r);
-		else if (k == K_EXCL)
+		else if (k == K_EXCL && regions[r].kind < R_MEMFD)
 			dis_excl(t, r);
 		else if (k != NKINDS)
 			dis_sweep(t, r);
@@ -1491,11 +1529,13 @@ static void usage(FILE *f)
 	fprintf(f,
 "usage: hmm-stress [--seconds N] [--seed S] [--threads T] [--devices D]\n"
 "                  [--size MiB] [--regions R] [--hang-seconds N] [--no-fork]\n"
-"                  [--skip KIND,...] [--verbose]\n"
+"                  [--skip KIND,...] [--files] [--verbose]\n"
 "\n"
 "T worker threads (default 4) and D sim devices (default 2) read, write and\n"
 "atomically add over --size MiB (default 64) of managed memory in R regions\n"
-"(default 8; half private anonymous memory, half hmm_mem_alloc), while other\n"
+"(default 8; half private anonymous memory, half hmm_mem_alloc; with --files\n"
+"a quarter each of those, of memfd files and of files in /var/tmp, managed\n"
+"with hmm_file_adopt), while other\n"
 "threads migrate it, madvise, unmap and remap, mprotect it and fork children\n"
 "that check it.  Every word is checked against a shadow copy.  Progress is\n"
 "printed each second; the last line is 'operations: N mismatches: M'.\n"
@@ -1556,6 +1596,7 @@ static int parse_args(int argc, char **argv)
 		{ "no-fork", no_argument, NULL, 'F' },
 		{ "skip", required_argument, NULL, 'x' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "files", no_argument, NULL, 'f' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -1563,7 +1604,7 @@ static int parse_args(int argc, char **argv)
 	bool seeded = false, ok;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "s:S:t:d:m:r:H:Fx:vh", opts,
+	while ((c = getopt_long(argc, argv, "s:S:t:d:m:r:H:Fx:vfh", opts,
 				NULL)) != -1) {
 		ok = true;
 		switch (c) {
@@ -1586,6 +1627,7 @@ static int parse_args(int argc, char **argv)
 		case 'F': opt.fork = false; break;
 		case 'x': ok = parse_skip(optarg); break;
 		case 'v': opt.verbose = true; break;
+		case 'f': opt.files = true; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -1648,11 +1690,29 @@ static int setup(void)
 			PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 		pthread_rwlock_init(&g->lock, &la);
 		pthread_rwlockattr_destroy(&la);
-		g->shared = r % 2;
+		g->kind = opt.files ? (int)(r % 4) : (int)(r % 2);
+		g->shared = g->kind != R_ANON;
+		g->fd = -1;
 		g->shadow = malloc(region_len);
 		if (!g->shadow)
 			return -ENOMEM;
-		if (g->shared) {
+		if (g->kind >= R_MEMFD) {
+			char path[] = "/var/tmp/hmm-stress-XXXXXX";
+			g->fd = g->kind == R_MEMFD
+					? memfd_create("hmm-stress", MFD_CLOEXEC)
+					: mkstemp(path);
+			if (g->fd < 0)
+				return -errno;
+			if (g->kind == R_DISK)
+				unlink(path);
+			if (ftruncate(g->fd, (off_t)region_len))
+				return -errno;
+			p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
+				 MAP_SHARED, g->fd, 0);
+			ret = p == MAP_FAILED ? -errno : 0;
+			if (!ret)
+				ret = hmm_file_adopt(p, region_len, g->fd, 0);
+		} else if (g->shared) {
 			ret = hmm_mem_alloc(region_len, 0, &p);
 		} else {
 			p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
@@ -1744,7 +1804,7 @@ static void shared_unbusy(struct thr *t)
 		uint64_t *mem = atomic_load(&regions[r].mem);
 		long ret = -EBUSY;
 
-		if (!regions[r].shared)
+		if (regions[r].kind != R_SHM)
 			continue;
 
 		act(t, "hmm_migrate of shared memory after the children", 0,
@@ -1779,9 +1839,10 @@ int main(int argc, char **argv)
 	memset(thr, 0, nthr * sizeof(*thr));
 	start(&thr[0], "main", opt.threads + MIGRATORS + 2, NULL);
 	printf("hmm-stress: --seed %" PRIu64 " --seconds %lu --threads %u "
-	       "--devices %u --size %lu --regions %u%s: %u regions of %zu "
+	       "--devices %u --size %lu --regions %u%s%s: %u regions of %zu "
 	       "pages%s\n", opt.seed, opt.seconds, opt.threads, opt.devices,
 	       opt.size_mib, opt.regions, opt.fork ? "" : " --no-fork",
+	       opt.files ? " --files" : "",
 	       opt.regions, region_len / PG,
 	       opt.fork && QUIESCE_FORK ?
 	       " (ASan: threads parked around each fork)" : "");
