@@ -267,7 +267,8 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 	}
 	a->obj = vmas[0];
 	a->priv = !vmas[0].shared;
-	a->sync_each = flags & HMM_FILE_SYNC_EACH;
+	a->sync_each = (flags & HMM_FILE_SYNC_EACH) ||
+		       hmm__option(HMM_OPT_FILE_SYNC_EACH);
 	a->memfd = -1;
 	a->start = s;
 	a->len = len;

@@ -81,6 +81,7 @@ enum hmm_option {
 	HMM_OPT_FORCE_USER_MODE,
 	HMM_OPT_USE_MOVE,
 	HMM_OPT_EVICT,
+	HMM_OPT_FILE_SYNC_EACH,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);

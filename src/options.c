@@ -36,6 +36,9 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 	[HMM_OPT_EVICT] = { "HMM_EVICT", 1, 0, 1,
 		"when a migration finds device memory full, move the least "
 		"recently used device pages to system memory first" },
+	[HMM_OPT_FILE_SYNC_EACH] = { "HMM_FILE_SYNC_EACH", 0, 0, 1,
+		"file mappings adopted from now on write device data back "
+		"after every device command (as with HMM_FILE_SYNC_EACH)" },
 };
 
 /* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */

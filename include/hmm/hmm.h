@@ -182,8 +182,9 @@ int hmm_mem_free(void *addr, size_t len);
  * hmm_file_adopt - manage part of a file mapping, so that its pages can
  * move to devices.
  *
- * @addr, @len: page aligned, within one mapping (one VMA) of the file that
- * @fd is open on, made with mmap(MAP_SHARED) or mmap(MAP_PRIVATE).  @fd is
+ * @addr, @len: page aligned, within one mapping of the file that @fd is
+ * open on, made with mmap(MAP_SHARED) or mmap(MAP_PRIVATE) (mprotect may
+ * have cut it into several protections).  @fd is
  * only used during the call (libhmm maps the file itself; the descriptor
  * may be closed afterwards); for a writable shared mapping it must be open
  * O_RDWR.  @flags: 0 or HMM_FILE_SYNC_EACH.
@@ -212,9 +213,11 @@ int hmm_mem_free(void *addr, size_t len);
  *    hmm_range_release(); hmm_device_close(); hmm_fini() and normal exit
  *    (exit() or return from main, from any thread); fork() (pages of
  *    file mappings come home first); and, for ranges adopted with
- *    HMM_FILE_SYNC_EACH, the end of every device command
- *    (hmm_device_command_done).  Pages stay on their device after a
- *    write-back, except at munmap, release, close, fini and fork.
+ *    HMM_FILE_SYNC_EACH (or while the option HMM_FILE_SYNC_EACH is 1),
+ *    the end of every device command (hmm_device_command_done).  Pages
+ *    stay on their device after a write-back, except at munmap, release,
+ *    close, fini and fork.  A write-back copies every page a device could
+ *    write since it arrived (pages of read-only mappings never).
  *  - In this process, read(), pread(), readv(), preadv(), preadv2() on the
  *    file write back the pages they cover first, so they never return
  *    stale data; write(), pwrite() and the vector forms bring the pages
