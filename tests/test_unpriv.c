@@ -8,6 +8,7 @@
  * migrate; only kernel-mode accesses to device-resident pages are lost.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +93,47 @@ static void syscall_on_device_page(hmm_device_t *dev, char *p, int caps)
 	free(out);
 	/* The user-space path works whatever happened above. */
 	CHECK(mismatch(p, LEN, 0x0b0d, 0) == -1, "data after syscall test");
+}
+
+/*
+ * File-backed memory without privileges: a memfd (MINOR faults, which
+ * user-mode-only userfaultfd serves for user-space accesses) and a file in
+ * /var/tmp (protection faults, no userfaultfd at all).  pread() on the
+ * file sees what the device wrote.
+ */
+static void file_check(hmm_device_t *dev, bool disk)
+{
+	char path[] = "/var/tmp/libhmm-unpriv-XXXXXX";
+	int fd = disk ? mkstemp(path) : memfd_create("unpriv", MFD_CLOEXEC);
+	uint64_t *p, word;
+	int r;
+
+	if (fd < 0) {
+		printf("file (%s): cannot create: %s (skipped)\n",
+		       disk ? "disk" : "memfd", strerror(errno));
+		return;
+	}
+	if (disk)
+		unlink(path);
+	CHECK(!ftruncate(fd, LEN), "ftruncate");
+	p = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	CHECK(p != MAP_FAILED, "mmap file");
+	if (p == MAP_FAILED)
+		return;
+	fill(p, LEN, 0x0f11);
+	r = hmm_file_adopt(p, LEN, fd, 0);
+	CHECK(r == 0, "hmm_file_adopt (%s) = %d", disk ? "disk" : "memfd", r);
+	CHECK(hmm_migrate(p, LEN, dev, 0) == NPAGES, "file migrate");
+	CHECK(count_loc((char *)p, LEN, HMM_LOC_DEVICE) == NPAGES,
+	      "file pages on device");
+	r = hmm_sim_fill64(dev, p + 8, 0xabcd, 8, NULL);
+	CHECK(r == 0, "hmm_sim_fill64 on a file = %d", r);
+	CHECK(pread(fd, &word, 8, 64) == 8 && word == 0xabcd,
+	      "pread sees the device's write");
+	CHECK(p[8] == 0xabcd && p[9] == (9 ^ 0x0f11), "CPU read of the file");
+	CHECK(hmm_range_release(p, LEN) == 0, "release the file range");
+	munmap(p, LEN);
+	close(fd);
 }
 
 int main(void)
@@ -188,6 +230,9 @@ int main(void)
 		      "CPU read in a hold");
 		CHECK(hmm_exclusive_end(p, LEN, dev) >= 0, "end");
 	}
+
+	file_check(dev, false);
+	file_check(dev, true);
 
 	CHECK(hmm_migrate(p, LEN, dev, 0) >= 0, "migrate before close");
 	r = hmm_device_close(dev);
