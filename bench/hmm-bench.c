@@ -311,6 +311,79 @@ static void bench_faultback_bulk(void)
 	hmm_device_close(dev);
 }
 
+/* ---- file_faultback_bulk, file_sync ----------------------------------- */
+
+/* A shared mapping of a new file: a memfd, or an unlinked file in
+ * /var/tmp (@disk), @len bytes, populated. */
+static char *map_file(size_t len, bool disk, int *fdp)
+{
+	char path[] = "/var/tmp/hmm-bench-XXXXXX";
+	int fd = disk ? mkstemp(path) : memfd_create("hmm-bench", MFD_CLOEXEC);
+	char *p;
+
+	if (fd < 0)
+		die("file", 0);
+	if (disk)
+		unlink(path);
+	if (ftruncate(fd, (off_t)len))
+		die("ftruncate", 0);
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap file", 0);
+	populate(p, len);
+	*fdp = fd;
+	return p;
+}
+
+/*
+ * A sequential CPU pass over device-resident file data: MINOR faults and
+ * UFFDIO_CONTINUE for a memfd (the device's data written into the page
+ * cache page, mapped in place), protection faults for a disk file; then
+ * hmm_file_sync of the whole range after a device wrote all of it.  Each
+ * next to memcpy of the same size.
+ */
+static void bench_file(void)
+{
+	size_t len = opt_size;
+	hmm_device_t *dev = open_sim(len);
+	char *dst = map_anon(len);
+	double mc = memcpy_gbs(len);
+
+	populate(dst, len);
+	for (int disk = 0; disk < 2; disk++) {
+		double v[16], w[16];
+		int fd;
+		char *p = map_file(len, disk, &fd);
+		long r;
+		if ((r = hmm_file_adopt(p, len, fd, 0)))
+			die("hmm_file_adopt", r);
+		for (int k = 0; k < opt_repeat; k++) {
+			if ((r = hmm_migrate(p, len, dev, 0)) != (long)(len / PG))
+				die("hmm_migrate", r);
+			if ((r = hmm_sim_fill64(dev, p, (uint64_t)k, len, NULL)))
+				die("hmm_sim_fill64", r);
+			double t = now_s();
+			if ((r = hmm_file_sync(p, len)) != (long)(len / PG))
+				die("hmm_file_sync", r);
+			w[k] = len / (now_s() - t) / 1e9;
+			t = now_s();
+			memcpy(dst, p, len); /* the sequential CPU pass */
+			v[k] = len / (now_s() - t) / 1e9;
+		}
+		report(&(struct result){ disk ? "file_faultback_bulk_disk"
+					      : "file_faultback_bulk",
+					 "GB/s", "memcpy", median(v, opt_repeat),
+					 mc, false, NULL });
+		report(&(struct result){ disk ? "file_sync_disk" : "file_sync",
+					 "GB/s", "memcpy", median(w, opt_repeat),
+					 mc, false, NULL });
+		munmap(p, len);
+		close(fd);
+	}
+	munmap(dst, len);
+	hmm_device_close(dev);
+}
+
 /* ---- device_stream_read ------------------------------------------------ */
 
 /* A reading kernel bound by memory, not by its loop: four independent
@@ -807,6 +880,7 @@ static const struct {
 	{ "migrate", bench_migrate },
 	{ "cpu_faultback_4k", bench_faultback_4k },
 	{ "cpu_faultback_bulk", bench_faultback_bulk },
+	{ "file", bench_file },
 	{ "range_fault_1g", bench_range_fault },
 	{ "munmap_mirrored_1g", bench_munmap },
 	{ "fault_threads_2v1", bench_fault_threads },

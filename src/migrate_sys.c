@@ -211,6 +211,65 @@ static void fprot_unprotect_run(struct hmm_block *b, const struct sel *sel,
 	pthread_mutex_unlock(&b->lock);
 }
 
+/*
+ * The common case of install_file_run, a shared mapping: one copy of the
+ * run's pages the device could write into the page cache, then one
+ * UFFDIO_CONTINUE per stretch of pages not dropped meanwhile, all under
+ * the block lock.  Returns true if it handled the run, false if a copy
+ * faulted (a page past the end of the file: the caller goes page by page).
+ */
+static bool install_file_batch(const struct hmm_mrange *r, hmm_device_t *dev,
+			       struct hmm_block *b, struct sel *sel, size_t k0,
+			       size_t n)
+{
+	struct hmm_copy_desc d[HMM_BLOCK_PAGES];
+	size_t nd = 0;
+
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = k0; k < k0 + n; k++) {
+		unsigned i = sel->idx[k];
+		if (!(b->state[i] & PSF_CLEARED) &&
+		    PDEV_OWES(b->state[i], b->dev[i]))
+			d[nd++] = (struct hmm_copy_desc){
+				sel->dpfn[k],
+				hmm__file_alias_ptr(r, sel_va(b, i)) };
+	}
+	if (nd && hmm__guarded_copy(dev, HMM_COPY_TO_SYSTEM, d, nd)) {
+		pthread_mutex_unlock(&b->lock);
+		return false;
+	}
+	for (size_t k = k0; k < k0 + n;) {
+		size_t m = 0;
+		long c = 0;
+		while (k + m < k0 + n && !(b->state[sel->idx[k + m]] & PSF_CLEARED))
+			m++;
+		if (!m) {
+			sel->flag[k++] = INST_NOT_DONE;
+			continue;
+		}
+		if (r->kind == HMM_MK_FILE)
+			c = hmm__uffd_continue(hmm__ctx.uffd,
+					       sel_va(b, sel->idx[k]),
+					       m << HMM_PAGE_SHIFT, true);
+		else
+			c = (long)m;
+		if (c > 0) {
+			memset(sel->flag + k, INST_DONE, (size_t)c);
+			k += (size_t)c;
+			continue;
+		}
+		if (c == -EAGAIN)
+			break; /* the rest stays INST_NOT_DONE */
+		/* EEXIST: mapped already (the data is in the page); EFAULT:
+		 * no page cache page (truncated); ENOENT: mapping gone. */
+		sel->flag[k++] = c == -EEXIST ? INST_DONE : INST_GONE;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (r->kind == HMM_MK_FPROT)
+		fprot_unprotect_run(b, sel, k0, n);
+	return true;
+}
+
 static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 			    struct hmm_block *b, struct sel *sel, size_t k0,
 			    size_t n)
@@ -222,6 +281,10 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 		return -ENOMEM;
 	if ((ret = hmm__inject(HMM_INJ_COPY_TO_SYSTEM)))
 		return ret;
+	for (size_t k = k0; k < k0 + n; k++)
+		sel->flag[k] = INST_NOT_DONE;
+	if (!r->alloc->priv && install_file_batch(r, dev, b, sel, k0, n))
+		return 0;
 	if (r->alloc->priv && !(bb = bounce_get()))
 		return -ENOMEM;
 	for (size_t k = k0; k < k0 + n;) {
