@@ -30,6 +30,7 @@
  * ftruncate, fallocate and msync are interposed so that they see, and do
  * not lose, device data.
  */
+#include <alloca.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -1125,4 +1126,116 @@ void hmm__file_home(uintptr_t s, uintptr_t e)
 	for (size_t i = 0; i < n; i++)
 		hmm__migrate_to_system(p[i].start, p[i].end, NULL, 0);
 	free(p);
+}
+
+/* ---- exec ---------------------------------------------------------------- */
+
+/*
+ * exec replaces the image without exit handlers: device data of managed
+ * files is written back first (the devices and their memory go with the
+ * image; anonymous memory goes too, as it would without libhmm).  The
+ * exec family calls execve inside libc, so each entry point is wrapped.
+ */
+static void before_exec(void)
+{
+	struct hmm_mrange *copy;
+	size_t n;
+
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+		return;
+	copy = hmm__ranges_copy(&n);
+	for (size_t i = 0; copy && i < n; i++)
+		if (HMM_MK_IS_FILE(copy[i].kind))
+			hmm__file_writeback(copy[i].start, copy[i].end, NULL);
+	free(copy);
+}
+
+REAL(execve, int, const char *, char *const[], char *const[])
+REAL(execv, int, const char *, char *const[])
+REAL(execvp, int, const char *, char *const[])
+REAL(execvpe, int, const char *, char *const[], char *const[])
+REAL(fexecve, int, int, char *const[], char *const[])
+
+int execve(const char *path, char *const argv[], char *const envp[])
+{
+	before_exec();
+	return get_execve()(path, argv, envp);
+}
+
+int execv(const char *path, char *const argv[])
+{
+	before_exec();
+	return get_execv()(path, argv);
+}
+
+int execvp(const char *file, char *const argv[])
+{
+	before_exec();
+	return get_execvp()(file, argv);
+}
+
+int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+	before_exec();
+	return get_execvpe()(file, argv, envp);
+}
+
+int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	before_exec();
+	return get_fexecve()(fd, argv, envp);
+}
+
+/* The list forms: their arguments gathered into a vector (on the stack,
+ * as libc does), then the vector form above. */
+#define GATHER(first, ap, argv, env)                                        \
+	do {                                                                \
+		va_list c_;                                                 \
+		size_t n_ = 1;                                              \
+		va_copy(c_, ap);                                            \
+		while (va_arg(c_, char *))                                  \
+			n_++;                                               \
+		va_end(c_);                                                 \
+		argv = alloca((n_ + 1) * sizeof(char *));                   \
+		argv[0] = (char *)(first);                                  \
+		for (size_t i_ = 1; i_ <= n_; i_++)                         \
+			argv[i_] = va_arg(ap, char *);                      \
+		env = NULL;                                                 \
+	} while (0)
+
+int execl(const char *path, const char *arg, ...)
+{
+	char **argv, **env;
+	va_list ap;
+
+	va_start(ap, arg);
+	GATHER(arg, ap, argv, env);
+	va_end(ap);
+	(void)env;
+	return execv(path, argv);
+}
+
+int execlp(const char *file, const char *arg, ...)
+{
+	char **argv, **env;
+	va_list ap;
+
+	va_start(ap, arg);
+	GATHER(arg, ap, argv, env);
+	va_end(ap);
+	(void)env;
+	return execvp(file, argv);
+}
+
+int execle(const char *path, const char *arg, ...)
+{
+	char **argv, **env;
+	va_list ap;
+
+	va_start(ap, arg);
+	GATHER(arg, ap, argv, env);
+	env = va_arg(ap, char **); /* after the NULL that ends the list */
+	va_end(ap);
+	return execve(path, argv, env);
 }

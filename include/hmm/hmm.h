@@ -211,8 +211,9 @@ int hmm_mem_free(void *addr, size_t len);
  *    disk -- sees data a device wrote once it has been written back.
  *    Write-back points: hmm_file_sync(); msync() of the range; munmap();
  *    hmm_range_release(); hmm_device_close(); hmm_fini() and normal exit
- *    (exit() or return from main, from any thread); fork() (pages of
- *    file mappings come home first); and, for ranges adopted with
+ *    (exit() or return from main, from any thread); execve() and the
+ *    rest of the exec family; fork() (pages of file mappings come home
+ *    first); and, for ranges adopted with
  *    HMM_FILE_SYNC_EACH (or while the option HMM_FILE_SYNC_EACH is 1),
  *    the end of every device command (hmm_device_command_done).  Pages
  *    stay on their device after a write-back, except at munmap, release,

@@ -8,6 +8,8 @@
  *   file_procs exit   memfd|disk main|thread
  *                                  a child writes on a device and exits
  *                                  (from main, or from another thread)
+ *   file_procs exec   memfd|disk execv|execl
+ *                                  a child writes on a device and execs
  *   file_procs kill   memfd|disk safe|default
  *                                  a child writes on a device and is
  *                                  killed with SIGKILL
@@ -296,12 +298,41 @@ static int kill_child(const char *kind, bool safe)
 	return 0;
 }
 
+/* exec: the child writes on the device and execs a program that knows
+ * nothing of libhmm; the file has the device's data when it is gone. */
+static int exec_child(const char *kind, const char *how)
+{
+	int fd = open_file(kind);
+	pid_t pid;
+
+	file_fill(fd, 0, WORDS, 0xaaaa);
+	pid = fork();
+	CHECK(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		hmm_device_t *dev;
+		uint64_t *p = adopt(fd, 0, &dev);
+		char *const argv[] = { "true", NULL };
+		device_fill(dev, p, 0, WORDS, 0xbbbb);
+		if (!strcmp(how, "execl"))
+			execl("/bin/true", "true", (char *)NULL);
+		else
+			execv("/bin/true", argv);
+		_exit(3);
+	}
+	int st = wait_child(pid);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+	expect(fd, NULL, 0, WORDS, 0xbbbb, "pread after the child's exec");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && !strcmp(argv[1], "share"))
 		return share(argv[2]);
 	if (argc >= 4 && !strcmp(argv[1], "exit"))
 		return exit_child(argv[2], !strcmp(argv[3], "thread"));
+	if (argc >= 4 && !strcmp(argv[1], "exec"))
+		return exec_child(argv[2], argv[3]);
 	if (argc >= 4 && !strcmp(argv[1], "kill"))
 		return kill_child(argv[2], !strcmp(argv[3], "safe"));
 	fprintf(stderr, "usage: %s share|exit|kill KIND [MODE]\n", argv[0]);
