@@ -300,8 +300,16 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 		ret = -EEXIST;
 		goto out;
 	}
-	if (kind == HMM_MK_FILE)
+	if (kind == HMM_MK_FILE) {
 		ret = hmm__uffd_register_minor(hmm__ctx.uffd, s, len);
+		/* The kernel registers a shared mapping only if its file is
+		 * writable through it (EPERM otherwise): protection faults
+		 * serve a read-only one as well. */
+		if (ret == -EPERM) {
+			kind = HMM_MK_FPROT;
+			ret = 0;
+		}
+	}
 	if (ret)
 		goto out;
 	ret = hmm__pages_set_state(s, e, PS_SYSTEM);
@@ -882,8 +890,14 @@ int msync(void *addr, size_t len, int flags)
  * nothing there now), and pages only partly inside come home first, so
  * that the kernel clears the part it clears in the current data.
  */
+enum lose {
+	LOSE_TRUNCATE,	/* past the new end: gone for every mapping */
+	LOSE_HOLE,	/* a hole: private copies keep their data */
+	LOSE_SHIFT,	/* collapse, insert: the data moves */
+};
+
 static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
-		      bool drop)
+		      enum lose how)
 {
 	struct hmm_mrange *rs;
 	size_t n;
@@ -897,11 +911,16 @@ static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
 		uint64_t lo, hi;
 		if (!file_span(&rs[i], off, len, &s, &e))
 			continue;
-		if (!drop) {
+		if (how == LOSE_SHIFT) {
 			/* The data moves within the file: home first. */
 			hmm__migrate_to_system(s, e, NULL, 0);
 			continue;
 		}
+		/* A page of a private mapping that went to a device is the
+		 * process's own copy (as one it wrote), which a hole does not
+		 * reach; a truncation unmaps even those. */
+		if (how == LOSE_HOLE && rs[i].alloc->priv)
+			continue;
 		/* partial pages at either end */
 		if (off & HMM_PAGE_MASK)
 			hmm__migrate_to_system(s, s + HMM_PAGE_SIZE, NULL, 0);
@@ -922,7 +941,7 @@ int hmm_wrap_ftruncate(int fd, off_t len) __asm__("ftruncate");
 int hmm_wrap_ftruncate(int fd, off_t len)
 {
 	if (len >= 0)
-		file_lose(fd, NULL, (uint64_t)len, UINT64_MAX, true);
+		file_lose(fd, NULL, (uint64_t)len, UINT64_MAX, LOSE_TRUNCATE);
 	return (int)syscall(SYS_ftruncate, fd, len);
 }
 
@@ -936,7 +955,7 @@ int hmm_wrap_truncate(const char *path, off_t len) __asm__("truncate");
 int hmm_wrap_truncate(const char *path, off_t len)
 {
 	if (len >= 0 && path)
-		file_lose(-1, path, (uint64_t)len, UINT64_MAX, true);
+		file_lose(-1, path, (uint64_t)len, UINT64_MAX, LOSE_TRUNCATE);
 	return (int)syscall(SYS_truncate, path, len);
 }
 
@@ -953,9 +972,10 @@ int hmm_wrap_fallocate(int fd, int mode, off_t off, off_t len)
 	if (off >= 0 && len > 0 && (mode & ~FALLOC_FL_KEEP_SIZE)) {
 		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
 			file_lose(fd, NULL, (uint64_t)off, (uint64_t)len,
-				  true);
+				  LOSE_HOLE);
 		else /* collapse, insert: the data after @off moves */
-			file_lose(fd, NULL, (uint64_t)off, UINT64_MAX, false);
+			file_lose(fd, NULL, (uint64_t)off, UINT64_MAX,
+				  LOSE_SHIFT);
 	}
 	if (syscall(SYS_fallocate, fd, mode, off, len))
 		return -1;

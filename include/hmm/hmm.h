@@ -190,12 +190,13 @@ int hmm_mem_free(void *addr, size_t len);
  * O_RDWR.  @flags: 0 or HMM_FILE_SYNC_EACH.
  *
  * How pages come back to the CPU, per kind of mapping:
- *  - shmem-backed files (memfd_create, tmpfs, /dev/shm) mapped MAP_SHARED:
- *    userfaultfd MINOR faults.  The page-cache page stays while a device
+ *  - shmem-backed files (memfd_create, tmpfs, /dev/shm) mapped MAP_SHARED
+ *    from a descriptor open for writing: userfaultfd MINOR faults.  The page-cache page stays while a device
  *    holds the data; a CPU access gets the device's data written into it
  *    and mapped (UFFDIO_CONTINUE), with no further copy, and a page the
  *    device could not write (read-only mapping) comes back without a copy.
- *  - every other file mapping (ext4, xfs, ... ; any MAP_PRIVATE mapping):
+ *  - every other file mapping (ext4, xfs, ... ; any MAP_PRIVATE mapping;
+ *    a shmem file mapped from a read-only descriptor):
  *    the page is PROT_NONE in this mapping while a device holds it, and
  *    libhmm's SIGSEGV handler brings it back in the faulting thread.
  *    Faults that are not libhmm's go to the application's own SIGSEGV
@@ -234,7 +235,9 @@ int hmm_mem_free(void *addr, size_t len);
  *    PUNCH_HOLE or ZERO_RANGE in this process; madvise(MADV_REMOVE)):
  *    device copies of the pages lost are dropped, pages only partly lost
  *    come home first; an access past the end of the file raises SIGBUS as
- *    usual.  A truncation by another process is seen when the page is next
+ *    usual.  In a MAP_PRIVATE mapping a page that went to a device is the
+ *    process's own copy, as a page it wrote is: a hole leaves it alone, a
+ *    truncation drops it.  A truncation by another process is seen when the page is next
  *    accessed or written back (past the end: SIGBUS, nothing written).
  *  - What a SIGKILL (or any death without exit handlers) loses: device
  *    data not yet written back.  Without HMM_FILE_SYNC_EACH, everything a
