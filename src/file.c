@@ -1024,18 +1024,17 @@ static struct hmm_mrange *fprot_pieces(uintptr_t s, uintptr_t e, size_t *np)
 
 void hmm__file_before_unmap(uintptr_t s, uintptr_t e)
 {
+	struct hmm_mrange *p;
+	size_t n;
+
 	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
 	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
 		return;
 	hmm__file_writeback(s, e, NULL);
-}
-
-void hmm__file_after_unmap(uintptr_t s, uintptr_t e)
-{
-	struct hmm_mrange *p;
-	size_t n;
-
-	/* FPROT ranges send no UNMAP event: forget them here. */
+	/* FPROT ranges send no UNMAP event: forget them here, before the
+	 * system call, so that a migration in flight sees its pages
+	 * unmapped (PSF_UNMAPPED) before anything else can be mapped there
+	 * (fprot_zap in migrate.c). */
 	p = fprot_pieces(s, e, &n);
 	for (size_t i = 0; i < n; i++) {
 		hmm__pages_drop(p[i].start, p[i].end, true, false, false,

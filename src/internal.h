@@ -490,12 +490,11 @@ void *hmm__file_alias_ptr(const struct hmm_mrange *r, uintptr_t va);
  * -errno. */
 long hmm__file_writeback(uintptr_t s, uintptr_t e, hmm_device_t *only);
 /* The mapping wrappers (interpose.c): munmap writes back first, and
- * forgets FPROT ranges after (they send no UNMAP event); mremap releases
- * FPROT ranges first.  mprotect over FPROT ranges: hmm__file_protect
+ * forgets FPROT ranges (they send no UNMAP event); mremap releases FPROT
+ * ranges first.  mprotect over FPROT ranges: hmm__file_protect
  * does the whole call (false: none there, the caller does it), so that
  * pages on a device stay PROT_NONE; *ret gets the system call's result. */
 void hmm__file_before_unmap(uintptr_t s, uintptr_t e);
-void hmm__file_after_unmap(uintptr_t s, uintptr_t e);
 void hmm__file_before_remap(uintptr_t s, uintptr_t e);
 /* FPROT pages of [s, e) on devices come home (mlock). */
 void hmm__file_home(uintptr_t s, uintptr_t e);

@@ -297,8 +297,6 @@ int munmap(void *addr, size_t len)
 	if (m)
 		before(s, e, HMM_NOTIFY_UNMAP);
 	ret = (int)spare_own(SYS_munmap, addr, len, 0, 0);
-	if (mg && !ret)
-		hmm__file_after_unmap(s, e);
 	if (m)
 		after(s, e, HMM_NOTIFY_UNMAP);
 	/* The UNMAP event of a managed range was read before munmap returned;

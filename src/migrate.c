@@ -844,15 +844,50 @@ static int file_populate(const struct hmm_mrange *r, struct hmm_block *b,
 	return 0;
 }
 
+/*
+ * FPROT, phase 2: the pages become PROT_NONE, run by run, under the block
+ * lock, skipping pages unmapped meanwhile: the munmap wrapper marks them
+ * (PSF_UNMAPPED, under the lock) before its system call, so an mprotect
+ * here never reaches a mapping made at the same address since.
+ */
+static int fprot_zap(struct hmm_block *b, const struct sel *sel)
+{
+	int ret = hmm__inject(HMM_INJ_ZAP);
+
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n && !ret;) {
+		size_t m = 0;
+		while (k + m < sel->n &&
+		       sel->idx[k + m] == sel->idx[k] + m &&
+		       !(b->state[sel->idx[k + m]] & PSF_UNMAPPED))
+			m++;
+		if (!m) {
+			k++;
+			continue;
+		}
+		if (hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
+				      m << HMM_PAGE_SHIFT, PROT_NONE))
+			ret = -errno;
+		k += m;
+	}
+	pthread_mutex_unlock(&b->lock);
+	return ret;
+}
+
 /* A failed migration of FPROT pages, before its rollback (the pages are
  * still MIGRATING: nothing sees them PROT_NONE in system memory): the
- * application's protection back. */
+ * application's protection back (not on pages unmapped meanwhile, see
+ * fprot_zap). */
 static void file_unprotect(struct hmm_block *b, const struct sel *sel)
 {
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = 0; k < sel->n; k++)
-		hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]), HMM_PAGE_SIZE,
-				  PMOD_PROT(b->mod[sel->idx[k]]));
+		if (!(b->state[sel->idx[k]] & PSF_UNMAPPED))
+			hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
+					  HMM_PAGE_SIZE,
+					  PMOD_PROT(b->mod[sel->idx[k]]));
 	pthread_mutex_unlock(&b->lock);
 }
 
@@ -926,7 +961,9 @@ again:
 		memset(sel->flag, 1, sel->n);
 		ret = file_populate(r, b, sel);
 		if (!ret)
-			ret = hmm__zap_runs(r, b, sel, zaps, &nzaps);
+			ret = r->kind == HMM_MK_FPROT
+				      ? fprot_zap(b, sel)
+				      : hmm__zap_runs(r, b, sel, zaps, &nzaps);
 		if (!ret)
 			ret = file_copy_to_device(r, b, dev, sel);
 		if (ret) {

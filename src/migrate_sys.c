@@ -198,6 +198,7 @@ static void fprot_unprotect_run(struct hmm_block *b, const struct sel *sel,
 		while (k + m < k0 + n &&
 		       (sel->flag[k + m] != INST_NOT_DONE ||
 			(b->state[sel->idx[k + m]] & PSF_CLEARED)) &&
+		       !(b->state[sel->idx[k + m]] & PSF_UNMAPPED) &&
 		       b->mod[sel->idx[k + m]] == b->mod[i])
 			m++;
 		if (!m) {
@@ -228,7 +229,7 @@ static bool install_file_batch(const struct hmm_mrange *r, hmm_device_t *dev,
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = k0; k < k0 + n; k++) {
 		unsigned i = sel->idx[k];
-		if (!(b->state[i] & PSF_CLEARED) &&
+		if (!(b->state[i] & (PSF_CLEARED | PSF_UNMAPPED)) &&
 		    PDEV_OWES(b->state[i], b->dev[i]))
 			d[nd++] = (struct hmm_copy_desc){
 				sel->dpfn[k],
@@ -241,7 +242,9 @@ static bool install_file_batch(const struct hmm_mrange *r, hmm_device_t *dev,
 	for (size_t k = k0; k < k0 + n;) {
 		size_t m = 0;
 		long c = 0;
-		while (k + m < k0 + n && !(b->state[sel->idx[k + m]] & PSF_CLEARED))
+		while (k + m < k0 + n &&
+		       !(b->state[sel->idx[k + m]] &
+			 (PSF_CLEARED | PSF_UNMAPPED)))
 			m++;
 		if (!m) {
 			sel->flag[k++] = INST_NOT_DONE;
@@ -293,7 +296,10 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 		struct hmm_copy_desc d;
 		long c = 1;
 		pthread_mutex_lock(&b->lock);
-		if (b->state[i] & PSF_CLEARED) {
+		/* Dropped, or unmapped (then a mapping made at the same
+		 * address since must not get this data): the commit settles
+		 * it. */
+		if (b->state[i] & (PSF_CLEARED | PSF_UNMAPPED)) {
 			pthread_mutex_unlock(&b->lock);
 			sel->flag[k++] = INST_NOT_DONE;
 			continue;
