@@ -229,7 +229,9 @@ static bool install_file_batch(const struct hmm_mrange *r, hmm_device_t *dev,
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = k0; k < k0 + n; k++) {
 		unsigned i = sel->idx[k];
-		if (!(b->state[i] & (PSF_CLEARED | PSF_UNMAPPED)) &&
+		/* Unmapped meanwhile: the file still gets the data (the
+		 * munmap's write-back skipped pages in flight). */
+		if (!(b->state[i] & PSF_CLEARED) &&
 		    PDEV_OWES(b->state[i], b->dev[i]))
 			d[nd++] = (struct hmm_copy_desc){
 				sel->dpfn[k],
@@ -297,9 +299,10 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 		long c = 1;
 		pthread_mutex_lock(&b->lock);
 		/* Dropped, or unmapped (then a mapping made at the same
-		 * address since must not get this data): the commit settles
-		 * it. */
-		if (b->state[i] & (PSF_CLEARED | PSF_UNMAPPED)) {
+		 * address since must not get this data, though a shared
+		 * file still does): the commit settles it. */
+		if ((b->state[i] & PSF_CLEARED) ||
+		    ((b->state[i] & PSF_UNMAPPED) && bb)) {
 			pthread_mutex_unlock(&b->lock);
 			sel->flag[k++] = INST_NOT_DONE;
 			continue;
@@ -324,7 +327,9 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 				return ret;
 			}
 		}
-		if (r->kind == HMM_MK_FILE)
+		if (b->state[i] & PSF_UNMAPPED)
+			c = -ENOENT; /* written to the file; nothing to map */
+		else if (r->kind == HMM_MK_FILE)
 			c = hmm__uffd_continue(hmm__ctx.uffd, va, HMM_PAGE_SIZE,
 					       true);
 		pthread_mutex_unlock(&b->lock);
