@@ -32,6 +32,10 @@
 
 #include "hmm/hmm_dmirror.h"
 
+/* libhmm's mmap, which this library's replaces (src/file.c). */
+void *hmm__mmap(void *addr, size_t len, int prot, int flags, int fd,
+		off_t off);
+
 #define HMM_PUBLIC __attribute__((visibility("default")))
 #define MAX_FDS 4096
 
@@ -189,7 +193,9 @@ HMM_PUBLIC void *mmap(void *addr, size_t len, int prot, int flags, int fd,
 
 	if (m)
 		return hmm_dmirror_mmap(m, addr, len, prot, flags);
-	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	/* libhmm's own mmap (this definition replaces it in the preload
+	 * library): a MAP_FIXED over managed file ranges writes back. */
+	return hmm__mmap(addr, len, prot, flags, fd, off);
 }
 
 HMM_PUBLIC void *mmap64(void *addr, size_t len, int prot, int flags, int fd,

@@ -281,9 +281,12 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 	if (!a->priv) {
 		/* libhmm's own view of the file's pages: it reads and writes
 		 * the page cache there, unregistered and never PROT_NONE. */
+		/* Writable whenever the descriptor allows: an mprotect may
+		 * make a read-only mapping writable later. */
 		a->alias = hmm__mmap_own(len,
-					 writable ? PROT_READ | PROT_WRITE
-						  : PROT_READ,
+					 (acc & O_ACCMODE) == O_RDWR
+						 ? PROT_READ | PROT_WRITE
+						 : PROT_READ,
 					 MAP_SHARED, fd, (off_t)a->alias_off);
 		if (a->alias == MAP_FAILED) {
 			ret = errno == EACCES ? -EACCES : -ENOMEM;
@@ -481,6 +484,9 @@ static bool vma_push(struct hmm_vma **out, long *n, long *cap,
 	return true;
 }
 
+static int fix_piece(const struct hmm_vma *v, uintptr_t s, uintptr_t e,
+		     struct hmm_vma **out, long *on, long *cap);
+
 void hmm__file_fix_prot(struct hmm_vma **vp, long *np)
 {
 	struct hmm_vma *v = *vp, *out = NULL;
@@ -495,45 +501,40 @@ void hmm__file_fix_prot(struct hmm_vma **vp, long *np)
 		return;
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	for (long i = 0; i < n; i++) {
-		struct hmm_mrange *r = hmm__range_find(v[i].start);
-		if (v[i].prot != PROT_NONE || !r || r->kind != HMM_MK_FPROT ||
-		    v[i].end > r->end) {
+		if (v[i].prot != PROT_NONE) {
 			if (!vma_push(&out, &on, &cap, &v[i]))
 				goto oom;
 			continue;
 		}
-		/* One VMA per run of pages with the same protection of the
-		 * application's (a PROT_NONE VMA may join pages on devices
-		 * with a page the application made PROT_NONE). */
-		for (uintptr_t p = v[i].start; p < v[i].end;) {
-			struct hmm_block *b = hmm__block_lookup(p);
-			uintptr_t bend = HMM_MIN((p & ~(HMM_BLOCK_SIZE - 1)) +
-							 HMM_BLOCK_SIZE, v[i].end);
+		/* A PROT_NONE VMA may join pages on devices with pages the
+		 * application made PROT_NONE, inside the range or next to it
+		 * (a guard page): one VMA per run of pages with the same
+		 * protection of the application's, PROT_NONE outside FPROT
+		 * ranges. */
+		for (uintptr_t p = v[i].start, seg_end; p < v[i].end;
+		     p = seg_end) {
+			struct hmm_mrange *r = hmm__range_find(p);
 			struct hmm_vma piece = v[i];
-			if (!b) {
+			if (!r || r->end <= p || r->kind != HMM_MK_FPROT) {
+				/* up to the next FPROT range, if any */
+				seg_end = v[i].end;
+				for (size_t k = 0; k < hmm__ctx.nranges; k++) {
+					const struct hmm_mrange *q =
+						&hmm__ctx.ranges[k];
+					if (q->kind == HMM_MK_FPROT &&
+					    q->start > p && q->start < seg_end)
+						seg_end = q->start;
+				}
 				piece.start = p;
-				piece.end = bend;
+				piece.end = seg_end;
+				piece.off = v[i].off + (p - v[i].start);
 				if (!vma_push(&out, &on, &cap, &piece))
 					goto oom;
-				p = bend;
 				continue;
 			}
-			pthread_mutex_lock(&b->lock);
-			while (p < bend) {
-				int prot = PMOD_PROT(b->mod[hmm__block_index(p)]);
-				piece.start = p;
-				while (p < bend &&
-				       PMOD_PROT(b->mod[hmm__block_index(p)]) == prot)
-					p += HMM_PAGE_SIZE;
-				piece.end = p;
-				piece.prot = prot;
-				piece.off = v[i].off + (piece.start - v[i].start);
-				if (!vma_push(&out, &on, &cap, &piece)) {
-					pthread_mutex_unlock(&b->lock);
-					goto oom;
-				}
-			}
-			pthread_mutex_unlock(&b->lock);
+			seg_end = HMM_MIN(v[i].end, r->end);
+			if (fix_piece(&v[i], p, seg_end, &out, &on, &cap))
+				goto oom;
 		}
 	}
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
@@ -545,6 +546,45 @@ oom:
 	/* Keep the kernel's view: PROT_NONE, refused as such. */
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	free(out);
+}
+
+/* The part [s, e) of the PROT_NONE VMA @v that a FPROT range covers, one
+ * piece per run of pages with the same protection (mod).  -ENOMEM. */
+static int fix_piece(const struct hmm_vma *v, uintptr_t s, uintptr_t e,
+		     struct hmm_vma **out, long *on, long *cap)
+{
+	for (uintptr_t p = s; p < e;) {
+		struct hmm_block *b = hmm__block_lookup(p);
+		uintptr_t bend = HMM_MIN((p & ~(HMM_BLOCK_SIZE - 1)) +
+						 HMM_BLOCK_SIZE, e);
+		struct hmm_vma piece = *v;
+		if (!b) {
+			piece.start = p;
+			piece.end = bend;
+			piece.off = v->off + (p - v->start);
+			if (!vma_push(out, on, cap, &piece))
+				return -ENOMEM;
+			p = bend;
+			continue;
+		}
+		pthread_mutex_lock(&b->lock);
+		while (p < bend) {
+			int prot = PMOD_PROT(b->mod[hmm__block_index(p)]);
+			piece.start = p;
+			while (p < bend &&
+			       PMOD_PROT(b->mod[hmm__block_index(p)]) == prot)
+				p += HMM_PAGE_SIZE;
+			piece.end = p;
+			piece.prot = prot;
+			piece.off = v->off + (piece.start - v->start);
+			if (!vma_push(out, on, cap, &piece)) {
+				pthread_mutex_unlock(&b->lock);
+				return -ENOMEM;
+			}
+		}
+		pthread_mutex_unlock(&b->lock);
+	}
+	return 0;
 }
 
 void hmm__fprot_restore_locked(struct hmm_block *b, uintptr_t s, uintptr_t e)
@@ -744,14 +784,44 @@ enum io_kind { IO_READ, IO_WRITE };
  * devices wrote (write back); a write must not be undone by a later
  * write-back, nor be missed by a device's copy (bring the pages home).
  */
-static void file_io_prepare(int fd, int64_t off, uint64_t len, enum io_kind k)
+/*
+ * A write to a managed file, or a truncation, and its preparation (pages
+ * brought home, device copies dropped) are one step for migrations to a
+ * device: these hold file_io_lock for writing from the preparation to the
+ * end of the system call, migrations hold it for reading
+ * (hmm__file_mig_begin), so that no page goes back to a device with the
+ * old data in between.  Lock order: file_io_lock, then ctx.fork_lock.
+ */
+static pthread_rwlock_t file_io_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+bool hmm__file_mig_begin(void)
+{
+	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
+	    in_wrapper)
+		return false;
+	pthread_rwlock_rdlock(&file_io_lock);
+	return true;
+}
+
+void hmm__file_mig_end(bool held)
+{
+	if (held)
+		pthread_rwlock_unlock(&file_io_lock);
+}
+
+/* Before I/O on @fd: see below.  Returns whether file_io_lock is held
+ * (for writing): the caller releases it after its system call. */
+static bool file_io_prepare(int fd, int64_t off, uint64_t len,
+			    enum io_kind k)
 {
 	struct hmm_mrange *rs;
 	size_t n;
 
 	rs = ranges_of_file(fd, NULL, &n);
 	if (!rs)
-		return;
+		return false;
+	if (k == IO_WRITE)
+		pthread_rwlock_wrlock(&file_io_lock);
 	in_wrapper = true;
 	if (off < 0) {
 		/* read()/write() at the file position; O_APPEND: anywhere
@@ -774,6 +844,17 @@ static void file_io_prepare(int fd, int64_t off, uint64_t len, enum io_kind k)
 	}
 	in_wrapper = false;
 	free(rs);
+	return k == IO_WRITE;
+}
+
+static ssize_t io_done(bool held, ssize_t ret)
+{
+	if (held) {
+		int e = errno;
+		pthread_rwlock_unlock(&file_io_lock);
+		errno = e;
+	}
+	return ret;
 }
 
 static uint64_t iov_len(const struct iovec *iov, int cnt)
@@ -824,8 +905,8 @@ REAL(msync, int, void *, size_t, int)
 	ssize_t hmm_wrap_##sym params __asm__(#sym);                      \
 	ssize_t hmm_wrap_##sym params                                     \
 	{                                                                  \
-		file_io_prepare(fd, offexpr, lenexpr, kind);               \
-		return get_##sym() args;                                   \
+		bool held_ = file_io_prepare(fd, offexpr, lenexpr, kind);  \
+		return io_done(held_, get_##sym() args);                   \
 	}
 
 WRAP_IO(read, IO_READ, -1, len, (int fd, void *buf, size_t len),
@@ -896,7 +977,8 @@ enum lose {
 	LOSE_SHIFT,	/* collapse, insert: the data moves */
 };
 
-static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
+/* Returns whether file_io_lock is held (see file_io_prepare). */
+static bool file_lose(int fd, const char *path, uint64_t off, uint64_t len,
 		      enum lose how)
 {
 	struct hmm_mrange *rs;
@@ -904,7 +986,8 @@ static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
 
 	rs = ranges_of_file(fd, path, &n);
 	if (!rs)
-		return;
+		return false;
+	pthread_rwlock_wrlock(&file_io_lock);
 	in_wrapper = true;
 	for (size_t i = 0; i < n; i++) {
 		uintptr_t s, e;
@@ -935,14 +1018,15 @@ static void file_lose(int fd, const char *path, uint64_t off, uint64_t len,
 	}
 	in_wrapper = false;
 	free(rs);
+	return true;
 }
 
 int hmm_wrap_ftruncate(int fd, off_t len) __asm__("ftruncate");
 int hmm_wrap_ftruncate(int fd, off_t len)
 {
-	if (len >= 0)
-		file_lose(fd, NULL, (uint64_t)len, UINT64_MAX, LOSE_TRUNCATE);
-	return (int)syscall(SYS_ftruncate, fd, len);
+	bool held = len >= 0 && file_lose(fd, NULL, (uint64_t)len, UINT64_MAX,
+					  LOSE_TRUNCATE);
+	return (int)io_done(held, syscall(SYS_ftruncate, fd, len));
 }
 
 int hmm_wrap_ftruncate64(int fd, off_t len) __asm__("ftruncate64");
@@ -954,9 +1038,10 @@ int hmm_wrap_ftruncate64(int fd, off_t len)
 int hmm_wrap_truncate(const char *path, off_t len) __asm__("truncate");
 int hmm_wrap_truncate(const char *path, off_t len)
 {
-	if (len >= 0 && path)
-		file_lose(-1, path, (uint64_t)len, UINT64_MAX, LOSE_TRUNCATE);
-	return (int)syscall(SYS_truncate, path, len);
+	bool held = len >= 0 && path &&
+		    file_lose(-1, path, (uint64_t)len, UINT64_MAX,
+			      LOSE_TRUNCATE);
+	return (int)io_done(held, syscall(SYS_truncate, path, len));
 }
 
 int hmm_wrap_truncate64(const char *path, off_t len) __asm__("truncate64");
@@ -969,17 +1054,18 @@ int hmm_wrap_fallocate(int fd, int mode, off_t off, off_t len)
 	__asm__("fallocate");
 int hmm_wrap_fallocate(int fd, int mode, off_t off, off_t len)
 {
+	bool held = false;
+
 	if (off >= 0 && len > 0 && (mode & ~FALLOC_FL_KEEP_SIZE)) {
 		if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
-			file_lose(fd, NULL, (uint64_t)off, (uint64_t)len,
-				  LOSE_HOLE);
+			held = file_lose(fd, NULL, (uint64_t)off, (uint64_t)len,
+					 LOSE_HOLE);
 		else /* collapse, insert: the data after @off moves */
-			file_lose(fd, NULL, (uint64_t)off, UINT64_MAX,
-				  LOSE_SHIFT);
+			held = file_lose(fd, NULL, (uint64_t)off, UINT64_MAX,
+					 LOSE_SHIFT);
 	}
-	if (syscall(SYS_fallocate, fd, mode, off, len))
-		return -1;
-	return 0;
+	return (int)io_done(held, syscall(SYS_fallocate, fd, mode, off, len)
+					  ? -1 : 0);
 }
 
 int hmm_wrap_fallocate64(int fd, int mode, off_t off, off_t len)
@@ -1257,4 +1343,44 @@ int execle(const char *path, const char *arg, ...)
 	env = va_arg(ap, char **); /* after the NULL that ends the list */
 	va_end(ap);
 	return execve(path, argv, env);
+}
+
+/* ---- mmap(MAP_FIXED) ----------------------------------------------------- */
+
+/*
+ * A MAP_FIXED mapping replaces whatever was there.  A managed file range
+ * there writes back first, and FPROT ranges (which send no UNMAP event)
+ * are forgotten, as for munmap.  Everything else goes straight to the
+ * kernel: one test of the flags.
+ */
+void *hmm__mmap(void *addr, size_t len, int prot, int flags, int fd,
+		off_t off)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+
+	if ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) == MAP_FIXED &&
+	    atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
+	    !(s & HMM_PAGE_MASK) && len && e > s)
+		hmm__file_before_unmap(s, (e + HMM_PAGE_MASK) & ~HMM_PAGE_MASK);
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+/* Weak: the dmirror preload library defines its own, which calls
+ * hmm__mmap for everything that is not a dmirror device. */
+__attribute__((weak)) void *hmm_wrap_mmap(void *addr, size_t len, int prot,
+					  int flags, int fd, off_t off)
+	__asm__("mmap");
+__attribute__((weak)) void *hmm_wrap_mmap(void *addr, size_t len, int prot,
+					  int flags, int fd, off_t off)
+{
+	return hmm__mmap(addr, len, prot, flags, fd, off);
+}
+
+__attribute__((weak)) void *hmm_wrap_mmap64(void *addr, size_t len, int prot,
+					    int flags, int fd, off_t off)
+	__asm__("mmap64");
+__attribute__((weak)) void *hmm_wrap_mmap64(void *addr, size_t len, int prot,
+					    int flags, int fd, off_t off)
+{
+	return hmm__mmap(addr, len, prot, flags, fd, off);
 }

@@ -4,7 +4,7 @@
  * Names: hmm__* cross-file internal, static otherwise.
  *
  * Lock order (outer first): ctx.init_lock -> ctx.hold_lock ->
- * ctx.fork_lock -> ctx.vma_lock -> ctx.pause_lock -> ctx.ranges_lock ->
+ * file_io_lock (file.c) -> ctx.fork_lock -> ctx.vma_lock -> ctx.pause_lock -> ctx.ranges_lock ->
  * a driver's mirror lock -> block.lock -> ctx.zap_lock -> devmem.lock;
  * ctx.holds_lock is a leaf (nothing is taken under it).  block.lock guards state changes only: it
  * is never held across a copy, a notifier callback, a memory access that
@@ -416,7 +416,7 @@ bool hmm__range_get(uintptr_t addr, struct hmm_mrange *out);
 void hmm__range_put(struct hmm_mrange *r);
 /* A range leaving the registry whose pages are still to come home:
  * hmm__range_get finds it meanwhile (ctx.ranges_lock for writing). */
-void hmm__retired_push(const struct hmm_mrange *r);
+int hmm__retired_push(const struct hmm_mrange *r); /* 0 or -ENOMEM */
 void hmm__retired_pop(uintptr_t start);
 
 /* Set every page in [start, end) to @state (block created as needed),
@@ -496,6 +496,10 @@ long hmm__file_writeback(uintptr_t s, uintptr_t e, hmm_device_t *only);
  * pages on a device stay PROT_NONE; *ret gets the system call's result. */
 void hmm__file_before_unmap(uintptr_t s, uintptr_t e);
 void hmm__file_before_remap(uintptr_t s, uintptr_t e);
+/* mmap, as libhmm's wrapper does it (a MAP_FIXED over managed file
+ * ranges writes back first); the dmirror preload's mmap calls it. */
+void *hmm__mmap(void *addr, size_t len, int prot, int flags, int fd,
+		off_t off);
 /* FPROT pages of [s, e) on devices come home (mlock). */
 void hmm__file_home(uintptr_t s, uintptr_t e);
 bool hmm__file_protect(uintptr_t s, uintptr_t e, int prot, int pkey,
@@ -510,6 +514,11 @@ void hmm__fprot_restore_locked(struct hmm_block *b, uintptr_t s, uintptr_t e);
 void hmm__file_after_drop(uintptr_t s, uintptr_t e);
 /* An allocation of a file goes (ctx.ranges_lock for writing). */
 void hmm__file_slot_put(const struct hmm_vma *obj);
+/* Migrations to a device: file_io_lock for reading while file ranges
+ * exist (file.c: a write to a managed file and its preparation are one
+ * step for them).  Taken before ctx.fork_lock. */
+bool hmm__file_mig_begin(void);
+void hmm__file_mig_end(bool held);
 /* Managed file ranges exist (a cheap test for the I/O wrappers). */
 extern atomic_int hmm__file_ranges;
 /* Ranges in safe mode exist. */
@@ -647,8 +656,8 @@ struct hmm_context {
 	size_t nranges, ranges_cap;
 	/* Ranges out of the registry whose file pages are still coming home
 	 * (hmm__retired_push); also ranges_lock. */
-	struct hmm_mrange retired[8];
-	size_t nretired;
+	struct hmm_mrange *retired;
+	size_t nretired, retired_cap;
 
 	/* Held for reading by migrations started by application threads,
 	 * for writing across fork (atfork), so that no page is in flight

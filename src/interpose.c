@@ -292,7 +292,9 @@ int munmap(void *addr, size_t len)
 
 	range_of(addr, len, &s, &e);
 	mg = managed(s, e);
-	if (mg)
+	/* Arguments the kernel will refuse change nothing (the file part
+	 * forgets ranges before the system call). */
+	if (mg && !((uintptr_t)addr & HMM_PAGE_MASK) && len)
 		hmm__file_before_unmap(s, e);
 	if (m)
 		before(s, e, HMM_NOTIFY_UNMAP);

@@ -28,6 +28,9 @@ static int check_vmas(uintptr_t s, uintptr_t e, bool adopt,
 	hmm__file_fix_prot(vmas, &n);
 	ret = hmm__vma_covered(*vmas, n, s, e);
 	for (long i = 0; !ret && i < n; i++) {
+		/* (file pieces split off a VMA may lie outside [s, e)) */
+		if ((*vmas)[i].end <= s || (*vmas)[i].start >= e)
+			continue;
 		if ((*vmas)[i].prot == PROT_NONE || (*vmas)[i].special)
 			ret = -EFAULT;
 		else if (adopt && !(*vmas)[i].anon && !(*vmas)[i].shmem_anon)
@@ -244,11 +247,16 @@ int hmm_range_release(void *addr, size_t len)
 	if (!ret) {
 		if (alloc)
 			alloc->refs++;
-		ret = hmm__range_trim(s, e);
 		/* A file's pages come home by writing the file: until they
 		 * have, the migration engine finds the range here. */
-		if (!ret && HMM_MK_IS_FILE(kind))
-			hmm__retired_push(&piece);
+		if (HMM_MK_IS_FILE(kind))
+			ret = hmm__retired_push(&piece);
+		if (!ret)
+			ret = hmm__range_trim(s, e);
+		if (ret && HMM_MK_IS_FILE(kind))
+			hmm__retired_pop(s);
+		if (ret)
+			hmm__alloc_put(alloc);
 	}
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
 	if (ret)

@@ -1086,7 +1086,9 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 	 */
 	if (!(hmm__ctx.caps & HMM_CAP_WP))
 		ret = -EOPNOTSUPP;
-	/* No fork while pages are in flight (context.c). */
+	/* No write to a managed file half-way (file.c), no fork while pages
+	 * are in flight (context.c). */
+	bool file_held = hmm__file_mig_begin();
 	pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
 	for (uintptr_t pos = start; pos < end && !ret;) {
 		uintptr_t bend = (pos & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
@@ -1127,6 +1129,7 @@ long hmm__migrate_to_device(uintptr_t start, uintptr_t end,
 		pos = bend;
 	}
 	pthread_rwlock_unlock(&hmm__ctx.fork_lock);
+	hmm__file_mig_end(file_held);
 	free(sel);
 	free(zaps);
 	return ret ? ret : total;

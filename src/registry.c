@@ -329,20 +329,23 @@ void hmm__range_put(struct hmm_mrange *r)
 	r->alloc = NULL;
 }
 
-void hmm__retired_push(const struct hmm_mrange *r)
+int hmm__retired_push(const struct hmm_mrange *r)
 {
 	struct hmm_context *c = &hmm__ctx;
 
-	/* Full (eight releases of files at once): the pages still come
-	 * home, as anonymous memory would (without writing the file); the
-	 * caller brought them home before, so only a racing migration's
-	 * pages can be concerned. */
-	if (c->nretired == sizeof(c->retired) / sizeof(c->retired[0]))
-		return;
+	if (c->nretired == c->retired_cap) {
+		size_t cap = c->retired_cap ? 2 * c->retired_cap : 8;
+		struct hmm_mrange *n = realloc(c->retired, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		c->retired = n;
+		c->retired_cap = cap;
+	}
 	c->retired[c->nretired] = *r;
 	if (r->alloc)
 		r->alloc->refs++;
 	c->nretired++;
+	return 0;
 }
 
 void hmm__retired_pop(uintptr_t start)

@@ -237,25 +237,37 @@ int hmm_mem_free(void *addr, size_t len);
  *    come home first; an access past the end of the file raises SIGBUS as
  *    usual.  In a MAP_PRIVATE mapping a page that went to a device is the
  *    process's own copy, as a page it wrote is: a hole leaves it alone, a
- *    truncation drops it.  A truncation by another process is seen when the page is next
- *    accessed or written back (past the end: SIGBUS, nothing written).
+ *    truncation drops it.  A truncation by another process is seen when
+ *    the page is next accessed or written back (past the end: SIGBUS,
+ *    nothing written).
  *  - What a SIGKILL (or any death without exit handlers) loses: device
  *    data not yet written back.  Without HMM_FILE_SYNC_EACH, everything a
  *    device wrote since the last write-back point; with it, nothing a
  *    completed device command wrote (the page cache has it, and the
  *    kernel writes it to disk as for any dirty page).
  *
+ * Mapping changes: munmap(), and mmap(MAP_FIXED) over the range, write
+ * back first; mprotect() applies at once to pages in system memory and to
+ * pages on a device when they come back (they stay PROT_NONE meanwhile);
+ * mlock() brings device pages home first; mremap() of a memfd/tmpfs range
+ * moves it, still managed; of any other file mapping it brings it home
+ * and leaves it unmanaged at its new address.  Calls made with syscall()
+ * directly are not seen.
+ *
  * Not available for file mappings: hmm_range_lock and hmm_exclusive_begin
  * (-EOPNOTSUPP).  A file offset can be managed through one mapping at a
- * time in a process.  mremap() of a managed range of a disk file brings it
- * home and leaves it unmanaged at its new address; mprotect() brings the
- * pages it covers home first.
+ * time in a process.  While a device holds a page, its page-cache copy
+ * stays (migrating file pages frees no system memory), stale until written
+ * back.  libhmm's calls are not async-signal-safe: a signal handler that
+ * touches a device-resident page of a disk-file mapping while its thread
+ * is inside libhmm can deadlock.
  *
  * Returns 0, or -EINVAL (bad range or flags, or not a file mapping: see
  * hmm_range_adopt), -EBADF (@fd is not open, or is not the file mapped at
  * @addr), -EACCES (the mapping is writable and shared, @fd is not open for
- * writing), -EFAULT (not entirely mapped, or PROT_NONE), -EOPNOTSUPP (the
- * range spans more than one mapping), -EEXIST (already managed, or these
+ * writing), -EFAULT (not entirely mapped, or part of it PROT_NONE),
+ * -EOPNOTSUPP (the range spans more than one mapping), -EEXIST (already
+ * managed, or these
  * file offsets are managed through another mapping), -EBUSY, -ENOMEM,
  * -EPERM, -ESHUTDOWN.
  */
