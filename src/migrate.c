@@ -504,7 +504,7 @@ static int copy_from_stash(struct hmm_block *b, hmm_device_t *dev,
 
 /* Undo phase 1 (and the allocation) for the pages of @s. */
 static void rollback_to_system(struct hmm_block *b, struct sel *s,
-			       hmm_device_t *dev, bool have_dpfns)
+			       hmm_device_t *dev, bool have_dpfns, bool fprot)
 {
 	bool waiters = false;
 
@@ -527,6 +527,12 @@ static void rollback_to_system(struct hmm_block *b, struct sel *s,
 		}
 	}
 	b->ndev -= (uint16_t)s->n;
+	/* FPROT: the application's protection back (the zap may have run),
+	 * before anyone sees the pages in system memory. */
+	if (fprot)
+		hmm__fprot_restore_locked(b, sel_va(b, s->idx[0]),
+					  sel_va(b, s->idx[s->n - 1]) +
+						  HMM_PAGE_SIZE);
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
 	if (have_dpfns)
@@ -876,21 +882,6 @@ static int fprot_zap(struct hmm_block *b, const struct sel *sel)
 	return ret;
 }
 
-/* A failed migration of FPROT pages, before its rollback (the pages are
- * still MIGRATING: nothing sees them PROT_NONE in system memory): the
- * application's protection back (not on pages unmapped meanwhile, see
- * fprot_zap). */
-static void file_unprotect(struct hmm_block *b, const struct sel *sel)
-{
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = 0; k < sel->n; k++)
-		if (!(b->state[sel->idx[k]] & PSF_UNMAPPED))
-			hmm__sys_mprotect((void *)sel_va(b, sel->idx[k]),
-					  HMM_PAGE_SIZE,
-					  PMOD_PROT(b->mod[sel->idx[k]]));
-	pthread_mutex_unlock(&b->lock);
-}
-
 static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 			    uintptr_t e, hmm_device_t *dev,
 			    const struct hmm_vma *vmas, long nvmas,
@@ -899,6 +890,7 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 {
 	struct hmm_block *b = hmm__block_lookup(s);
 	bool waiters = false, wp = hmm__ctx.caps & HMM_CAP_WP;
+	bool fprot = r->kind == HMM_MK_FPROT;
 	struct timespec deadline;
 	size_t nzaps = 0, moved;
 	int evictions = 0;
@@ -923,7 +915,7 @@ again:
 		/* Device memory is full: make room (least recently used
 		 * pages go home), then collect again. */
 		long r;
-		rollback_to_system(b, sel, dev, false);
+		rollback_to_system(b, sel, dev, false, fprot);
 		r = hmm__devmem_evict(dev, sel->n);
 		if (r > 0) {
 			evictions++;
@@ -932,7 +924,7 @@ again:
 		return -ENOMEM;
 	}
 	if (ret) {
-		rollback_to_system(b, sel, dev, false);
+		rollback_to_system(b, sel, dev, false, fprot);
 		return ret;
 	}
 	pthread_mutex_lock(&b->lock);
@@ -947,7 +939,7 @@ again:
 			     HMM_NOTIFY_MIGRATE, dev, true)) {
 		/* A device access could not finish (it may be waiting for
 		 * one of these pages): back off, which wakes it, and retry. */
-		rollback_to_system(b, sel, dev, true);
+		rollback_to_system(b, sel, dev, true, fprot);
 		if (past(&deadline))
 			return -EBUSY;
 		usleep(1000);
@@ -969,9 +961,7 @@ again:
 		if (ret) {
 			for (size_t z = 0; z < nzaps; z++)
 				hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
-			if (r->kind == HMM_MK_FPROT)
-				file_unprotect(b, sel);
-			rollback_to_system(b, sel, dev, true);
+			rollback_to_system(b, sel, dev, true, fprot);
 			return ret;
 		}
 		goto commit;
@@ -983,7 +973,7 @@ again:
 			ret = copy_from_stash(b, dev, sel, stash);
 			if (ret) {
 				stash_return(b, sel, stash);
-				rollback_to_system(b, sel, dev, true);
+				rollback_to_system(b, sel, dev, true, fprot);
 				return ret;
 			}
 			stash_clear(stash, sel);
@@ -1041,7 +1031,7 @@ commit:
 fail_unwp:
 	if (wp)
 		wp_runs(b, sel, false, &deadline);
-	rollback_to_system(b, sel, dev, true);
+	rollback_to_system(b, sel, dev, true, fprot);
 	return ret;
 }
 

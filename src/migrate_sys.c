@@ -183,36 +183,6 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
  * faults) is gone.
  */
 /*
- * FPROT: the pages of the run that leave their device here (installed,
- * gone, or dropped meanwhile) get the application's protection back while
- * they are still MIGRATING, so that nothing sees them in system memory
- * and PROT_NONE (a device reads system pages through the mapping).
- */
-static void fprot_unprotect_run(struct hmm_block *b, const struct sel *sel,
-				size_t k0, size_t n)
-{
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = k0; k < k0 + n;) {
-		unsigned i = sel->idx[k];
-		size_t m = 0;
-		while (k + m < k0 + n &&
-		       (sel->flag[k + m] != INST_NOT_DONE ||
-			(b->state[sel->idx[k + m]] & PSF_CLEARED)) &&
-		       !(b->state[sel->idx[k + m]] & PSF_UNMAPPED) &&
-		       b->mod[sel->idx[k + m]] == b->mod[i])
-			m++;
-		if (!m) {
-			k++;
-			continue;
-		}
-		hmm__sys_mprotect((void *)sel_va(b, i), m << HMM_PAGE_SHIFT,
-				  PMOD_PROT(b->mod[i]));
-		k += m;
-	}
-	pthread_mutex_unlock(&b->lock);
-}
-
-/*
  * The common case of install_file_run, a shared mapping: one copy of the
  * run's pages the device could write into the page cache, then one
  * UFFDIO_CONTINUE per stretch of pages not dropped meanwhile, all under
@@ -270,8 +240,6 @@ static bool install_file_batch(const struct hmm_mrange *r, hmm_device_t *dev,
 		sel->flag[k++] = c == -EEXIST ? INST_DONE : INST_GONE;
 	}
 	pthread_mutex_unlock(&b->lock);
-	if (r->kind == HMM_MK_FPROT)
-		fprot_unprotect_run(b, sel, k0, n);
 	return true;
 }
 
@@ -322,8 +290,6 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 			}
 			if (ret) {
 				pthread_mutex_unlock(&b->lock);
-				if (r->kind == HMM_MK_FPROT)
-					fprot_unprotect_run(b, sel, k0, k - k0);
 				return ret;
 			}
 		}
@@ -340,8 +306,6 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 		 * mapping is gone. */
 		sel->flag[k++] = c == 1 || c == -EEXIST ? INST_DONE : INST_GONE;
 	}
-	if (r->kind == HMM_MK_FPROT)
-		fprot_unprotect_run(b, sel, k0, n);
 	return 0;
 }
 
@@ -395,7 +359,7 @@ static int collect_to_system(struct hmm_block *b, uintptr_t s, uintptr_t e,
  */
 static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 			       struct sel *sel, struct sel *rezap, bool can_rezap,
-			       bool *waiters, size_t *rolled)
+			       bool *waiters, size_t *rolled, bool fprot)
 {
 	uint32_t freed[HMM_BLOCK_PAGES];
 	size_t moved = 0, nfree = 0;
@@ -457,6 +421,14 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 		if (res == INST_DONE)
 			moved++;
 	}
+	/* FPROT: pages now in system memory get the application's
+	 * protection, under the lock: nobody sees them in system memory and
+	 * PROT_NONE, and an mprotect of the application's (protect_piece in
+	 * file.c, under the lock too) is never undone by an older one. */
+	if (fprot)
+		hmm__fprot_restore_locked(b, sel_va(b, sel->idx[0]),
+					  sel_va(b, sel->idx[sel->n - 1]) +
+						  HMM_PAGE_SIZE);
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
 	hmm__devmem_free(dev, freed, nfree);
@@ -560,9 +532,12 @@ static long block_to_system(const struct hmm_mrange *r, uintptr_t s,
 				   : install_run(dev, b, sel, k0,
 						 sel_run(sel, k0));
 
+		/* FPROT pages need no second drop: a hole is the file's. */
 		moved = commit_to_system(b, dev, sel, rezap,
-					 !(flags & HMM_MIG_NONBLOCK), &waiters,
-					 &rolled);
+					 !(flags & HMM_MIG_NONBLOCK) &&
+						 r->kind != HMM_MK_FPROT,
+					 &waiters, &rolled,
+					 r->kind == HMM_MK_FPROT);
 		if (rezap->n)
 			drop_again(b, rezap);
 		/* Pages were installed without waking (DONTWAKE): a thread
