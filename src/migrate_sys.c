@@ -672,7 +672,12 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			da->freed[da->nfreed] = b->dpfn[i];
 			da->freed_dev[da->nfreed++] = PDEV_ID(b->dev[i]);
 			b->ndev--;
-			b->state[i] = da->unmap ? PS_NONE : PS_SYSTEM;
+			/* A file's page cache still has the old data until
+			 * the kernel drops it: a migration meanwhile must not
+			 * take it (drop_pending looks). */
+			b->state[i] = da->unmap ? PS_NONE
+				      : da->pending ? PS_SYSTEM | PSF_DROPPING
+						    : PS_SYSTEM;
 			b->dev[i] = 0;
 			break;
 		case PS_MIGRATING:
