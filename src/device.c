@@ -72,15 +72,18 @@ static int devmem_init(hmm_device_t *dev)
 	m->free = malloc(dev->mem_pages * sizeof(uint32_t));
 	m->owner = calloc(dev->mem_pages, sizeof(*m->owner));
 	m->ref = calloc(dev->mem_pages, sizeof(*m->ref));
-	if (!m->free || !m->owner || !m->ref) {
+	m->dirty = calloc(dev->mem_pages, sizeof(*m->dirty));
+	if (!m->free || !m->owner || !m->ref || !m->dirty) {
 		free(m->free);
 		free((void *)m->owner);
 		free((void *)m->ref);
+		free((void *)m->dirty);
 		free(m);
 		return -ENOMEM;
 	}
 	hmm__stat_add(HMM_STAT_metadata_bytes,
-		      dev->mem_pages * (sizeof(*m->owner) + sizeof(*m->ref)));
+		      dev->mem_pages * (sizeof(*m->owner) + sizeof(*m->ref) +
+					sizeof(*m->dirty)));
 	/* Hand out low page numbers first. */
 	for (size_t i = 0; i < dev->mem_pages; i++)
 		m->free[i] = (uint32_t)(dev->mem_pages - 1 - i);
@@ -102,8 +105,12 @@ int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
 		pthread_mutex_unlock(&m->lock);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		out[i] = m->free[--m->nfree];
+		/* arriving data is the system copy's */
+		atomic_store_explicit(&m->dirty[out[i]], 0,
+				      memory_order_relaxed);
+	}
 	pthread_mutex_unlock(&m->lock);
 	hmm__stat_add(HMM_STAT_device_bytes_in_use, n * HMM_PAGE_SIZE);
 	return 0;
@@ -275,10 +282,12 @@ int hmm_device_close(hmm_device_t *dev)
 	pthread_mutex_destroy(&dev->mem->lock);
 	hmm__stat_sub(HMM_STAT_metadata_bytes,
 		      dev->mem->npages *
-			      (sizeof(*dev->mem->owner) + sizeof(*dev->mem->ref)));
+			      (sizeof(*dev->mem->owner) + sizeof(*dev->mem->ref) +
+			       sizeof(*dev->mem->dirty)));
 	free(dev->mem->free);
 	free((void *)dev->mem->owner);
 	free((void *)dev->mem->ref);
+	free((void *)dev->mem->dirty);
 	free(dev->mem);
 	dev->mem = NULL;
 	return 0;
@@ -369,6 +378,33 @@ void hmm__devmem_set_owner(hmm_device_t *dev, uint32_t dpfn, uintptr_t va)
 {
 	atomic_store_explicit(&dev->mem->owner[dpfn], va, memory_order_relaxed);
 	atomic_store_explicit(&dev->mem->ref[dpfn], 0, memory_order_relaxed);
+}
+
+void hmm_device_mark_dirty(hmm_device_t *dev, uint64_t dpfn)
+{
+	if (dev && dev->mem && dpfn < dev->mem->npages)
+		atomic_store_explicit(&dev->mem->dirty[dpfn], 1,
+				      memory_order_release);
+}
+
+bool hmm__page_owes(hmm_device_t *dev, uint32_t dpfn, uint8_t st,
+		    uint8_t devbits)
+{
+	if (dev->ops->tracks_dirty)
+		return atomic_load_explicit(&dev->mem->dirty[dpfn],
+					    memory_order_acquire);
+	return PDEV_OWES(st, devbits);
+}
+
+bool hmm__page_owes_take(hmm_device_t *dev, uint32_t dpfn, uint8_t st,
+			 uint8_t devbits)
+{
+	/* Taken before the copy: a write after the copy began marks the
+	 * page again, for the next write-back. */
+	if (dev->ops->tracks_dirty)
+		return atomic_exchange_explicit(&dev->mem->dirty[dpfn], 0,
+						memory_order_acq_rel);
+	return PDEV_OWES(st, devbits);
 }
 
 void hmm_device_mark_used(hmm_device_t *dev, uint64_t dpfn)

@@ -364,8 +364,7 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 	pthread_mutex_lock(&b->lock);
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
 		unsigned i = hmm__block_index(p);
-		if (PS_KIND(b->state[i]) == PS_DEVICE &&
-		    PDEV_OWES(b->state[i], b->dev[i]))
+		if (PS_KIND(b->state[i]) == PS_DEVICE)
 			ids[n++] = PDEV_ID(b->dev[i]);
 	}
 	pthread_mutex_unlock(&b->lock);
@@ -385,11 +384,11 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 		unsigned i = hmm__block_index(p);
 		hmm_device_t *d;
 		struct hmm_copy_desc desc;
-		if (PS_KIND(b->state[i]) != PS_DEVICE ||
-		    !PDEV_OWES(b->state[i], b->dev[i]))
+		if (PS_KIND(b->state[i]) != PS_DEVICE)
 			continue;
 		d = devs[PDEV_ID(b->dev[i])];
-		if (!d || (only && d != only))
+		if (!d || (only && d != only) ||
+		    !hmm__page_owes_take(d, b->dpfn[i], b->state[i], b->dev[i]))
 			continue;
 		desc = (struct hmm_copy_desc){ b->dpfn[i],
 					       hmm__file_alias_ptr(r, p) };
@@ -398,6 +397,8 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 			ret = 0; /* past the end of the file: nothing to keep */
 		else if (!ret)
 			done++;
+		else /* still owed */
+			hmm_device_mark_dirty(d, b->dpfn[i]);
 		if (!ret) /* written: what is owed now is what it may write */
 			b->dev[i] &= (uint8_t)~PDEV_DIRTY;
 	}
@@ -999,9 +1000,10 @@ static bool file_lose(int fd, const char *path, uint64_t off, uint64_t len,
 			hmm__migrate_to_system(s, e, NULL, 0);
 			continue;
 		}
-		/* A page of a private mapping that went to a device is the
-		 * process's own copy (as one it wrote), which a hole does not
-		 * reach; a truncation unmaps even those. */
+		/* Device pages of a private mapping stay: one the device
+		 * wrote becomes the process's own copy when it comes home
+		 * (which a hole does not reach), one it did not comes home as
+		 * the file has it.  A truncation drops even those. */
 		if (how == LOSE_HOLE && rs[i].alloc->priv)
 			continue;
 		/* partial pages at either end */

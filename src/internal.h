@@ -546,7 +546,18 @@ struct hmm_devmem {
 	_Atomic uintptr_t *owner;
 	_Atomic uint8_t *ref;
 	size_t hand;
+	/* Per device page: the device wrote it since it arrived or was last
+	 * written back (hmm_device_mark_dirty; drivers with tracks_dirty). */
+	_Atomic uint8_t *dirty;
 };
+/* Whether the device copy of a file page may differ from the page cache:
+ * written since (drivers that track it), or writable (the others, and
+ * PDEV_DIRTY for what an mprotect took away). */
+bool hmm__page_owes(hmm_device_t *dev, uint32_t dpfn, uint8_t st,
+		    uint8_t devbits);
+/* A write-back takes @dpfn's dirty mark (true if the page is owed). */
+bool hmm__page_owes_take(hmm_device_t *dev, uint32_t dpfn, uint8_t st,
+			 uint8_t devbits);
 /* The page @dpfn of @dev now holds the data of @va (0: freed). */
 void hmm__devmem_set_owner(hmm_device_t *dev, uint32_t dpfn, uintptr_t va);
 /* Move up to @want least recently used pages of @dev to system memory.

@@ -202,7 +202,7 @@ static bool install_file_batch(const struct hmm_mrange *r, hmm_device_t *dev,
 		/* Unmapped meanwhile: the file still gets the data (the
 		 * munmap's write-back skipped pages in flight). */
 		if (!(b->state[i] & PSF_CLEARED) &&
-		    PDEV_OWES(b->state[i], b->dev[i]))
+		    hmm__page_owes(dev, sel->dpfn[k], b->state[i], b->dev[i]))
 			d[nd++] = (struct hmm_copy_desc){
 				sel->dpfn[k],
 				hmm__file_alias_ptr(r, sel_va(b, i)) };
@@ -275,7 +275,8 @@ static int install_file_run(const struct hmm_mrange *r, hmm_device_t *dev,
 			sel->flag[k++] = INST_NOT_DONE;
 			continue;
 		}
-		if (PDEV_OWES(b->state[i], b->dev[i])) {
+		if (hmm__page_owes(dev, sel->dpfn[k], b->state[i],
+				   b->dev[i])) {
 			d = (struct hmm_copy_desc){
 				sel->dpfn[k], bb ? bb : hmm__file_alias_ptr(r, va) };
 			ret = hmm__guarded_copy(dev, HMM_COPY_TO_SYSTEM, &d, 1);

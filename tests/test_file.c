@@ -1091,12 +1091,13 @@ Test(file_private, punch_hole_keeps_device_written_pages, .timeout = T_SHORT)
 	file_write_pattern(m.fd, 10 * PG, 8 * PG, SA);
 
 	/* Managed: pages 10..13 written by the device, 14..17 only read.
-	 * A private page that went to a (writable) device is the process's
-	 * own copy, as a page it wrote is (hmm.h: libhmm cannot tell which
-	 * ones the device wrote): the hole leaves all of them alone. */
+	 * As without libhmm, a page the device wrote is the process's own
+	 * copy, which the hole leaves alone, and a page it only read follows
+	 * the file (the sim device tracks what it writes). */
 	assert_migrate(m.p, m.len, dev, NP);
 	dev_write(dev, m.p, 10, 4, SB);
 	set_seeds(seeds, 10, 4, SB);
+	set_seeds(seeds, 14, 4, ZPAGE);
 	r = fallocate(m.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      10 * PG, 8 * PG);
 	cr_assert_eq(r, 0, "fallocate(PUNCH_HOLE): %s", strerror(errno));
@@ -1883,3 +1884,45 @@ static void sequential_pass_brings_all_home(enum fkind k)
 TEST_MEMFD(sequential_pass_brings_all_home, .timeout = T_SHORT)
 TEST_SHARED(sequential_pass_brings_all_home, .timeout = T_SHORT)
 TEST_PRIVATE(sequential_pass_brings_all_home, .timeout = T_SHORT)
+
+/*
+ * Device dirty tracking (the sim driver marks the pages it writes): a
+ * write-back copies only pages the device wrote since their last copy, so
+ * hmm_file_sync counts them, and another view's write to a page the device
+ * only read survives both the write-back and the page's return (which
+ * needs no copy: the page cache has the data).
+ */
+static void dirty_tracking(enum fkind k)
+{
+	uint64_t seeds[NP];
+	hmm_device_t *dev;
+	struct fmap m;
+	char *q, buf[64];
+	int r;
+
+	need_hmm();
+	dev = open_sim(0);
+	m = fmap_new(k, NP * PG, SA, 0);
+	set_seeds(seeds, 0, NP, SA);
+	assert_migrate(m.p, m.len, dev, NP);
+	r = hmm_sim_read(dev, m.p, buf, sizeof(buf), NULL);
+	cr_assert_eq(r, 0, "hmm_sim_read = %d", r);
+	cr_assert_eq(hmm_file_sync(m.p, m.len), 0,
+		     "nothing written, nothing to write back");
+	dev_write(dev, m.p, 3, 2, SB);
+	set_seeds(seeds, 3, 2, SB);
+	cr_assert_eq(hmm_file_sync(m.p, m.len), 2, "the two pages written");
+	cr_assert_eq(hmm_file_sync(m.p, m.len), 0, "and only once");
+
+	/* Another view writes page 7, which the device only read. */
+	q = map_file(k, m.fd, m.len, PROT_READ | PROT_WRITE, 0);
+	cpu_write(q, 7, 1, SC);
+	set_seeds(seeds, 7, 1, SC);
+	cr_assert_eq(loc_of(m.p + 7 * PG, NULL), HMM_LOC_DEVICE);
+	cr_assert_eq(hmm_file_sync(m.p, m.len), 0);
+	assert_model(q, 0, NP, seeds, "other view after the write-back");
+	assert_model(m.p, 0, NP, seeds, "managed mapping, pages home");
+	cr_assert_eq(munmap(q, m.len), 0);
+}
+TEST_MEMFD(dirty_tracking, .timeout = T_SHORT)
+TEST_SHARED(dirty_tracking, .timeout = T_SHORT)

@@ -299,6 +299,13 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 				hmm_device_mark_used(sd->dev, f);
 			fn(sd->pool + (frame << HMM_PAGE_SHIFT) + (pos - page),
 			   pos - addr, n, arg);
+			/* After the write (tracks_dirty): file write-back
+			 * copies only the pages written. */
+			for (uint64_t f = frame + ((pos - page) >> HMM_PAGE_SHIFT);
+			     write && f <= frame + ((pos + n - 1 - page) >>
+						    HMM_PAGE_SHIFT);
+			     f++)
+				hmm_device_mark_dirty(sd->dev, f);
 			pthread_mutex_unlock(&sd->lock);
 			pos += n;
 			continue;
@@ -632,6 +639,7 @@ static const struct hmm_driver_ops sim_ops = {
 	.zero = sim_zero,
 	.host_ptr = sim_host_ptr,
 	.fork_child = sim_fork_child,
+	.tracks_dirty = true,
 };
 
 int hmm__sim_register(void)

@@ -218,8 +218,9 @@ int hmm_mem_free(void *addr, size_t len);
  *    HMM_FILE_SYNC_EACH (or while the option HMM_FILE_SYNC_EACH is 1),
  *    the end of every device command (hmm_device_command_done).  Pages
  *    stay on their device after a write-back, except at munmap, release,
- *    close, fini and fork.  A write-back copies every page a device could
- *    write since it arrived (pages of read-only mappings never).
+ *    close, fini and fork.  A write-back copies the pages the device wrote
+ *    since it last copied them (drivers that track device writes, such
+ *    as sim), or every page the device could write (other drivers).
  *  - In this process, read(), pread(), readv(), preadv(), preadv2() on the
  *    file write back the pages they cover first, so they never return
  *    stale data; write(), pwrite() and the vector forms bring the pages
@@ -229,15 +230,18 @@ int hmm_mem_free(void *addr, size_t len);
  *    file.)  sendfile, splice and copy_file_range are not seen either.
  *  - A page written both by a device and, meanwhile, through another view
  *    (another process's write(), say) ends with the device's data at the
- *    next write-back: the unit is the page.  Pages a device could not
- *    write are never written back, so other views' writes to them stay.
+ *    next write-back: the unit is the page.  Pages a device did not write
+ *    (could not, with drivers that do not track writes) are never written
+ *    back, so other views' writes to them stay.
  *  - Truncation and holes (ftruncate(), truncate(), fallocate() with
  *    PUNCH_HOLE or ZERO_RANGE in this process; madvise(MADV_REMOVE)):
  *    device copies of the pages lost are dropped, pages only partly lost
  *    come home first; an access past the end of the file raises SIGBUS as
- *    usual.  In a MAP_PRIVATE mapping a page that went to a device is the
- *    process's own copy, as a page it wrote is: a hole leaves it alone, a
- *    truncation drops it.  A truncation by another process is seen when
+ *    usual.  In a MAP_PRIVATE mapping a page the device wrote is the
+ *    process's own copy, as a page it wrote is: a hole leaves it alone (a
+ *    truncation drops it); a page the device only read follows the file.
+ *    (With a driver that does not track device writes, every page the
+ *    device could write counts as written.)  A truncation by another process is seen when
  *    the page is next accessed or written back (past the end: SIGBUS,
  *    nothing written).
  *  - What a SIGKILL (or any death without exit handlers) loses: device

@@ -252,6 +252,11 @@ struct hmm_driver_ops {
 	int (*zero)(hmm_device_t *dev, const uint64_t *dpfns, size_t n);
 	void *(*host_ptr)(hmm_device_t *dev, uint64_t dpfn);
 	int (*fork_child)(hmm_device_t *dev);
+	/* The driver calls hmm_device_mark_dirty after every write of the
+	 * device to its memory: write-back of file pages then copies only
+	 * the pages written.  Otherwise every page the device could write
+	 * (its CPU mapping was writable) counts as written. */
+	bool tracks_dirty;
 };
 
 /* The device as drivers see it.  Fields marked (core) are libhmm's. */
@@ -280,6 +285,13 @@ void hmm_device_leave(hmm_device_t *dev);
  * none, it costs one load.
  */
 void hmm_device_command_done(hmm_device_t *dev);
+
+/*
+ * Tell libhmm that the device wrote its page @dpfn, after the write (for
+ * drivers with .tracks_dirty).  A write-back that ran between the write
+ * and the mark writes the page at the next one.
+ */
+void hmm_device_mark_dirty(hmm_device_t *dev, uint64_t dpfn);
 
 /*
  * Tell libhmm that the device used its page @dpfn (a device access through
