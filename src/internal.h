@@ -375,7 +375,10 @@ struct hmm_alloc {
 	 * to a device while another process maps it (it would read holes). */
 	struct hmm_vma obj;	/* dev_major, dev_minor, ino */
 	bool forked;		/* ctx.ranges_lock */
-	int refs;		/* ranges pointing here; ctx.ranges_lock */
+	/* Ranges pointing here, and hmm__range_get's copies: changed under
+	 * ctx.ranges_lock (read is enough to take a reference, write to
+	 * drop the last one). */
+	_Atomic int refs;
 	/* Files (hmm_file_adopt): the alias maps file offsets [alias_off,
 	 * alias_off + len) (NULL for private mappings, which have no file
 	 * data to write); memfd is libhmm's duplicate of the application's

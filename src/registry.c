@@ -283,22 +283,15 @@ bool hmm__range_get(uintptr_t addr, struct hmm_mrange *out)
 {
 	struct hmm_context *c = &hmm__ctx;
 	struct hmm_mrange *r;
-	bool found = false, wr = false;
+	bool found = false;
 
-	/* The read lock for anonymous ranges (the fault path); the write
-	 * lock only to take a reference on an allocation. */
+	/* The read lock: a reference is taken atomically, and the last one
+	 * is dropped under the write lock (hmm__range_put). */
 	pthread_rwlock_rdlock(&c->ranges_lock);
-again:
 	r = hmm__range_find(addr);
 	for (size_t i = 0; !r && i < c->nretired; i++)
 		if (c->retired[i].start <= addr && addr < c->retired[i].end)
 			r = &c->retired[i];
-	if (r && r->alloc && !wr) {
-		pthread_rwlock_unlock(&c->ranges_lock);
-		pthread_rwlock_wrlock(&c->ranges_lock);
-		wr = true;
-		goto again;
-	}
 	if (r) {
 		*out = *r;
 		if (out->alloc)
@@ -323,6 +316,13 @@ void hmm__range_put(struct hmm_mrange *r)
 {
 	if (!r->alloc)
 		return;
+	/* Not the last reference: no lock. */
+	int v = atomic_load(&r->alloc->refs);
+	while (v > 1)
+		if (atomic_compare_exchange_weak(&r->alloc->refs, &v, v - 1)) {
+			r->alloc = NULL;
+			return;
+		}
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	hmm__alloc_put(r->alloc);
 	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
