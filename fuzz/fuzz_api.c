@@ -2,7 +2,8 @@
 /*
  * libFuzzer harness over the argument checking of the public API:
  * hmm_range_adopt/release, hmm_mem_alloc/free, hmm_migrate,
- * hmm_page_location, hmm_device_open/close/mem_usage, hmm_range_fault
+ * hmm_page_location, hmm_device_open/close/mem_usage, hmm_range_fault,
+ * hmm_file_adopt/hmm_file_sync
  * (with the harness's interval notifier or none), the hmm_sim_* commands,
  * hmm_option_set/get and hmm_interval_notifier_insert.
  *
@@ -15,6 +16,8 @@
  * what succeeds did what it says (locations after a migration, data read
  * by the device, the notifier called when the CPU side changes).
  */
+#include <unistd.h>
+
 #include <hmm/hmm_driver.h>
 #include <hmm/hmm_sim.h>
 
@@ -1209,6 +1212,93 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+/*
+ * hmm_file_adopt and hmm_file_sync over a small file of the input's own (a
+ * memfd or an unlinked file in /var/tmp, mapped shared or private), with
+ * good and bad arguments: each call returns what the header documents; a
+ * device's write is seen through the mapping, reaches the file after
+ * hmm_file_sync when shared and never when private; release leaves the
+ * data in place.
+ */
+static void do_file(struct fz_in *in)
+{
+	uint8_t sel = in8(in), variant = in8(in) % 8;
+	bool disk = sel & 1, priv = sel & 2;
+	size_t n = 1 + in8(in) % 8, len = n * PG, l = len;
+	char path[] = "/var/tmp/fuzz-hmm-XXXXXX";
+	int fd = disk ? mkstemp(path) : memfd_create("fuzz", MFD_CLOEXEC);
+	int other = memfd_create("other", MFD_CLOEXEC);
+	hmm_device_t *d = devs[in8(in) % NDEV];
+	char *m, *a, buf[PG];
+	unsigned flags = 0;
+	int f = fd, want = 0, ret;
+
+	if (fd < 0 || other < 0)
+		goto out_fd;
+	if (disk)
+		unlink(path);
+	if (ftruncate(fd, (off_t)len))
+		goto out_fd;
+	m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 priv ? MAP_PRIVATE : MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED)
+		goto out_fd;
+	memset(m, 'a', len);
+	a = m;
+	switch (variant) {
+	case 1: a = m + 1; want = -EINVAL; break;
+	case 2: l = 0; want = -EINVAL; break;
+	case 3: f = -1; want = -EBADF; break;
+	case 4: f = other; want = -EBADF; break;
+	case 5: flags = 2; want = -EINVAL; break;
+	case 6: l = SIZE_MAX & ~(PG - 1); want = -EINVAL; break;
+	case 7: if (n > 1) { a = m + PG; l = len - PG; } break;
+	default: break;
+	}
+	ret = hmm_file_adopt(a, l, f, flags);
+	if (ret != want)
+		FZ_FAIL("hmm_file_adopt(variant %u, %s %s) = %d, expected %d",
+			variant, disk ? "disk" : "memfd",
+			priv ? "private" : "shared", ret, want);
+	if (ret)
+		goto out_map;
+	if (hmm_file_sync(a + 1, PG) != -EINVAL)
+		FZ_FAIL("hmm_file_sync of an unaligned address");
+	if (d) {
+		long mv = hmm_migrate(a, l, d, 0);
+		if (mv < 0 && mv != -ENOMEM)
+			FZ_FAIL("hmm_migrate of a file range = %ld", mv);
+		ret = hmm_sim_fill64(d, a, 0x6262626262626262ULL, PG, NULL);
+		if (ret)
+			FZ_FAIL("hmm_sim_fill64 on a file range = %d", ret);
+		for (size_t k = 0; k < PG; k++)
+			if (a[k] != 'b')
+				FZ_FAIL("file mapping byte %zu after a device "
+					"write: %#x", k, a[k]);
+		if (hmm_file_sync(a, l) < 0)
+			FZ_FAIL("hmm_file_sync failed");
+		if (pread(fd, buf, PG, (off_t)(a - m)) != (ssize_t)PG)
+			FZ_FAIL("pread of the file");
+		for (size_t k = 0; k < PG; k++)
+			if (buf[k] != (priv ? 0 : 'b'))
+				FZ_FAIL("file byte %zu after hmm_file_sync "
+					"(%s): %#x", k,
+					priv ? "private" : "shared", buf[k]);
+	}
+	ret = hmm_range_release(a, l);
+	if (ret)
+		FZ_FAIL("hmm_range_release of a file range = %d", ret);
+	if (a[0] != (d ? 'b' : 'a'))
+		FZ_FAIL("file mapping after release: %#x", a[0]);
+out_map:
+	munmap(m, len);
+out_fd:
+	if (fd >= 0)
+		close(fd);
+	if (other >= 0)
+		close(other);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct fz_in in = { data, size };
@@ -1251,6 +1341,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 15:
 			do_sim_atomic_launch(&in);
+			break;
+		case 16:
+			do_file(&in);
 			break;
 		default:
 			if (in8(&in) & 1)
