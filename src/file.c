@@ -387,7 +387,10 @@ static long writeback_piece(const struct hmm_mrange *r, uintptr_t s,
 		if (PS_KIND(b->state[i]) != PS_DEVICE)
 			continue;
 		d = devs[PDEV_ID(b->dev[i])];
-		if (!d || (only && d != only) ||
+		/* A device closed since the lookup (its id may be another
+		 * device's now): the next write-back gets the page. */
+		if (!d || atomic_load((_Atomic int *)&d->closed) ||
+		    (only && d != only) ||
 		    !hmm__page_owes_take(d, b->dpfn[i], b->state[i], b->dev[i]))
 			continue;
 		desc = (struct hmm_copy_desc){ b->dpfn[i],
