@@ -262,9 +262,10 @@ int hmm_mem_free(void *addr, size_t len);
  * (-EOPNOTSUPP).  A file offset can be managed through one mapping at a
  * time in a process.  While a device holds a page, its page-cache copy
  * stays (migrating file pages frees no system memory), stale until written
- * back.  libhmm's calls are not async-signal-safe: a signal handler that
- * touches a device-resident page of a disk-file mapping while its thread
- * is inside libhmm can deadlock.
+ * back.  libhmm's calls are not async-signal-safe, nor are read(),
+ * write() and the other wrapped calls on a managed file: a signal handler
+ * that makes one, or touches a device-resident page of a disk-file
+ * mapping, while its thread is inside libhmm can deadlock.
  *
  * Returns 0, or -EINVAL (bad range or flags, or not a file mapping: see
  * hmm_range_adopt), -EBADF (@fd is not open, or is not the file mapped at
