@@ -1032,14 +1032,16 @@ static void dis_readonly(struct thr *t, int r)
 	old = ~g->shadow[w];
 	ret = hmm_sim_write(devs[d], &mem[w], &old, 8, NULL);
 	if (ret == 0)
-		failure(t, "hmm_sim_write to read-only memory succeeded");
+		failure(t, "hmm_sim_write to read-only memory succeeded "
+			"(region %d page %zu)", r, w / PAGE_WORDS);
 	else if (ret != -EPERM && !dev_refusal_ok(ret))
 		failure(t, "hmm_sim_write to read-only memory: %d, not -EPERM",
 			ret);
 	act(t, "hmm_sim_atomic_add (read-only)", d, r, (long)(w / PAGE_WORDS));
 	ret = hmm_sim_atomic_add(devs[d], &mem[w], 1, &old);
 	if (ret == 0)
-		failure(t, "hmm_sim_atomic_add on read-only memory succeeded");
+		failure(t, "hmm_sim_atomic_add on read-only memory succeeded "
+			"(region %d page %zu)", r, w / PAGE_WORDS);
 	else if (ret != -EPERM && !dev_refusal_ok(ret))
 		failure(t, "hmm_sim_atomic_add on read-only memory: %d", ret);
 	act(t, "cpu read (read-only)", -1, r, (long)p);
