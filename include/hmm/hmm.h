@@ -132,8 +132,9 @@ int hmm_caps(void);
  * migrate; libhmm can).  Its contents are kept.  @flags: must be 0.
  *
  * Returns 0, or -EINVAL, -EFAULT (not entirely mapped, or PROT_NONE),
- * -EEXIST (overlaps managed memory), -EOPNOTSUPP (file-backed memory, or a
- * range over more than one shared anonymous mapping), -EBUSY (another
+ * -EEXIST (overlaps managed memory), -EOPNOTSUPP (a file mapping: see
+ * hmm_file_adopt; or a range over more than one shared anonymous
+ * mapping), -EBUSY (another
  * userfaultfd owns it, shared memory another process maps, or pages of an
  * earlier mapping at the same address still in flight after
  * HMM_MIGRATE_TIMEOUT_MS), -ENOMEM, -EPERM, -ESHUTDOWN.
