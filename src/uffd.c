@@ -203,6 +203,22 @@ int hmm__uffd_register_minor(int fd, uintptr_t start, size_t len)
 	return 0;
 }
 
+/*
+ * The answer of a filling ioctl (UFFDIO_COPY, ZEROPAGE, CONTINUE) that
+ * returned @rc over @len bytes, *@done being the bytes it reports done
+ * before a failure: pages filled (maybe short), or -errno.
+ */
+static long mfill_result(int rc, size_t len, const __s64 *done)
+{
+	if (rc == 0)
+		return (long)(len >> HMM_PAGE_SHIFT);
+	if (errno == EAGAIN)
+		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
+	if (*done > 0)
+		return (long)((size_t)*done >> HMM_PAGE_SHIFT);
+	return -errno;
+}
+
 long hmm__uffd_continue(int fd, uintptr_t start, size_t len, bool dontwake)
 {
 	struct uffdio_continue c = {
@@ -213,13 +229,7 @@ long hmm__uffd_continue(int fd, uintptr_t start, size_t len, bool dontwake)
 
 	if (inj)
 		return inj;
-	if (ioctl(fd, UFFDIO_CONTINUE, &c) == 0)
-		return (long)(len >> HMM_PAGE_SHIFT);
-	if (errno == EAGAIN)
-		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
-	if (c.mapped > 0)
-		return (long)((size_t)c.mapped >> HMM_PAGE_SHIFT);
-	return -errno;
+	return mfill_result(ioctl(fd, UFFDIO_CONTINUE, &c), len, &c.mapped);
 }
 
 int hmm__uffd_unregister(int fd, uintptr_t start, size_t len)
@@ -247,14 +257,8 @@ long hmm__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
 
 	if (inj)
 		return inj;
-	if (ioctl(fd, UFFDIO_COPY, &c) == 0)
-		return (long)(len >> HMM_PAGE_SHIFT);
-	if (errno == EAGAIN)
-		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
 	/* c.copy holds bytes done before the failure, or -errno. */
-	if (c.copy > 0)
-		return (long)((size_t)c.copy >> HMM_PAGE_SHIFT);
-	return -errno;
+	return mfill_result(ioctl(fd, UFFDIO_COPY, &c), len, &c.copy);
 }
 
 long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len)
@@ -265,13 +269,7 @@ long hmm__uffd_zeropage(int fd, uintptr_t dst, size_t len)
 
 	if (inj)
 		return inj;
-	if (ioctl(fd, UFFDIO_ZEROPAGE, &z) == 0)
-		return (long)(len >> HMM_PAGE_SHIFT);
-	if (errno == EAGAIN)
-		hmm__stat_add(HMM_STAT_uffd_eagain, 1);
-	if (z.zeropage > 0)
-		return (long)((size_t)z.zeropage >> HMM_PAGE_SHIFT);
-	return -errno;
+	return mfill_result(ioctl(fd, UFFDIO_ZEROPAGE, &z), len, &z.zeropage);
 }
 
 long hmm__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
