@@ -58,6 +58,21 @@ int hmm__sys_mprotect(void *addr, size_t len, int prot)
 	return (int)syscall(SYS_mprotect, addr, len, prot);
 }
 
+/* mprotect, or pkey_mprotect when @pkey >= 0: 0, or -1 with errno. */
+static long sys_protect(uintptr_t s, size_t len, int prot, int pkey)
+{
+	return pkey < 0 ? syscall(SYS_mprotect, s, len, prot)
+			: syscall(SYS_pkey_mprotect, s, len, prot, pkey);
+}
+
+/* Whether managed file ranges may exist: the cheap first test of every
+ * wrapper and hook (most processes manage no file at all). */
+static bool files_live(void)
+{
+	return atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
+	       atomic_load(&hmm__ctx.state) == HMM_CTX_UP;
+}
+
 /* ---- /proc/self/mem ----------------------------------------------------- */
 
 /* One descriptor per process (a child of fork opens its own: the parent's
@@ -455,18 +470,25 @@ int hmm_file_sync(void *addr, size_t len)
 	return n < 0 ? (int)n : (int)HMM_MIN(n, (long)INT32_MAX);
 }
 
-void hmm_device_command_done(hmm_device_t *dev)
+/* Write back every managed file range (only those in safe mode if
+ * @sync_each_only), pages of @only if set. */
+static void writeback_all(hmm_device_t *only, bool sync_each_only)
 {
 	struct hmm_mrange *copy;
 	size_t n;
 
-	if (!atomic_load_explicit(&hmm__file_sync_each, memory_order_relaxed))
-		return;
 	copy = hmm__ranges_copy(&n);
 	for (size_t i = 0; copy && i < n; i++)
-		if (HMM_MK_IS_FILE(copy[i].kind) && copy[i].alloc->sync_each)
-			hmm__file_writeback(copy[i].start, copy[i].end, dev);
+		if (HMM_MK_IS_FILE(copy[i].kind) &&
+		    (!sync_each_only || copy[i].alloc->sync_each))
+			hmm__file_writeback(copy[i].start, copy[i].end, only);
 	free(copy);
+}
+
+void hmm_device_command_done(hmm_device_t *dev)
+{
+	if (atomic_load_explicit(&hmm__file_sync_each, memory_order_relaxed))
+		writeback_all(dev, true);
 }
 
 /* ---- the protection-fault path ------------------------------------------ */
@@ -645,8 +667,7 @@ bool hmm__file_prot_fault(uintptr_t addr, bool write)
 	struct hmm_block *b;
 	bool fprot;
 
-	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
-	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+	if (!files_live())
 		return false;
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	rp = hmm__range_find(page);
@@ -732,10 +753,8 @@ static struct hmm_mrange *ranges_of_file(int fd, const char *path,
 	size_t n, k = 0;
 
 	*np = 0;
-	/* The cheap test first: most processes manage no file at all. */
-	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
-	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP || in_wrapper ||
-	    hmm__own_thread)
+	/* The cheap test first. */
+	if (!files_live() || in_wrapper || hmm__own_thread)
 		return NULL;
 	if (path ? stat(path, &sb) : fstat(fd, &sb))
 		return NULL;
@@ -959,9 +978,7 @@ int msync(void *addr, size_t len, int flags)
 	uintptr_t s = (uintptr_t)addr & ~HMM_PAGE_MASK;
 	uintptr_t e = ((uintptr_t)addr + len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 
-	if (atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
-	    atomic_load(&hmm__ctx.state) == HMM_CTX_UP && !in_wrapper &&
-	    e > s) {
+	if (files_live() && !in_wrapper && e > s) {
 		in_wrapper = true;
 		hmm__file_writeback(s, e, NULL);
 		in_wrapper = false;
@@ -1089,8 +1106,7 @@ static struct hmm_mrange *fprot_pieces(uintptr_t s, uintptr_t e, size_t *np)
 	size_t n, k = 0;
 
 	*np = 0;
-	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
-	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+	if (!files_live())
 		return NULL;
 	copy = hmm__ranges_copy(&n);
 	for (size_t i = 0; copy && i < n; i++) {
@@ -1118,8 +1134,7 @@ void hmm__file_before_unmap(uintptr_t s, uintptr_t e)
 	struct hmm_mrange *p;
 	size_t n;
 
-	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
-	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
+	if (!files_live())
 		return;
 	hmm__file_writeback(s, e, NULL);
 	/* FPROT ranges send no UNMAP event: forget them here, before the
@@ -1158,10 +1173,7 @@ static int protect_piece(uintptr_t s, uintptr_t e, int prot, int pkey)
 			       PS_KIND(b->state[hmm__block_index(q)]) ==
 				       PS_SYSTEM)
 				q += HMM_PAGE_SIZE;
-			if (q > p &&
-			    (pkey < 0 ? syscall(SYS_mprotect, p, q - p, prot)
-				      : syscall(SYS_pkey_mprotect, p, q - p,
-						prot, pkey)))
+			if (q > p && sys_protect(p, q - p, prot, pkey))
 				ret = -errno;
 			p = q == p ? p + HMM_PAGE_SIZE : q;
 		}
@@ -1189,18 +1201,13 @@ bool hmm__file_protect(uintptr_t s, uintptr_t e, int prot, int pkey,
 	/* Bad protections are the kernel's to judge, first. */
 	if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)) {
 		free(p);
-		*ret = pkey < 0 ? syscall(SYS_mprotect, s, e - s, prot)
-				: syscall(SYS_pkey_mprotect, s, e - s, prot,
-					  pkey);
+		*ret = sys_protect(s, e - s, prot, pkey);
 		return true;
 	}
 	for (size_t i = 0; i <= n && !err; i++) {
 		uintptr_t gap_end = i < n ? p[i].start : e;
 		/* the part that is not a FPROT range, as the caller would */
-		if (gap_end > pos &&
-		    (pkey < 0 ? syscall(SYS_mprotect, pos, gap_end - pos, prot)
-			      : syscall(SYS_pkey_mprotect, pos, gap_end - pos,
-					prot, pkey)))
+		if (gap_end > pos && sys_protect(pos, gap_end - pos, prot, pkey))
 			err = -errno;
 		if (i < n && !err) {
 			err = protect_piece(p[i].start, p[i].end, prot, pkey);
@@ -1248,17 +1255,8 @@ void hmm__file_home(uintptr_t s, uintptr_t e)
  */
 static void before_exec(void)
 {
-	struct hmm_mrange *copy;
-	size_t n;
-
-	if (!atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) ||
-	    atomic_load(&hmm__ctx.state) != HMM_CTX_UP)
-		return;
-	copy = hmm__ranges_copy(&n);
-	for (size_t i = 0; copy && i < n; i++)
-		if (HMM_MK_IS_FILE(copy[i].kind))
-			hmm__file_writeback(copy[i].start, copy[i].end, NULL);
-	free(copy);
+	if (files_live())
+		writeback_all(NULL, false);
 }
 
 REAL(execve, int, const char *, char *const[], char *const[])
@@ -1299,7 +1297,7 @@ int fexecve(int fd, char *const argv[], char *const envp[])
 
 /* The list forms: their arguments gathered into a vector (on the stack,
  * as libc does), then the vector form above. */
-#define GATHER(first, ap, argv, env)                                        \
+#define GATHER(first, ap, argv)                                             \
 	do {                                                                \
 		va_list c_;                                                 \
 		size_t n_ = 1;                                              \
@@ -1311,30 +1309,27 @@ int fexecve(int fd, char *const argv[], char *const envp[])
 		argv[0] = (char *)(first);                                  \
 		for (size_t i_ = 1; i_ <= n_; i_++)                         \
 			argv[i_] = va_arg(ap, char *);                      \
-		env = NULL;                                                 \
 	} while (0)
 
 int execl(const char *path, const char *arg, ...)
 {
-	char **argv, **env;
+	char **argv;
 	va_list ap;
 
 	va_start(ap, arg);
-	GATHER(arg, ap, argv, env);
+	GATHER(arg, ap, argv);
 	va_end(ap);
-	(void)env;
 	return execv(path, argv);
 }
 
 int execlp(const char *file, const char *arg, ...)
 {
-	char **argv, **env;
+	char **argv;
 	va_list ap;
 
 	va_start(ap, arg);
-	GATHER(arg, ap, argv, env);
+	GATHER(arg, ap, argv);
 	va_end(ap);
-	(void)env;
 	return execvp(file, argv);
 }
 
@@ -1344,7 +1339,7 @@ int execle(const char *path, const char *arg, ...)
 	va_list ap;
 
 	va_start(ap, arg);
-	GATHER(arg, ap, argv, env);
+	GATHER(arg, ap, argv);
 	env = va_arg(ap, char **); /* after the NULL that ends the list */
 	va_end(ap);
 	return execve(path, argv, env);
@@ -1364,8 +1359,7 @@ void *hmm__mmap(void *addr, size_t len, int prot, int flags, int fd,
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 
 	if ((flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) == MAP_FIXED &&
-	    atomic_load_explicit(&hmm__file_ranges, memory_order_relaxed) &&
-	    !(s & HMM_PAGE_MASK) && len && e > s)
+	    files_live() && !(s & HMM_PAGE_MASK) && len && e > s)
 		hmm__file_before_unmap(s, (e + HMM_PAGE_MASK) & ~HMM_PAGE_MASK);
 	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 }
