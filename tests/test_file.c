@@ -34,6 +34,7 @@
 #include <sys/uio.h>
 
 #include "common.h"
+#include "probe.h"
 
 #define NP 64			/* pages in most tests */
 #define ZPAGE UINT64_MAX	/* a page of zeros, in a model */
@@ -281,13 +282,6 @@ static long const_mismatch(const void *buf, size_t len, uint64_t v)
 
 /* ---- catching SIGSEGV / SIGBUS: the application's own handler ------------ */
 
-struct caught {
-	int signo, code;
-	uintptr_t addr;
-};
-
-static __thread sigjmp_buf *volatile probe_jb;
-static __thread struct caught probe_got;
 static atomic_int app_calls; /* calls of the application's handler */
 
 static void app_handler(int sig, siginfo_t *si, void *uc)
@@ -304,10 +298,7 @@ static void app_handler(int sig, siginfo_t *si, void *uc)
 		syscall(SYS_write, 2, msg, (size_t)n);
 		_exit(70 + sig);
 	}
-	probe_got.signo = sig;
-	probe_got.code = si->si_code;
-	probe_got.addr = (uintptr_t)si->si_addr;
-	siglongjmp(*probe_jb, 1);
+	probe_caught(sig, si);
 }
 
 /* The application installs its handler (after hmm_init: libhmm's
@@ -321,31 +312,6 @@ static void app_catch(void)
 	sigemptyset(&sa.sa_mask);
 	cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
 	cr_assert_eq(sigaction(SIGBUS, &sa, NULL), 0);
-}
-
-/* Touch @p (a read into *@out, or a write of @v): 0, or the signal that
- * reached the application's handler (details in *@got). */
-static int probe(volatile uint64_t *p, bool write, uint64_t v,
-		 uint64_t *out, struct caught *got)
-{
-	sigjmp_buf jb;
-
-	memset(&probe_got, 0, sizeof(probe_got));
-	if (sigsetjmp(jb, 1)) {
-		probe_jb = NULL;
-		if (got)
-			*got = probe_got;
-		return probe_got.signo;
-	}
-	probe_jb = &jb;
-	if (write)
-		*p = v;
-	else if (out)
-		*out = *p;
-	else
-		(void)*p;
-	probe_jb = NULL;
-	return 0;
 }
 
 /* The tests of one kind, instantiated for the kinds named. */

@@ -17,19 +17,11 @@
 #include <hmm/hmm_driver.h>
 
 #include "common.h"
+#include "probe.h"
 
 #define NPAGES 16
 
 /* ---- catching SIGBUS in any thread ---------------------------------------- */
-
-struct caught {
-	int signo, code;
-	uintptr_t addr;
-	pid_t tid;
-};
-
-static __thread sigjmp_buf *volatile probe_jb; /* the handler reads it */
-static __thread struct caught probe_got;
 
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
@@ -39,11 +31,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
 		backtrace_symbols_fd(bt, backtrace(bt, 32), 2);
 		_exit(70 + sig); /* not expected here */
 	}
-	probe_got.signo = sig;
-	probe_got.code = si->si_code;
-	probe_got.addr = (uintptr_t)si->si_addr;
-	probe_got.tid = (pid_t)syscall(SYS_gettid);
-	siglongjmp(*probe_jb, 1);
+	probe_caught(sig, si);
 }
 
 static void catch_faults(void)
@@ -57,29 +45,6 @@ static void catch_faults(void)
 	cr_assert_eq(sigaction(SIGSEGV, &sa, NULL), 0);
 }
 
-/* Touch @p (a read, or a write of @v): 0 if it worked, else the signal. */
-static int probe(volatile uint64_t *p, bool write, uint64_t v,
-		 uint64_t *out, struct caught *got)
-{
-	sigjmp_buf jb;
-
-	memset(&probe_got, 0, sizeof(probe_got));
-	if (sigsetjmp(jb, 1)) {
-		probe_jb = NULL;
-		if (got)
-			*got = probe_got;
-		return probe_got.signo;
-	}
-	probe_jb = &jb;
-	if (write)
-		*p = v;
-	else if (out)
-		*out = *p;
-	else
-		(void)*p;
-	probe_jb = NULL;
-	return 0;
-}
 
 struct probe_arg {
 	volatile uint64_t *p;
