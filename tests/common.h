@@ -28,6 +28,8 @@
 #include <hmm/hmm.h>
 #include <hmm/hmm_sim.h>
 
+#include "vaspace.h"
+
 #define PG ((size_t)HMM_PAGE_SIZE)
 #define WORDS_PER_PAGE (PG / sizeof(uint64_t))
 
@@ -49,8 +51,8 @@ static inline void need_hmm(void)
 /* Private anonymous read/write memory, never touched. */
 static inline void *map_anon(size_t len)
 {
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *p = test_map(len, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	cr_assert_neq(p, MAP_FAILED, "mmap(%zu): %s", len, strerror(errno));
 	return p;

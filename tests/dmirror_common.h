@@ -34,6 +34,8 @@
 
 #include <hmm/hmm_dmirror.h>
 
+#include "vaspace.h"
+
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
 #endif
@@ -271,7 +273,7 @@ static inline int dm_open(unsigned int n)
 
 static inline void *map_anon(size_t len, int prot, int flags)
 {
-	void *p = mmap(NULL, len, prot, flags | MAP_ANONYMOUS, -1, 0);
+	void *p = test_map(len, prot, flags | MAP_ANONYMOUS, -1, 0);
 
 	cr_assert_neq(p, MAP_FAILED, "mmap(%zu): %s", len, strerror(errno));
 	return p;
@@ -416,10 +418,11 @@ static inline void *map_hugetlb(size_t *size)
 }
 
 /*
- * Whether the page at @addr is still a hole.  A test that punches a
- * one-page hole cannot stop another mmap of the process (a sanitizer's
- * bookkeeping for a new thread, say) from landing in it; such a test
- * checks this before relying on the hole.
+ * Whether the page at @addr is still a hole.  test_map() keeps the
+ * tests' buffers out of the way of other mmaps of the process, but where
+ * it had to fall back to mmap(NULL, ...) a sanitizer's bookkeeping or a
+ * new thread's stack may land in a hole; a test checks this before
+ * relying on one.
  */
 static inline bool is_hole(const void *addr)
 {

@@ -124,7 +124,7 @@ Test(badinput, adopt_prot_none, .timeout = T_SHORT)
 	char *p, *q;
 
 	need_hmm();
-	q = mmap(NULL, 4 * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	q = test_map(4 * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(q, MAP_FAILED);
 	cr_assert_eq(hmm_range_adopt(q, 4 * PG, 0), -EFAULT);
 	cr_assert_eq(loc_of(q, NULL), HMM_LOC_UNMANAGED);
@@ -195,7 +195,7 @@ Test(badinput, adopt_shared_file_mapping, .timeout = T_SHORT)
 
 	need_hmm();
 	fd = tmp_file();
-	p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	p = test_map(4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	fill_pattern(p, 4 * PG, 19);
 	check_unsupported(p, 19);
@@ -215,7 +215,7 @@ Test(badinput, adopt_private_file_mapping, .timeout = T_SHORT)
 
 	need_hmm();
 	fd = tmp_file();
-	p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	p = test_map(4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	fill_pattern(p, 4 * PG, 21);
 	check_unsupported(p, 21);
@@ -230,8 +230,8 @@ Test(badinput, adopt_two_shared_anonymous_mappings, .timeout = T_SHORT)
 	char *p, *q;
 
 	need_hmm();
-	p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE,
-		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	p = test_map(4 * PG, PROT_READ | PROT_WRITE,
+		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	q = mmap(p + 2 * PG, 2 * PG, PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
@@ -253,7 +253,7 @@ Test(badinput, adopt_shared_memfd, .timeout = T_SHORT)
 	fd = memfd_create("libhmm-test", MFD_CLOEXEC);
 	cr_assert_geq(fd, 0);
 	cr_assert_eq(ftruncate(fd, 4 * PG), 0);
-	p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	p = test_map(4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	fill_pattern(p, 4 * PG, 23);
 	check_unsupported(p, 23);

@@ -90,7 +90,7 @@ Test(dmirror, passthrough, .timeout = 60)
 	cr_assert_eq(ioctl(fd, HMM_DMIRROR_READ, &cmd), -1);
 	cr_assert_eq(errno, ENOTTY, "ioctl on a file: errno %d (%s)", errno,
 		     strerror(errno));
-	p = mmap(NULL, pg(), PROT_READ, MAP_SHARED, fd, 0);
+	p = test_map(pg(), PROT_READ, MAP_SHARED, fd, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap of a file: %s", strerror(errno));
 	cr_assert_str_eq(p, text);
 	cr_assert_eq(munmap(p, pg()), 0);
@@ -449,7 +449,7 @@ Test(dmirror, file_read, .timeout = 60)
 
 	cr_assert_eq(pwrite(file, m, size, 0), (ssize_t)size);
 	fill_words(m, size, SEED_DEV, 0);
-	p = mmap(NULL, size, PROT_READ, MAP_SHARED, file, 0);
+	p = test_map(size, PROT_READ, MAP_SHARED, file, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap(file): %s", strerror(errno));
 
 	dm_ok(fd, HMM_DMIRROR_READ, p, m, NPAGES, NPAGES, 1);
@@ -464,7 +464,7 @@ Test(dmirror, file_write, .timeout = 60)
 	int fd = dm_open(0), file = tmpfile_fd(size);
 	char *m = mirror_alloc(size, SEED_CPU), *p;
 
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, file, 0);
+	p = test_map(size, PROT_READ | PROT_WRITE, MAP_SHARED, file, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap(file): %s", strerror(errno));
 
 	dm_ok(fd, HMM_DMIRROR_WRITE, p, m, NPAGES, NPAGES, 1);
@@ -489,7 +489,7 @@ Test(dmirror, migrate_file_private, .timeout = 60)
 	int fd = dm_open(0), file = tmpfile_fd(size);
 	char *m = mirror_alloc(size, SEED_DEV), *p;
 
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, file, 0);
+	p = test_map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE, file, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap(file): %s", strerror(errno));
 	fill_words(p, size, SEED_CPU, 0);
 
@@ -743,7 +743,7 @@ Test(dmirror, mixedmap, .timeout = 60)
 	uint8_t s = 0xEE;
 	char *p;
 
-	p = mmap(NULL, pg(), PROT_READ, MAP_PRIVATE, fd, 0);
+	p = test_map(pg(), PROT_READ, MAP_PRIVATE, fd, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap(dmirror fd): %s", strerror(errno));
 	dm_ok(fd, HMM_DMIRROR_SNAPSHOT, p, &s, 1, 1, DM_ANY);
 	cr_assert_eq(s, HMM_DMIRROR_PROT_READ, "SNAPSHOT = %#x", s);
@@ -762,7 +762,7 @@ Test(dmirror, mixedmap_private_writable, .timeout = 60)
 	uint8_t s[2] = { 0xEE, 0xEE };
 	char *p;
 
-	p = mmap(NULL, 2 * pg(), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	p = test_map(2 * pg(), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap(dmirror fd): %s", strerror(errno));
 	dm_ok(fd, HMM_DMIRROR_SNAPSHOT, p, s, 2, 2, DM_ANY);
 	cr_assert_eq(s[0], HMM_DMIRROR_PROT_READ, "SNAPSHOT[0] = %#x", s[0]);
@@ -782,7 +782,7 @@ Test(dmirror, mmap_device_rw, .timeout = 60)
 	int fd = dm_open(0);
 	char *m = mirror_alloc(size, SEED_DEV), *p;
 
-	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	p = test_map(size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	cr_assert_neq(p, MAP_FAILED, "mmap(dmirror fd): %s", strerror(errno));
 	assert_zero(p, size, "mapping of the device file");
 	fill_words(p, size, SEED_CPU, 0);

@@ -27,8 +27,8 @@ static int child_setup(void)
 		return 10;
 	if (hmm_device_open("sim", &attr, &g_dev) != 0)
 		return 11;
-	g_adopted = mmap(NULL, LEN, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	g_adopted = test_map(LEN, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (g_adopted == MAP_FAILED || hmm_range_adopt(g_adopted, LEN, 0) != 0)
 		return 12;
 	if (hmm_mem_alloc(LEN, 0, &m) != 0)

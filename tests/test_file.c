@@ -123,7 +123,7 @@ static int reopen_ro(int fd)
 static char *map_file(enum fkind k, int fd, size_t len, int prot, size_t off)
 {
 	int flags = k == K_PRIVATE ? MAP_PRIVATE : MAP_SHARED;
-	char *p = mmap(NULL, len, prot, flags, fd, (off_t)off);
+	char *p = test_map(len, prot, flags, fd, (off_t)off);
 
 	cr_assert_neq(p, MAP_FAILED, "mmap(%s, %zu at %zu): %s", kind_name[k],
 		      len, off, strerror(errno));
@@ -133,7 +133,7 @@ static char *map_file(enum fkind k, int fd, size_t len, int prot, size_t off)
 /* An unmanaged read-only MAP_SHARED view of the file: "another mapping". */
 static char *map_view(int fd, size_t len)
 {
-	char *q = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	char *q = test_map(len, PROT_READ, MAP_SHARED, fd, 0);
 
 	cr_assert_neq(q, MAP_FAILED, "mmap(view): %s", strerror(errno));
 	return q;
@@ -1203,7 +1203,7 @@ static void other_views_and_write_back(enum fkind k)
 	need_hmm();
 	dev = open_sim(0);
 	m = dev_written(k, dev, 8, seeds, 0);
-	q = mmap(NULL, m.len, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0);
+	q = test_map(m.len, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0);
 	cr_assert_neq(q, MAP_FAILED);
 	cpu_write(q, 4, 2, SC);
 	r = hmm_file_sync(m.p, m.len);
@@ -1220,7 +1220,7 @@ static void other_views_and_write_back(enum fkind k)
 	r = hmm_file_adopt(ro, NP * PG, fd, 0);
 	cr_assert_eq(r, 0, "hmm_file_adopt(PROT_READ) = %d", r);
 	assert_migrate(ro, NP * PG, dev, NP);
-	q = mmap(NULL, NP * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	q = test_map(NP * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	cr_assert_neq(q, MAP_FAILED);
 	cpu_write(q, 20, 4, SC);
 	set_seeds(seeds, 20, 4, SC);
@@ -1298,7 +1298,7 @@ static void sigsegv_chains_to_application(enum fkind k)
 	cr_assert_eq(atomic_load(&app_calls), 2);
 
 	/* (d) a fault that is nobody's but the application's */
-	none = mmap(NULL, PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	none = test_map(PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(none, MAP_FAILED);
 	sig = probe((uint64_t *)none, false, 0, &v, &got);
 	cr_assert_eq(sig, SIGSEGV);
@@ -1451,8 +1451,8 @@ static void bad_input(enum fkind k)
 	/* not a file */
 	anon = map_anon(len);
 	cr_assert_eq(hmm_file_adopt(anon, len, fd, 0), -EINVAL, "anonymous");
-	shanon = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	shanon = test_map(len, PROT_READ | PROT_WRITE,
+			  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(shanon, MAP_FAILED);
 	cr_assert_eq(hmm_file_adopt(shanon, len, fd, 0), -EINVAL,
 		     "shared anonymous");
@@ -1532,7 +1532,7 @@ Test(file, range_over_two_mappings, .timeout = T_SHORT)
 	need_hmm();
 	fd1 = make_file(K_MEMFD, len, SA);
 	fd2 = make_file(K_MEMFD, len, SB);
-	p = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_SHARED, fd1, 0);
+	p = test_map(2 * len, PROT_READ | PROT_WRITE, MAP_SHARED, fd1, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	q = mmap(p + len, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
 		 fd2, 0);

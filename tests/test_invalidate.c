@@ -235,7 +235,7 @@ static void mremap_scenario(bool device_first)
 	buf = map_anon(len);
 	fill_pattern(p, len, 0x4e3a);
 	assert_migrate(p, len, dev, 16);
-	target = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	target = test_map(len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	cr_assert_neq(target, MAP_FAILED);
 	q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, target);
 	cr_assert_eq(q, target, "mremap: %s", strerror(errno));

@@ -292,8 +292,8 @@ Test(managed, adopt_shared_anonymous, .timeout = T_SHORT)
 
 	need_hmm();
 	dev = open_sim(len);
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-		 -1, 0);
+	p = test_map(len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		     -1, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	fill_pattern(p, len, 0x5a5a);
 	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
@@ -329,8 +329,8 @@ Test(managed, mem_free_refuses_adopted_shared, .timeout = T_SHORT)
 	char *p;
 
 	need_hmm();
-	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-		 -1, 0);
+	p = test_map(len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+		     -1, 0);
 	cr_assert_neq(p, MAP_FAILED);
 	fill_pattern(p, len, 3);
 	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
