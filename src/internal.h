@@ -101,6 +101,9 @@ long hmm__option(enum hmm_option opt);
 	X(migration_failures, 0, "migrations rolled back")                 \
 	X(pages_evicted, 0, "device pages evicted to make room")          \
 	X(invalidations, 0, "notifier invalidations delivered")            \
+	X(dma_pages_linked, 0, "pages linked in an IOMMU (DMA mapping)")    \
+	X(dma_pages_unlinked, 0, "DMA-mapped pages unlinked by invalidations") \
+	X(iommu_faults, 0, "device accesses an IOMMU refused")            \
 	X(events_remove, 0, "userfaultfd REMOVE events")                   \
 	X(events_unmap, 0, "userfaultfd UNMAP events")                     \
 	X(events_remap, 0, "userfaultfd REMAP events")                     \
@@ -726,6 +729,9 @@ enum { HMM_CTX_NONE = 0, HMM_CTX_UP = 1, HMM_CTX_DOWN = 2 };
 extern struct hmm_context hmm__ctx;
 /* Make sure the state exists: 0, or the error of hmm_init(). */
 int hmm__ensure(void);
+struct hmm_iommu;
+size_t hmm__iommu_translate_run(struct hmm_iommu *mmu, uint64_t iova,
+				size_t n, unsigned int access, char **host);
 bool hmm__on_service_thread(void);
 /* Block every signal but the synchronous fault ones. */
 /* Set by the exit handler: waits for device calls in flight are bounded. */

@@ -205,6 +205,184 @@ struct hmm_range {
 int hmm_range_fault(struct hmm_range *range);
 
 /* ------------------------------------------------------------------ */
+/* IOMMU and range-based DMA mapping                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A device reaches system memory through DMA addresses (IOVAs) that an
+ * IOMMU translates to host pages, with permissions, as real devices do.
+ * libhmm's IOMMU is a model of one for user space: a table from IOVA
+ * pages (48-bit IOVAs) to host pages (the process's virtual addresses),
+ * each linked readable or readable and writable.  A device that
+ * translates an IOVA that is not linked, or writes through a read-only
+ * link, gets an error back (a device fault), never a host crash.
+ *
+ * It is used in two steps, like the kernel's newest DMA API
+ * (dma_iova_try_alloc, dma_iova_link):
+ *
+ *   hmm_iova_alloc     reserve a contiguous IOVA range once;
+ *   hmm_iova_link      link host pages at IOVAs inside it, and
+ *   hmm_iova_unlink    unlink them, as often as needed;
+ *   hmm_iova_free      give the range back (unlinking what is left).
+ *
+ * Translation (hmm_iommu_translate) is lock-free (a read section of the
+ * table, hmm/hmm_pt.h) and may run concurrently with link and unlink; a
+ * translation that raced an unlink gets the old or the new state.  An
+ * IOMMU is not copied by fork: a driver's fork_child creates a new one.
+ *
+ * Errors: -EINVAL (NULL pointers, lengths that are 0 or not whole pages,
+ * IOVAs not page aligned, ranges outside one allocation, a bad @prot),
+ * -ENOMEM, -ENOSPC (no free IOVA range that large), -EEXIST (link over a
+ * linked page), -EBUSY (destroy while DMA maps use the IOMMU), -EFAULT
+ * and -EPERM (translate: see there).
+ */
+#define HMM_IOVA_BITS 48
+#define HMM_DMA_READ	(1u << 0) /* link prot; a read-only link */
+#define HMM_DMA_WRITE	(1u << 1) /* link prot: writable (with READ) */
+
+struct hmm_iommu;
+
+/* A new IOMMU with the whole IOVA space free.  0, -EINVAL or -ENOMEM. */
+int hmm_iommu_create(struct hmm_iommu **out);
+
+/* Free it with its allocations and links.  0, -EINVAL (NULL), or -EBUSY
+ * if a DMA map (below) still uses it (nothing is freed then). */
+int hmm_iommu_destroy(struct hmm_iommu *mmu);
+
+/*
+ * hmm_iova_alloc - reserve @len bytes (whole pages) of IOVA space, all
+ * unlinked; *@iova gets its start.  Ranges of 2 MiB and more are 2 MiB
+ * aligned.  Ranges are taken from the top of the space down, so IOVAs
+ * never look like the small addresses of a process.  0, -EINVAL, -ENOSPC
+ * or -ENOMEM.
+ */
+int hmm_iova_alloc(struct hmm_iommu *mmu, size_t len, uint64_t *iova);
+
+/* Give back the allocation that starts at @iova and is @len long (exactly
+ * as allocated), unlinking its pages.  0 or -EINVAL. */
+int hmm_iova_free(struct hmm_iommu *mmu, uint64_t iova, size_t len);
+
+/*
+ * hmm_iova_link - link the @len bytes of host pages at @host to the IOVAs
+ * at @iova, with @prot HMM_DMA_READ or HMM_DMA_READ | HMM_DMA_WRITE.  The
+ * range must lie inside one allocation and be wholly unlinked.  All or
+ * nothing.  0, -EINVAL, -EEXIST or -ENOMEM.
+ */
+int hmm_iova_link(struct hmm_iommu *mmu, uint64_t iova, const void *host,
+		  size_t len, unsigned int prot);
+
+/* Unlink the pages of [@iova, @iova + @len), which must lie inside one
+ * allocation.  Returns the pages that were linked, or -EINVAL. */
+long hmm_iova_unlink(struct hmm_iommu *mmu, uint64_t iova, size_t len);
+
+/*
+ * hmm_iommu_translate - a device access to the page of @iova, for
+ * reading, or writing if @access has HMM_DMA_WRITE: *@host gets the host
+ * address of the byte at @iova.  Returns 0, -EFAULT (the page is not
+ * linked) or -EPERM (a write through a read-only link); both count as an
+ * IOMMU fault (counter iommu_faults).  -EINVAL for NULL pointers.
+ */
+int hmm_iommu_translate(struct hmm_iommu *mmu, uint64_t iova,
+			unsigned int access, void **host);
+
+/*
+ * Range-based DMA mapping (the kernel's hmm_dma_map_* on top of the IOVA
+ * API).  A DMA map covers one virtual address range of the process and
+ * reserves IOVA space for all of it at creation: the page at address a
+ * always has IOVA hmm_dma_map_iova(map, a).  hmm_dma_map_range faults
+ * pages in (hmm_range_fault) and links them; libhmm keeps the links
+ * current: when the CPU side of the range changes (munmap, mremap,
+ * mprotect, madvise, fork) or its pages migrate, it unlinks the IOVAs of
+ * the pages concerned (so that a device access through them faults) and
+ * calls the map's invalidate callback, so that the driver drops its own
+ * translations.  A driver's device fault:
+ *
+ *	again:
+ *		seq = hmm_dma_map_begin(map);
+ *		ret = hmm_dma_map_range(map, seq, addr, len, flags, entries);
+ *		if (ret == -EBUSY)
+ *			goto again;             (bounded by the driver)
+ *		if (ret)
+ *			return ret;
+ *		lock(driver page table);
+ *		if (hmm_dma_map_retry(map, seq)) {
+ *			unlock; goto again;
+ *		}
+ *		install(entries);
+ *		unlock;
+ *
+ * and its invalidate callback takes the same lock to clear its entries.
+ * Entries are hmm_range_fault's with the frame of a system page replaced
+ * by its IOVA page (iova >> 12): HMM_PFN_VALID, HMM_PFN_WRITE (linked
+ * writable), HMM_PFN_ZERO as there; a page in the memory of the map's
+ * device is HMM_PFN_DEVICE with the device's page frame, as there, and
+ * has no link.  The bits are those of hmm/hmm_pt.h, so a driver may store
+ * entries in an hmm_pt as they come.
+ */
+struct hmm_dma_map;
+
+struct hmm_dma_map_ops {
+	/*
+	 * [range->start, range->end) of the map (clipped to it) changed: its
+	 * IOVAs are already unlinked.  The driver drops its translations of
+	 * the range under its page-table lock.  The rules of
+	 * hmm_interval_notifier_ops.invalidate apply (a non-blockable call
+	 * must not wait for device accesses; return false only when it had
+	 * to wait and could not).  May be NULL.
+	 */
+	bool (*invalidate)(struct hmm_dma_map *map,
+			   const struct hmm_notifier_range *range, void *priv);
+};
+
+/*
+ * hmm_dma_map_create - a DMA map of [@addr, @addr + @len) (page aligned;
+ * @addr 0 and @len 0: the whole address space, 2^47 bytes) whose links
+ * live in @mmu, for device @dev (pages in @dev's memory are reported, not
+ * moved; NULL: every page is brought to system memory).  @ops may be NULL
+ * (no callback); @priv goes to the callback.  Returns 0, -EINVAL, -ENOSPC
+ * (not enough free IOVA space in @mmu), -ENOMEM, or hmm_init()'s errors.
+ */
+int hmm_dma_map_create(hmm_device_t *dev, struct hmm_iommu *mmu, void *addr,
+		       size_t len, const struct hmm_dma_map_ops *ops,
+		       void *priv, struct hmm_dma_map **out);
+
+/* Unlink everything, give the IOVA range back and free the map; waits for
+ * its callbacks in progress.  0 or -EINVAL (NULL). */
+int hmm_dma_map_destroy(struct hmm_dma_map *map);
+
+/* The IOVA of the byte at @addr, linked or not; 0 if @addr is outside the
+ * map. */
+uint64_t hmm_dma_map_iova(const struct hmm_dma_map *map, const void *addr);
+
+/* Begin a fault section; the value goes to hmm_dma_map_range and
+ * hmm_dma_map_retry. */
+unsigned long hmm_dma_map_begin(struct hmm_dma_map *map);
+
+/* True if the map's range was invalidated since @seq was taken: the
+ * entries of that section are stale.  Call it under the lock the
+ * invalidate callback takes. */
+bool hmm_dma_map_retry(struct hmm_dma_map *map, unsigned long seq);
+
+/*
+ * hmm_dma_map_range - fault in the pages of [@addr, @addr + @len) (inside
+ * the map, page aligned), readable, or writable with HMM_DMA_WRITE in
+ * @flags, link them and store one entry per page in @entries (see
+ * above).  Pages linked before stay linked (a write upgrades a read-only
+ * link).  Returns 0, -EINVAL (bad range, flags or NULL), -EBUSY (@seq is
+ * stale: begin again), -ENOMEM, -ENODEV (the map's device was closed), or
+ * the errors of hmm_range_fault (-EFAULT, -EPERM, -EACCES, -ESHUTDOWN);
+ * on error no entry is valid (pages linked stay linked, which is harmless:
+ * they are the pages mapped now).  Counter: dma_pages_linked.
+ */
+int hmm_dma_map_range(struct hmm_dma_map *map, unsigned long seq, void *addr,
+		      size_t len, unsigned int flags, uint64_t *entries);
+
+/* Unlink the pages of [@addr, @addr + @len) (inside the map, page
+ * aligned), as a driver does when it is done with them.  Returns the
+ * pages that were linked, or -EINVAL. */
+long hmm_dma_unmap_range(struct hmm_dma_map *map, void *addr, size_t len);
+
+/* ------------------------------------------------------------------ */
 /* Drivers                                                             */
 /* ------------------------------------------------------------------ */
 
