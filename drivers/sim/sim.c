@@ -4,14 +4,19 @@
  *
  * Memory: a host pool (reserved, committed on use) that no application
  * pointer reaches; device page N is pool + N * 4 KiB.
- * Mirror: one device page table (sim_pt) per device, filled by
- * hmm_range_fault on device faults and cleared by the interval notifier.
+ * Mirror: one device page table (sim_pt) per device, filled on device
+ * faults through the driver kit's DMA map of the whole address space
+ * (hmm_dma_map_range) and cleared by the map's invalidate callback.
+ * IOMMU: the device reaches system memory only through IOVAs that its
+ * IOMMU (an hmm_iommu) translates: the page table holds a system page's
+ * IOVA, not its address, and an unlinked or read-only IOVA is a device
+ * fault.  hmm_sim_dma_read/write are raw DMA by IOVA.
  * Engines: threads that run commands and touch memory only through the page
- * table.  Pool pages are accessed with the mirror lock held (they cannot
- * fault); system pages are accessed through the application's address
- * without the lock (they can fault, and the fault-service thread may need
- * the lock meanwhile), announced in the engine's busy window so that a
- * blockable invalidation waits for them to finish.
+ * table and the IOMMU.  Pool pages are accessed with the mirror lock held
+ * (they cannot fault); system pages are accessed at the host address the
+ * IOMMU gives without the lock (they can fault, and the fault-service
+ * thread may need the lock meanwhile), announced in the engine's busy
+ * window so that a blockable invalidation waits for them to finish.
  */
 #include <stddef.h>
 #include <stdlib.h>
@@ -29,7 +34,7 @@
 #define SIM_RETRY_MS 5000	/* how long a command retries a range */
 
 enum sim_op { OP_READ, OP_WRITE, OP_FILL, OP_ADD, OP_CAS, OP_LAUNCH,
-	      OP_MEMCPY };
+	      OP_MEMCPY, OP_DMA_READ, OP_DMA_WRITE };
 
 struct sim_cmd {
 	enum sim_op op;
@@ -70,7 +75,8 @@ struct sim_dev {
 	unsigned nengines;
 	struct sim_engine *engines;
 
-	struct hmm_interval_notifier notifier;
+	struct hmm_iommu *mmu;
+	struct hmm_dma_map *map; /* the whole address space, in mmu */
 	pthread_mutex_t lock;	/* the mirror lock: protects pt */
 	struct sim_pt pt;
 };
@@ -96,16 +102,14 @@ static bool overlaps(struct sim_engine *e, uintptr_t s, uintptr_t end)
 	return bs && bs < end && be > s;
 }
 
-static bool sim_invalidate(struct hmm_interval_notifier *sub,
-			   const struct hmm_notifier_range *r,
-			   unsigned long cur_seq)
+/* The DMA map's callback: its IOVAs in @r are unlinked already. */
+static bool sim_invalidate(struct hmm_dma_map *map,
+			   const struct hmm_notifier_range *r, void *priv)
 {
-	struct sim_dev *sd = (struct sim_dev *)((char *)sub -
-						offsetof(struct sim_dev,
-							 notifier));
+	struct sim_dev *sd = priv;
 
+	(void)map;
 	pthread_mutex_lock(&sd->lock);
-	hmm_interval_set_seq(sub, cur_seq);
 	sim_pt_clear(&sd->pt, r->start >> HMM_PAGE_SHIFT,
 		     (r->end + HMM_PAGE_MASK) >> HMM_PAGE_SHIFT);
 	pthread_mutex_unlock(&sd->lock);
@@ -137,9 +141,26 @@ static bool sim_invalidate(struct hmm_interval_notifier *sub,
 	return true;
 }
 
-static const struct hmm_interval_notifier_ops sim_notifier_ops = {
+static const struct hmm_dma_map_ops sim_map_ops = {
 	.invalidate = sim_invalidate,
 };
+
+/* The IOMMU and the DMA map of a device being set up (or of a fork
+ * child's, whose parent's are left behind). */
+static int sim_map_create(struct sim_dev *sd)
+{
+	int ret = hmm_iommu_create(&sd->mmu);
+
+	if (ret)
+		return ret;
+	ret = hmm_dma_map_create(sd->dev, sd->mmu, NULL, 0, &sim_map_ops, sd,
+				 &sd->map);
+	if (ret) {
+		hmm_iommu_destroy(sd->mmu);
+		sd->mmu = NULL;
+	}
+	return ret;
+}
 
 /* A device fault: fill the page table for [s, e), page aligned. */
 static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
@@ -151,23 +172,18 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (uintptr_t cs = s; cs < e;) {
 		uintptr_t ce = HMM_MIN(e, cs + SIM_FAULT_CHUNK * HMM_PAGE_SIZE);
-		struct hmm_range r = {
-			.notifier = &sd->notifier,
-			.start = cs, .end = ce, .hmm_pfns = pfns,
-			.default_flags = HMM_PFN_REQ_FAULT |
-					 (write ? HMM_PFN_REQ_WRITE : 0),
-			.dev_private_owner = hmm_device_owner(sd->dev),
-		};
+		unsigned long seq = hmm_dma_map_begin(sd->map);
 		int ret;
 
-		r.notifier_seq = hmm_interval_read_begin(&sd->notifier);
-		ret = hmm_range_fault(&r);
+		/* System pages come back as IOVAs, linked in the IOMMU. */
+		ret = hmm_dma_map_range(sd->map, seq, (void *)cs, ce - cs,
+					write ? HMM_DMA_WRITE : 0, pfns);
 		if (ret == -EBUSY && ms_since(&t0) < SIM_RETRY_MS)
 			continue;
 		if (ret)
 			return ret;
 		pthread_mutex_lock(&sd->lock);
-		if (hmm_interval_read_retry(&sd->notifier, r.notifier_seq)) {
+		if (hmm_dma_map_retry(sd->map, seq)) {
 			pthread_mutex_unlock(&sd->lock);
 			if (ms_since(&t0) >= SIM_RETRY_MS)
 				return -EBUSY;
@@ -289,8 +305,8 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 			run_end += HMM_PAGE_SIZE;
 		}
 		size_t n = HMM_MIN(run_end, end) - pos;
-		res->pages += (run_end - page) >> HMM_PAGE_SHIFT;
 		if (kind) {
+			res->pages += (run_end - page) >> HMM_PAGE_SHIFT;
 			/* Device memory: cannot fault, so under the lock.
 			 * Tell libhmm's eviction clock it is in use. */
 			for (uint64_t f = frame; f < frame + ((run_end - page) >>
@@ -310,14 +326,35 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 			pos += n;
 			continue;
 		}
-		/* System memory, at the application's address.  Announce the
-		 * window before dropping the lock: an invalidation that takes
-		 * the lock after this sees it and waits for it. */
-		atomic_store_explicit(&e->busy_e, run_end, memory_order_relaxed);
-		atomic_store_explicit(&e->busy_s, page, memory_order_release);
+		/* System memory: the frames are IOVAs, and the IOMMU gives
+		 * the host pages.  An IOVA found unlinked means that an
+		 * invalidation is on its way to this entry: fault again. */
+		char *host;
+		size_t ok = hmm__iommu_translate_run(
+			sd->mmu, frame << HMM_PAGE_SHIFT,
+			(run_end - page) >> HMM_PAGE_SHIFT,
+			write ? HMM_DMA_WRITE : HMM_DMA_READ, &host);
+		if (!ok) {
+			sim_pt_clear(&sd->pt, page >> HMM_PAGE_SHIFT,
+				     (page >> HMM_PAGE_SHIFT) + 1);
+			pthread_mutex_unlock(&sd->lock);
+			continue;
+		}
+		run_end = page + (ok << HMM_PAGE_SHIFT);
+		n = HMM_MIN(run_end, end) - pos;
+		res->pages += ok;
+		/* Announce the window before dropping the lock: an
+		 * invalidation that takes the lock after this sees it and
+		 * waits for it. */
+		atomic_store_explicit(&e->busy_e,
+				      (uintptr_t)host + (run_end - page),
+				      memory_order_relaxed);
+		atomic_store_explicit(&e->busy_s, (uintptr_t)host,
+				      memory_order_release);
 		pthread_mutex_unlock(&sd->lock);
 		hmm__dma_begin();
-		int tripped = guarded_call(fn, (void *)pos, pos - addr, n, arg);
+		int tripped = guarded_call(fn, host + (pos - page), pos - addr,
+					   n, arg);
 		hmm__dma_end();
 		atomic_store_explicit(&e->busy_s, 0, memory_order_release);
 		if (tripped) {
@@ -329,6 +366,65 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 			pthread_mutex_unlock(&sd->lock);
 			continue;
 		}
+		pos += n;
+	}
+	return 0;
+}
+
+/*
+ * Raw DMA: @fn over [iova, iova + len) through the IOMMU alone, as a
+ * device given a DMA address by its driver.  An IOVA that is not linked,
+ * or read-only for a write, is a device fault: -EFAULT or -EPERM, with
+ * what came before it done.
+ */
+static int dma_walk(struct sim_engine *e, uint64_t iova, size_t len,
+		    bool write, walk_fn fn, void *arg,
+		    struct hmm_sim_result *res)
+{
+	struct sim_dev *sd = e->sd;
+	uint64_t pos = iova, end = iova + len;
+
+	if (end < iova)
+		return -EINVAL;
+	while (pos < end) {
+		uint64_t page = pos & ~(uint64_t)HMM_PAGE_MASK;
+		size_t want = (HMM_MIN(end - page, (uint64_t)SIM_RUN_MAX) +
+			       HMM_PAGE_MASK) >> HMM_PAGE_SHIFT;
+		char *host;
+		size_t ok, n;
+
+		/* Translate and announce under the mirror lock: an
+		 * invalidation unlinks before it takes the lock, so either
+		 * this sees the IOVA unlinked or the invalidation sees the
+		 * window and waits for the access. */
+		pthread_mutex_lock(&sd->lock);
+		ok = hmm__iommu_translate_run(sd->mmu, page, want,
+					      write ? HMM_DMA_WRITE
+						    : HMM_DMA_READ,
+					      &host);
+		if (!ok) {
+			void *h;
+			int ret = hmm_iommu_translate(sd->mmu, page,
+						      HMM_DMA_READ, &h);
+			pthread_mutex_unlock(&sd->lock);
+			/* Readable but not writable: a write fault. */
+			return write && !ret ? -EPERM : -EFAULT;
+		}
+		n = HMM_MIN(page + (ok << HMM_PAGE_SHIFT), end) - pos;
+		atomic_store_explicit(&e->busy_e,
+				      (uintptr_t)host + (ok << HMM_PAGE_SHIFT),
+				      memory_order_relaxed);
+		atomic_store_explicit(&e->busy_s, (uintptr_t)host,
+				      memory_order_release);
+		pthread_mutex_unlock(&sd->lock);
+		hmm__dma_begin();
+		int tripped = guarded_call(fn, host + (pos - page),
+					   (size_t)(pos - iova), n, arg);
+		hmm__dma_end();
+		atomic_store_explicit(&e->busy_s, 0, memory_order_release);
+		if (tripped)
+			return -EFAULT;
+		res->pages += ok;
 		pos += n;
 	}
 	return 0;
@@ -437,6 +533,14 @@ static void run_cmd(struct sim_engine *e, struct sim_cmd *c)
 	case OP_MEMCPY:
 		c->ret = run_memcpy(e, c);
 		break;
+	case OP_DMA_READ:
+		c->ret = dma_walk(e, c->addr, c->len, false, cb_read, c->buf,
+				  &c->res);
+		break;
+	case OP_DMA_WRITE:
+		c->ret = dma_walk(e, c->addr, c->len, true, cb_write, c->buf,
+				  &c->res);
+		break;
 	}
 }
 
@@ -503,8 +607,7 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 		ret = -ENOMEM;
 		goto fail;
 	}
-	ret = hmm_interval_notifier_insert(&sd->notifier, 0, 0,
-					   &sim_notifier_ops);
+	ret = sim_map_create(sd);
 	if (ret)
 		goto fail;
 	for (unsigned i = 0; i < ne; i++) {
@@ -535,7 +638,10 @@ static void sim_fini(hmm_device_t *dev)
 	pthread_mutex_unlock(&sd->qlock);
 	for (unsigned i = 0; i < sd->nengines; i++)
 		hmm__thread_join(&sd->engines[i].th);
-	hmm_interval_notifier_remove(&sd->notifier);
+	if (sd->map) {
+		hmm_dma_map_destroy(sd->map);
+		hmm_iommu_destroy(sd->mmu);
+	}
 	sim_pt_destroy(&sd->pt);
 	hmm__munmap_own(sd->pool, sd->pool_size);
 	pthread_mutex_destroy(&sd->lock);
@@ -615,8 +721,9 @@ static int sim_fork_child(hmm_device_t *dev)
 	/* Notifiers do not follow a fork (the kernel's do not either): the
 	 * device mirrors the child's address space from now on. */
 	sim_pt_forget(&sd->pt);
-	ret = hmm_interval_notifier_insert(&sd->notifier, 0, 0,
-					   &sim_notifier_ops);
+	sd->map = NULL;
+	sd->mmu = NULL;
+	ret = sim_map_create(sd);
 	if (ret)
 		return ret;
 	for (unsigned i = 0; i < ne; i++) {
@@ -776,6 +883,53 @@ int hmm_sim_atomic_cas(hmm_device_t *dev, uint64_t *addr, uint64_t expected,
 	ret = submit(dev, &c, NULL);
 	if (!ret && old)
 		*old = c.old;
+	return ret;
+}
+
+uint64_t hmm_sim_iova(hmm_device_t *dev, const void *addr)
+{
+	struct sim_dev *sd;
+	uint64_t iova = 0;
+
+	if (!dev || dev->ops != &sim_ops || hmm_device_enter(dev))
+		return 0;
+	sd = dev->priv;
+	iova = hmm_dma_map_iova(sd->map, addr);
+	hmm_device_leave(dev);
+	return iova;
+}
+
+int hmm_sim_dma_read(hmm_device_t *dev, uint64_t iova, void *buf, size_t len)
+{
+	struct sim_cmd c = { .op = OP_DMA_READ, .addr = iova, .len = len };
+	int ret;
+
+	if (!buf || !len)
+		return -EINVAL;
+	c.buf = malloc(len);
+	if (!c.buf)
+		return -ENOMEM;
+	ret = submit(dev, &c, NULL);
+	if (!ret)
+		memcpy(buf, c.buf, len);
+	free(c.buf);
+	return ret;
+}
+
+int hmm_sim_dma_write(hmm_device_t *dev, uint64_t iova, const void *buf,
+		      size_t len)
+{
+	struct sim_cmd c = { .op = OP_DMA_WRITE, .addr = iova, .len = len };
+	int ret;
+
+	if (!buf || !len)
+		return -EINVAL;
+	c.buf = malloc(len);
+	if (!c.buf)
+		return -ENOMEM;
+	memcpy(c.buf, buf, len);
+	ret = submit(dev, &c, NULL);
+	free(c.buf);
 	return ret;
 }
 

@@ -74,6 +74,30 @@ typedef void (*hmm_sim_kernel_fn)(void *dptr, size_t off, size_t n, void *arg);
 int hmm_sim_launch(hmm_device_t *dev, void *addr, size_t len, int write,
 		   hmm_sim_kernel_fn fn, void *arg, struct hmm_sim_result *res);
 
+/*
+ * The sim device reaches system memory through its IOMMU (hmm_driver.h):
+ * its page table holds the IOVAs of system pages, which its DMA map of
+ * the whole address space links on device faults and unlinks on
+ * invalidations.  hmm_sim_iova gives the IOVA the device uses for the
+ * page at @addr (linked or not), 0 for a bad device or address.
+ */
+uint64_t hmm_sim_iova(hmm_device_t *dev, const void *addr);
+
+/*
+ * Raw DMA: the device copies @len bytes at IOVA @iova into @buf, or from
+ * @buf to @iova, through its IOMMU alone (no page table, no device fault
+ * served), as a device does with a DMA address its driver gave it.
+ * Returns 0, -EINVAL (NULL device or buffer, zero length, IOVA range
+ * wrapping), -ENODEV (closed), -EFAULT (an IOVA of the range is not
+ * linked: never mapped, or unlinked by an invalidation), -EPERM (a write
+ * through a read-only link) or -ENOMEM.  On -EFAULT/-EPERM the pages
+ * before the faulting one were accessed (a write changed them; a read
+ * leaves @buf unchanged).  Counter: iommu_faults.
+ */
+int hmm_sim_dma_read(hmm_device_t *dev, uint64_t iova, void *buf, size_t len);
+int hmm_sim_dma_write(hmm_device_t *dev, uint64_t iova, const void *buf,
+		      size_t len);
+
 #ifdef __cplusplus
 }
 #endif
