@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <hmm/hmm.h>
+#include <hmm/hmm_driver.h>
 #include <hmm/hmm_pt.h>
 #include <hmm/hmm_sim.h>
 
@@ -844,6 +845,109 @@ static void bench_pt(void)
 	free(idx);
 }
 
+/* ---- dma_map_range / iommu_translate (the driver kit's DMA mapping) ---- */
+
+static void bench_dma(void)
+{
+	size_t len = opt_size, n = len / PG;
+	char *p = map_anon(len);
+	uint64_t *ents = malloc(512 * 8);
+	uint32_t *idx = malloc(PT_LOOKUPS * sizeof(*idx));
+	double m[16], f[16], tr[16], lk[16];
+	uint64_t rs = 88172645463325252ULL;
+
+	populate(p, len);
+	for (unsigned i = 0; i < PT_LOOKUPS; i++) {
+		rs ^= rs << 13;
+		rs ^= rs >> 7;
+		rs ^= rs << 17;
+		idx[i] = (uint32_t)(rs % n);
+	}
+	for (int k = 0; k < opt_repeat; k++) {
+		struct hmm_iommu *mmu;
+		struct hmm_dma_map *map;
+		double t;
+		int r;
+
+		if (hmm_iommu_create(&mmu))
+			die("hmm_iommu_create", -ENOMEM);
+		r = hmm_dma_map_create(NULL, mmu, p, len, NULL, NULL, &map);
+		if (r)
+			die("hmm_dma_map_create", r);
+		/* Fault and link 512 pages a call, as a driver does. */
+		t = now_s();
+		for (size_t i = 0; i < n; i += 512) {
+			size_t c = n - i < 512 ? n - i : 512;
+			r = hmm_dma_map_range(map, hmm_dma_map_begin(map),
+					      p + i * PG, c * PG, HMM_DMA_WRITE,
+					      ents);
+			if (r)
+				die("hmm_dma_map_range", r);
+		}
+		m[k] = n / (now_s() - t);
+		/* The same without the links: hmm_range_fault alone. */
+		t = now_s();
+		for (size_t i = 0; i < n; i += 512) {
+			size_t c = n - i < 512 ? n - i : 512;
+			struct hmm_range rg = {
+				.notifier = NULL,
+				.start = (uintptr_t)p + i * PG,
+				.end = (uintptr_t)p + (i + c) * PG,
+				.hmm_pfns = ents,
+				.default_flags = HMM_PFN_REQ_FAULT |
+						 HMM_PFN_REQ_WRITE,
+			};
+			r = hmm_range_fault(&rg);
+			if (r)
+				die("hmm_range_fault", r);
+		}
+		f[k] = n / (now_s() - t);
+		/* Translations of random linked pages. */
+		uint64_t base = hmm_dma_map_iova(map, p), sum = 0;
+		t = now_s();
+		for (unsigned i = 0; i < PT_LOOKUPS; i++) {
+			void *h;
+			if (!hmm_iommu_translate(mmu, base + (uint64_t)idx[i] * PG,
+						 HMM_DMA_READ, &h))
+				sum += (uintptr_t)h;
+		}
+		tr[k] = PT_LOOKUPS / (now_s() - t);
+		/* Baseline: a page-table lookup in a read section each. */
+		struct hmm_pt *pt;
+		if (hmm_pt_create(&pt))
+			die("hmm_pt_create", -ENOMEM);
+		for (size_t i = 0; i < n; i += 512) {
+			size_t c = n - i < 512 ? n - i : 512;
+			for (size_t j = 0; j < c; j++)
+				ents[j] = HMM_PTE_VALID | (i + j + 1);
+			hmm_pt_set(pt, 0x7f0000000ULL + i, c, ents);
+		}
+		t = now_s();
+		for (unsigned i = 0; i < PT_LOOKUPS; i++) {
+			hmm_pt_read_lock();
+			sum += hmm_pt_lookup(pt, 0x7f0000000ULL + idx[i]);
+			hmm_pt_read_unlock();
+		}
+		lk[k] = PT_LOOKUPS / (now_s() - t);
+		if (sum == 42)
+			printf("(unlikely)\n");
+		hmm_pt_destroy(pt);
+		hmm_dma_map_destroy(map);
+		hmm_iommu_destroy(mmu);
+	}
+	report(&(struct result){ "dma_map_range", "pages/s",
+				 "hmm_range_fault alone", median(m, opt_repeat),
+				 median(f, opt_repeat), false,
+				 " (fault + link, 512 pages a call)" });
+	report(&(struct result){ "iommu_translate", "translations/s",
+				 "hmm_pt_lookup in a read section",
+				 median(tr, opt_repeat), median(lk, opt_repeat),
+				 false, " (random pages)" });
+	free(ents);
+	free(idx);
+	munmap(p, len);
+}
+
 /* ---- idle -------------------------------------------------------------- */
 
 static double cpu_seconds(void)
@@ -890,6 +994,7 @@ static const struct {
 	{ "fork_1g_device", bench_fork },
 	{ "oversubscribe_4x", bench_oversubscribe },
 	{ "pt", bench_pt },
+	{ "dma", bench_dma },
 	{ "idle", bench_idle },
 };
 
