@@ -665,10 +665,26 @@ static void op_dev_read(struct thr *t, int r, int d)
 
 	act(t, "hmm_sim_read", d, r, a / PAGE_WORDS);
 	ret = hmm_sim_read(devs[d], &mem[a], t->buf, n * 8, NULL);
-	if (ret)
+	if (ret) {
 		dev_failed(t, r, ret, "hmm_sim_read", a, a + n);
-	else
+	} else {
 		check_buf(t, r, a, n, t->buf, (int)t->index, "hmm_sim_read");
+		/* Half the time, the same span again by raw DMA through the
+		 * IOVAs the read linked: unlinked since (a CPU-side change,
+		 * a migration) is a fault; anything read must be right. */
+		if (rnd(t, 2)) {
+			uint64_t iova = hmm_sim_iova(devs[d], &mem[a]);
+			act(t, "hmm_sim_dma_read", d, r, a / PAGE_WORDS);
+			ret = hmm_sim_dma_read(devs[d], iova, t->buf, n * 8);
+			if (ret == 0)
+				check_buf(t, r, a, n, t->buf, (int)t->index,
+					  "hmm_sim_dma_read");
+			else if (ret != -EFAULT)
+				failure(t, "hmm_sim_dma_read region %d page "
+					"%zu: unexpected %d", r,
+					a / PAGE_WORDS, ret);
+		}
+	}
 	count(t, K_DEV_READ);
 }
 
