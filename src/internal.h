@@ -91,6 +91,7 @@ long hmm__option(enum hmm_option opt);
 #define HMM_STATS_LIST(X)                                                   \
 	X(cpu_faults, 0, "CPU faults served (userfaultfd)")               \
 	X(cpu_faults_parked, 0, "CPU faults that waited for a migration")  \
+	X(faultback_streams, 0, "fault-backs that continued a sequential stream") \
 	X(cpu_zero_fills, 0, "untouched pages filled with zeros")          \
 	X(device_faults, 0, "device fault rounds")                         \
 	X(range_faults, 0, "hmm_range_fault calls")                        \

@@ -69,6 +69,56 @@ static void fault_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 		*e = bbase + HMM_BLOCK_SIZE;
 }
 
+/*
+ * Adaptive fault-around for fault-backs from device memory.  A fault that
+ * lands where an earlier fault-back window ended continues a sequential
+ * stream, and gets a window twice as large as the last, up to a whole 2 MiB
+ * block (a pass over device-resident data then takes one fault per block);
+ * any other fault gets the HMM_FAULT_AROUND window, aligned.  A few
+ * streams are followed at once (threads each walking their own part of an
+ * array); a new stream replaces the oldest.  With fault-around off
+ * (HMM_FAULT_AROUND below a page), every fault brings one page.
+ */
+#define STREAMS 8
+
+static struct {
+	uintptr_t next;		/* the page after the last window */
+	uintptr_t size;		/* the last window's size */
+} streams[STREAMS];		/* streams_lock */
+static unsigned streams_oldest;	/* streams_lock */
+static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void faultback_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
+{
+	uintptr_t bend = (page & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
+	unsigned slot = STREAMS;
+
+	fault_window(page, s, e);
+	if (*e - *s <= HMM_PAGE_SIZE &&
+	    hmm__option(HMM_OPT_FAULT_AROUND) < (long)HMM_PAGE_SIZE)
+		return;
+	pthread_mutex_lock(&streams_lock);
+	for (unsigned i = 0; i < STREAMS; i++) {
+		if (streams[i].next == page) {
+			slot = i;
+			break;
+		}
+	}
+	if (slot < STREAMS) {
+		uintptr_t size = HMM_MIN(2 * streams[slot].size,
+					 (uintptr_t)HMM_BLOCK_SIZE);
+		*s = page;
+		*e = HMM_MIN(page + size, bend);
+		streams[slot].size = size;
+		hmm__stat_add(HMM_STAT_faultback_streams, 1);
+	} else {
+		slot = streams_oldest++ % STREAMS;
+		streams[slot].size = *e - *s;
+	}
+	streams[slot].next = *e;
+	pthread_mutex_unlock(&streams_lock);
+}
+
 /* Fill untouched pages [page, end) with zeros, @page first.  Returns the
  * pages filled (0 if @page was there already), or -EAGAIN. */
 static int resolve_zero(uintptr_t page, uintptr_t end, bool write)
@@ -313,7 +363,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				hmm__hold_write_parked(page);
 				return 0;
 			}
-			fault_window(page, &s, &e);
+			faultback_window(page, &s, &e);
 			r = hmm__migrate_to_system(s, e, NULL,
 						   HMM_MIG_NONBLOCK);
 			if (r == -EAGAIN)

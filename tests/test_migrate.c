@@ -370,3 +370,79 @@ Test(migrate, transparent_huge_pages, .timeout = T_SHORT)
 	fill_pattern(p, len, 0x7aa);
 	assert_pattern(p, len, 0x7aa);
 }
+
+/*
+ * Adaptive fault-around: a sequential CPU pass over device-resident data
+ * grows its fault-back window from HMM_FAULT_AROUND up to a whole 2 MiB
+ * block, so 8 MiB come home in a handful of faults; faults that do not
+ * follow each other keep the plain window; with fault-around off every
+ * fault brings one page.
+ */
+static uint64_t pass_faults(char *p, size_t len, hmm_device_t *dev,
+			    const size_t *order, size_t norder)
+{
+	uint64_t f0;
+
+	long m = hmm_migrate(p, len, dev, 0);
+
+	cr_assert_geq(m, 0, "hmm_migrate = %ld", m);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, dev);
+	f0 = stat_of("cpu_faults");
+	for (size_t k = 0; k < norder; k++) {
+		size_t i = order[k];
+		cr_assert_eq(((volatile uint64_t *)p)[i * WORDS_PER_PAGE],
+			     (uint64_t)(i * WORDS_PER_PAGE) ^ 77,
+			     "page %zu", i);
+	}
+	return stat_of("cpu_faults") - f0;
+}
+
+Test(migrate, fault_around_grows_on_sequential_passes, .timeout = T_SHORT)
+{
+	const size_t len = 8 << 20, np = len / PG;
+	size_t *seq = malloc(np * sizeof(*seq)), *strided;
+	hmm_device_t *dev;
+	uint64_t faults, s0;
+	char *p;
+
+	need_hmm();
+	cr_assert_not_null(seq);
+	for (size_t i = 0; i < np; i++)
+		seq[i] = i;
+	dev = open_sim(32 << 20);
+	p = map_adopt(len); /* 2 MiB aligned: windows fall on 64 KiB */
+	cr_assert_eq((uintptr_t)p % (2 << 20), 0);
+	fill_pattern(p, len, 77);
+
+	cr_assert_eq(hmm_option_set("FAULT_AROUND", 64 << 10), 0);
+	s0 = stat_of("faultback_streams");
+	faults = pass_faults(p, len, dev, seq, np);
+	cr_log_info("sequential pass: %llu faults for %zu pages",
+		    (unsigned long long)faults, np);
+	cr_assert_leq(faults, 16, "%llu faults: the window did not grow",
+		      (unsigned long long)faults);
+	cr_assert_gt(stat_of("faultback_streams"), s0);
+	assert_pattern(p, len, 77);
+
+	/* Every 64th page, backwards: no fault continues another, each
+	 * brings its 64 KiB window. */
+	strided = malloc(np / 64 * sizeof(*strided));
+	cr_assert_not_null(strided);
+	for (size_t k = 0; k < np / 64; k++)
+		strided[k] = np - 64 * (k + 1);
+	s0 = stat_of("faultback_streams");
+	faults = pass_faults(p, len, dev, strided, np / 64);
+	cr_assert_eq(faults, np / 64);
+	cr_assert_eq(stat_of("faultback_streams"), s0);
+	size_t home = count_loc(p, len, HMM_LOC_SYSTEM);
+	cr_assert_eq(home, np / 64 * 16,
+		     "%zu pages home: each fault should bring its 16-page "
+		     "window, no more", home);
+
+	/* Fault-around off: one page a fault, even in order. */
+	cr_assert_eq(hmm_option_set("FAULT_AROUND", 0), 0);
+	faults = pass_faults(p, 64 * PG, dev, seq, 64);
+	cr_assert_eq(faults, 64);
+	free(strided);
+	free(seq);
+}
