@@ -948,6 +948,44 @@ static void bench_dma(void)
 	munmap(p, len);
 }
 
+/* ---- prefetch_in_place ------------------------------------------------ */
+
+/* A prefetch of data already on the device: one look at the page states,
+ * against hmm_migrate of the same resident data. */
+static void bench_prefetch(void)
+{
+	size_t len = opt_size;
+	char *p = map_anon(len);
+	hmm_device_t *dev = open_sim(len + (64 << 20));
+	double v[16], b[16];
+	long r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	if ((r = hmm_migrate(p, len, dev, 0)) < 0)
+		die("hmm_migrate", (int)r);
+	for (int k = 0; k < opt_repeat; k++) {
+		hmm_prefetch_t *pf;
+		double t = now_s();
+		if ((r = hmm_prefetch_start(p, len, dev, 0, &pf)))
+			die("hmm_prefetch_start", (int)r);
+		if ((r = hmm_prefetch_release(pf)) != 0)
+			die("prefetch moved pages", (int)r);
+		v[k] = (now_s() - t) * 1e6;
+		t = now_s();
+		if ((r = hmm_migrate(p, len, dev, 0)) != 0)
+			die("hmm_migrate moved pages", (int)r);
+		b[k] = (now_s() - t) * 1e6;
+	}
+	report(&(struct result){ "prefetch_in_place", "us",
+				 "hmm_migrate of resident data",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 true, NULL });
+	hmm_device_close(dev);
+	munmap(p, len);
+}
+
 /* ---- idle -------------------------------------------------------------- */
 
 static double cpu_seconds(void)
@@ -995,6 +1033,7 @@ static const struct {
 	{ "oversubscribe_4x", bench_oversubscribe },
 	{ "pt", bench_pt },
 	{ "dma", bench_dma },
+	{ "prefetch_in_place", bench_prefetch },
 	{ "idle", bench_idle },
 };
 

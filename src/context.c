@@ -325,6 +325,7 @@ static void atfork_child(void)
 	hmm__blocks_fork_child();
 	hmm__holds_fork_child();
 	hmm__devices_fork_child();
+	hmm__prefetch_fork_child();
 	ret = child_restart();
 	if (ret)
 		child_give_up(ret);
@@ -450,6 +451,8 @@ int hmm_fini(void)
 {
 	struct hmm_context *c = &hmm__ctx;
 
+	/* Before init_lock: a prefetch being run may need hmm__ensure. */
+	hmm__prefetch_stop();
 	pthread_mutex_lock(&c->init_lock);
 	if (atomic_load(&c->state) != HMM_CTX_UP) {
 		atomic_store(&c->state, HMM_CTX_DOWN);

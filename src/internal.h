@@ -102,6 +102,8 @@ long hmm__option(enum hmm_option opt);
 	X(migration_failures, 0, "migrations rolled back")                 \
 	X(pages_evicted, 0, "device pages evicted to make room")          \
 	X(invalidations, 0, "notifier invalidations delivered")            \
+	X(prefetches, 0, "hmm_prefetch_start calls that started")         \
+	X(prefetches_in_place, 0, "prefetches done at once: pages in place") \
 	X(dma_pages_linked, 0, "pages linked in an IOMMU (DMA mapping)")    \
 	X(dma_pages_unlinked, 0, "DMA-mapped pages unlinked by invalidations") \
 	X(iommu_faults, 0, "device accesses an IOMMU refused")            \
@@ -730,6 +732,8 @@ enum { HMM_CTX_NONE = 0, HMM_CTX_UP = 1, HMM_CTX_DOWN = 2 };
 extern struct hmm_context hmm__ctx;
 /* Make sure the state exists: 0, or the error of hmm_init(). */
 int hmm__ensure(void);
+void hmm__prefetch_stop(void);
+void hmm__prefetch_fork_child(void);
 struct hmm_iommu;
 size_t hmm__iommu_translate_run(struct hmm_iommu *mmu, uint64_t iova,
 				size_t n, unsigned int access, char **host);

@@ -354,6 +354,41 @@ int hmm_device_mem_usage(hmm_device_t *dev, size_t *used_pages,
 long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 		 unsigned int flags);
 
+/*
+ * Asynchronous prefetch: hmm_migrate in the background.
+ *
+ * hmm_prefetch_start checks its arguments as hmm_migrate does and returns
+ * at once with a handle in *@out.  If every page is already where it is
+ * asked to go (on @dev, or in system memory for NULL), the prefetch is
+ * complete when the call returns, at the cost of one look at the pages'
+ * states; otherwise libhmm's prefetch thread moves the pages, prefetches
+ * in the order they were started.  The pages stay usable meanwhile: a CPU
+ * access to a page in flight waits for it, as with hmm_migrate.  A
+ * pending prefetch keeps @dev open: hmm_device_close waits for it.
+ * hmm_fini (and exit) completes the prefetches not yet started with
+ * -ECANCELED; in the child of fork, the parent's pending prefetches are
+ * complete with -ECANCELED.
+ *
+ * hmm_prefetch_start returns 0, or -EINVAL (bad range, flags not 0, NULL
+ * @out), -ENOENT (not managed), -ENODEV (closed device), -ENOMEM,
+ * -ESHUTDOWN (hmm_fini is running), -EAGAIN (the thread could not start),
+ * or the errors of hmm_init().  Counters: prefetches, prefetches_in_place.
+ *
+ * hmm_prefetch_wait waits up to @timeout_ms milliseconds (0: do not wait,
+ * negative: no limit) and returns the result of the migration (the pages
+ * moved, or one of hmm_migrate's errors, or -ECANCELED), or -ETIMEDOUT if
+ * it is not complete yet, or -EINVAL for NULL.  It may be called any number
+ * of times, from any thread, until the handle is released.
+ *
+ * hmm_prefetch_release waits for completion, frees the handle and returns
+ * the result as hmm_prefetch_wait does.
+ */
+typedef struct hmm_prefetch hmm_prefetch_t;
+int hmm_prefetch_start(void *addr, size_t len, hmm_device_t *dev,
+		       unsigned int flags, hmm_prefetch_t **out);
+long hmm_prefetch_wait(hmm_prefetch_t *pf, int timeout_ms);
+long hmm_prefetch_release(hmm_prefetch_t *pf);
+
 /* ------------------------------------------------------------------ */
 /* Holds: locking to a device, exclusive access for device atomics     */
 /* ------------------------------------------------------------------ */
