@@ -986,6 +986,41 @@ static void bench_prefetch(void)
 	munmap(p, len);
 }
 
+/* ---- advice_discard ---------------------------------------------------- */
+
+/* Data on the device that the CPU is about to overwrite whole: discarding
+ * it first spares the copies back, against on-demand fault-back. */
+static void bench_discard(void)
+{
+	size_t len = opt_size;
+	char *p = map_anon(len);
+	hmm_device_t *dev = open_sim(len + (64 << 20));
+	double v[16], b[16];
+	long r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	for (int k = 0; k < opt_repeat; k++) {
+		for (int with = 0; with < 2; with++) {
+			if ((r = hmm_migrate(p, len, dev, 0)) < 0)
+				die("hmm_migrate", (int)r);
+			double t = now_s();
+			if (with && (r = hmm_advise(p, len, HMM_ADVISE_DISCARD,
+						    NULL)))
+				die("hmm_advise", (int)r);
+			memset(p, k + with, len);
+			(with ? v : b)[k] = (now_s() - t) * 1e3;
+		}
+	}
+	report(&(struct result){ "advice_discard", "ms",
+				 "on-demand fault-back", median(v, opt_repeat),
+				 median(b, opt_repeat), true,
+				 " (device data overwritten by the CPU)" });
+	hmm_device_close(dev);
+	munmap(p, len);
+}
+
 /* ---- idle -------------------------------------------------------------- */
 
 static double cpu_seconds(void)
@@ -1034,6 +1069,7 @@ static const struct {
 	{ "pt", bench_pt },
 	{ "dma", bench_dma },
 	{ "prefetch_in_place", bench_prefetch },
+	{ "advice_discard", bench_discard },
 	{ "idle", bench_idle },
 };
 

@@ -49,6 +49,11 @@ static const struct hmm_driver_ops *driver_find(const char *name)
 	return ops;
 }
 
+int hmm_device_id(const hmm_device_t *dev)
+{
+	return dev ? (int)dev->id : -EINVAL;
+}
+
 hmm_device_t *hmm__device_get(unsigned int id)
 {
 	hmm_device_t *d;
@@ -272,6 +277,7 @@ int hmm_device_close(hmm_device_t *dev)
 		 * reused.  The device accepts no more calls. */
 		return -EBUSY;
 	}
+	hmm__advice_forget_device(dev->id);
 	if (busy)
 		return 0; /* exiting: the memory and threads go with the process */
 	if (dev->ops->fini)

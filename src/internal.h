@@ -91,7 +91,7 @@ long hmm__option(enum hmm_option opt);
 #define HMM_STATS_LIST(X)                                                   \
 	X(cpu_faults, 0, "CPU faults served (userfaultfd)")               \
 	X(cpu_faults_parked, 0, "CPU faults that waited for a migration")  \
-	X(faultback_streams, 0, "fault-backs that continued a sequential stream") \
+	X(faultback_streams, 0, "CPU faults that continued a sequential stream") \
 	X(cpu_zero_fills, 0, "untouched pages filled with zeros")          \
 	X(device_faults, 0, "device fault rounds")                         \
 	X(range_faults, 0, "hmm_range_fault calls")                        \
@@ -103,6 +103,8 @@ long hmm__option(enum hmm_option opt);
 	X(pages_evicted, 0, "device pages evicted to make room")          \
 	X(invalidations, 0, "notifier invalidations delivered")            \
 	X(prefetches, 0, "hmm_prefetch_start calls that started")         \
+	X(advice_migrations, 0, "pages moved to their preferred device on its faults") \
+	X(pages_discarded, 0, "pages dropped by HMM_ADVISE_DISCARD")      \
 	X(prefetches_in_place, 0, "prefetches done at once: pages in place") \
 	X(dma_pages_linked, 0, "pages linked in an IOMMU (DMA mapping)")    \
 	X(dma_pages_unlinked, 0, "DMA-mapped pages unlinked by invalidations") \
@@ -733,6 +735,11 @@ extern struct hmm_context hmm__ctx;
 /* Make sure the state exists: 0, or the error of hmm_init(). */
 int hmm__ensure(void);
 void hmm__prefetch_stop(void);
+bool hmm__pages_in_place(uintptr_t s, uintptr_t e, hmm_device_t *dev);
+void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end);
+void hmm__advice_forget(uintptr_t start, uintptr_t end);
+void hmm__advice_forget_device(unsigned int id);
+void hmm__advice_fork_child(void);
 void hmm__prefetch_fork_child(void);
 struct hmm_iommu;
 size_t hmm__iommu_translate_run(struct hmm_iommu *mmu, uint64_t iova,

@@ -41,7 +41,7 @@ static bool pf_started, pf_stop;		/* pf_lock */
 static struct hmm_thread pf_thread;
 
 /* Whether every page of [s, e) is where a prefetch to @dev would put it. */
-static bool in_place(uintptr_t s, uintptr_t e, hmm_device_t *dev)
+bool hmm__pages_in_place(uintptr_t s, uintptr_t e, hmm_device_t *dev)
 {
 	for (uintptr_t p = s; p < e;) {
 		uintptr_t be = HMM_MIN((p | (HMM_BLOCK_SIZE - 1)) + 1, e);
@@ -136,7 +136,7 @@ int hmm_prefetch_start(void *addr, size_t len, hmm_device_t *dev,
 		return -ENODEV;
 	}
 	hmm__stat_add(HMM_STAT_prefetches, 1);
-	if (in_place(s, e, dev)) {
+	if (hmm__pages_in_place(s, e, dev)) {
 		hmm__stat_add(HMM_STAT_prefetches_in_place, 1);
 		pthread_mutex_lock(&pf_lock);
 		complete(pf, 0);

@@ -261,6 +261,10 @@ int hmm_range_fault(struct hmm_range *range)
 		return ret;
 	hmm__stat_add(HMM_STAT_range_faults, 1);
 	owner = range->dev_private_owner;
+	/* Pages whose preferred location is the faulting device go there
+	 * first (hmm_advise). */
+	if (range->default_flags & HMM_PFN_REQ_FAULT)
+		hmm__advice_fault(owner, range->start, range->end);
 	npages = (range->end - range->start) >> HMM_PAGE_SHIFT;
 
 	for (size_t i = 0; i < npages && !ret; i++) {

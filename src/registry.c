@@ -382,6 +382,8 @@ int hmm__range_trim(uintptr_t start, uintptr_t end)
 	struct hmm_context *c = &hmm__ctx;
 	size_t i = range_lower(start);
 
+	hmm__advice_forget(start, end);
+
 	while (i < c->nranges && c->ranges[i].start < end) {
 		struct hmm_mrange *r = &c->ranges[i];
 		if (r->start < start && r->end > end) {
@@ -423,6 +425,7 @@ void hmm__ranges_free_all(void)
 {
 	struct hmm_context *c = &hmm__ctx;
 
+	hmm__advice_forget(0, UINTPTR_MAX);
 	for (size_t i = 0; i < c->nranges; i++)
 		hmm__alloc_put(c->ranges[i].alloc);
 	free(c->ranges);

@@ -70,10 +70,11 @@ static void fault_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 }
 
 /*
- * Adaptive fault-around for fault-backs from device memory.  A fault that
- * lands where an earlier fault-back window ended continues a sequential
- * stream, and gets a window twice as large as the last, up to a whole 2 MiB
- * block (a pass over device-resident data then takes one fault per block);
+ * Adaptive fault-around, for fault-backs from device memory and for first
+ * touches (zero fills).  A fault that lands where an earlier window ended
+ * continues a sequential stream, and gets a window twice as large as the
+ * last, up to a whole 2 MiB block (a pass over device-resident or untouched
+ * memory then takes one fault per block);
  * any other fault gets the HMM_FAULT_AROUND window, aligned.  A few
  * streams are followed at once (threads each walking their own part of an
  * array); a new stream replaces the oldest.  With fault-around off
@@ -88,7 +89,7 @@ static struct {
 static unsigned streams_oldest;	/* streams_lock */
 static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void faultback_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
+static void stream_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 {
 	uintptr_t bend = (page & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
 	unsigned slot = STREAMS;
@@ -160,7 +161,7 @@ static uintptr_t fill_begin(struct hmm_block *b, uintptr_t page)
 {
 	uintptr_t s, e, end = page;
 
-	fault_window(page, &s, &e);
+	stream_window(page, &s, &e);
 	while (end < e) {
 		uint8_t *st = &b->state[hmm__block_index(end)];
 		if ((*st & ~PSF_DROPPING) != PS_SYSTEM)
@@ -363,7 +364,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				hmm__hold_write_parked(page);
 				return 0;
 			}
-			faultback_window(page, &s, &e);
+			stream_window(page, &s, &e);
 			r = hmm__migrate_to_system(s, e, NULL,
 						   HMM_MIG_NONBLOCK);
 			if (r == -EAGAIN)

@@ -325,6 +325,10 @@ int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
  */
 int hmm_device_close(hmm_device_t *dev);
 
+/* The small number (0 to 63) that names @dev among the open devices (a
+ * closed device's may be reused), or -EINVAL for NULL. */
+int hmm_device_id(const hmm_device_t *dev);
+
 /* Device-memory usage: pages in use and in total. */
 int hmm_device_mem_usage(hmm_device_t *dev, size_t *used_pages,
 			 size_t *total_pages);
@@ -384,6 +388,53 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
  * the result as hmm_prefetch_wait does.
  */
 typedef struct hmm_prefetch hmm_prefetch_t;
+
+/*
+ * Advice per range, kept by address for managed memory and split or merged
+ * as it changes.  @advice is one of:
+ *
+ *   HMM_ADVISE_PREFERRED_LOCATION    @dev (NULL: system memory) is where
+ *        the pages should live: a device fault by @dev moves the pages it
+ *        touches to @dev first (best effort: pages that cannot move, device
+ *        memory being full say, are used where they are).  CPU accesses
+ *        still bring pages home.  With system memory preferred, or none,
+ *        device faults map pages where they are.
+ *   HMM_ADVISE_UNSET_PREFERRED_LOCATION  (@dev must be NULL)
+ *   HMM_ADVISE_ACCESSED_BY           @dev reaches the pages where they
+ *        are: its faults never move them, even where it is the preferred
+ *        location.
+ *   HMM_ADVISE_UNSET_ACCESSED_BY     (@dev required)
+ *   HMM_ADVISE_DISCARD               the contents are not needed any more:
+ *        pages on devices are dropped without being copied back and every
+ *        page reads as zeros afterwards (anonymous memory, private or
+ *        shared; @dev must be NULL).  Counter: pages_discarded.
+ *
+ * Advice ends with the range (release, munmap) and, for a device, when the
+ * device closes.  Returns 0, or -EINVAL (bad range, unknown advice, @dev
+ * where none is taken or missing where one is needed), -ENOENT (not
+ * managed), -ENODEV (closed device), -EOPNOTSUPP (DISCARD of file-backed
+ * memory), -ENOMEM, or hmm_init()'s errors; on error no advice changed.
+ * Counter: advice_migrations (pages moved by PREFERRED_LOCATION).
+ */
+enum hmm_advice {
+	HMM_ADVISE_PREFERRED_LOCATION = 1,
+	HMM_ADVISE_UNSET_PREFERRED_LOCATION = 2,
+	HMM_ADVISE_ACCESSED_BY = 3,
+	HMM_ADVISE_UNSET_ACCESSED_BY = 4,
+	HMM_ADVISE_DISCARD = 5,
+};
+int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev);
+
+/* The advice in force at @addr: preferred is HMM_LOC_UNMANAGED (none),
+ * HMM_LOC_SYSTEM or HMM_LOC_DEVICE (with preferred_dev); accessed_by has
+ * bit N set for the open device whose hmm_device_id() is N.  0 or
+ * -EINVAL. */
+struct hmm_advice_info {
+	int preferred;
+	hmm_device_t *preferred_dev;
+	uint64_t accessed_by;
+};
+int hmm_advice_get(const void *addr, struct hmm_advice_info *out);
 int hmm_prefetch_start(void *addr, size_t len, hmm_device_t *dev,
 		       unsigned int flags, hmm_prefetch_t **out);
 long hmm_prefetch_wait(hmm_prefetch_t *pf, int timeout_ms);

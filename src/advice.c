@@ -1,0 +1,339 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Advice per range (hmm_advise in hmm.h): a sorted array of disjoint
+ * segments, each with a preferred location and an accessed-by set, split
+ * where advice changes and merged again where neighbours become equal.
+ * Segments with no advice are not kept.
+ *
+ * advice_lock protects segs, nsegs and cap.  Order: ctx.ranges_lock before
+ * advice_lock (hmm__range_trim forgets advice under the former).
+ *
+ * What advice does today: a device fault (hmm_range_fault) by the
+ * preferred device of a segment, which is not also in its accessed-by set,
+ * first migrates the segment's pages it touches to that device; every
+ * other device fault maps pages where they are.  DISCARD drops contents
+ * (see hmm_advise).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+#define PREF_NONE 0xff		/* no preferred location */
+#define PREF_SYSTEM 0xfe	/* system memory */
+
+struct seg {
+	uintptr_t start, end;
+	uint8_t pref;		/* device id, PREF_NONE or PREF_SYSTEM */
+	uint64_t accessed_by;	/* bit per device id */
+};
+
+static pthread_rwlock_t advice_lock = PTHREAD_RWLOCK_INITIALIZER;
+static struct seg *segs;	/* advice_lock */
+static size_t nsegs, cap;	/* advice_lock */
+
+static bool seg_empty(const struct seg *s)
+{
+	return s->pref == PREF_NONE && !s->accessed_by;
+}
+
+/* Split the segment that crosses @a, if any.  advice_lock held (writing),
+ * one free slot reserved. */
+static void split_at(uintptr_t a)
+{
+	for (size_t i = 0; i < nsegs; i++) {
+		if (segs[i].start < a && a < segs[i].end) {
+			memmove(&segs[i + 1], &segs[i],
+				(nsegs - i) * sizeof(*segs));
+			segs[i].end = a;
+			segs[i + 1].start = a;
+			nsegs++;
+			return;
+		}
+	}
+}
+
+/* Drop empty segments and merge equal neighbours.  advice_lock held. */
+static void tidy(void)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < nsegs; i++) {
+		if (seg_empty(&segs[i]))
+			continue;
+		if (o && segs[o - 1].end == segs[i].start &&
+		    segs[o - 1].pref == segs[i].pref &&
+		    segs[o - 1].accessed_by == segs[i].accessed_by) {
+			segs[o - 1].end = segs[i].end;
+			continue;
+		}
+		segs[o++] = segs[i];
+	}
+	nsegs = o;
+}
+
+typedef void (*seg_fn)(struct seg *s, uintptr_t arg);
+
+/*
+ * Apply @fn to [start, end): segments are split at its edges and its holes
+ * become segments with no advice, then @fn changes each segment inside,
+ * then equal neighbours merge.  advice_lock held for writing.  0, or
+ * -ENOMEM with the advice unchanged.
+ */
+static int apply(uintptr_t start, uintptr_t end, seg_fn fn, uintptr_t arg)
+{
+	struct seg *out;
+	uintptr_t pos = start;
+	size_t o = 0;
+
+	if (nsegs + 2 > cap) {
+		size_t nc = HMM_MAX(2 * cap, nsegs + 8);
+		struct seg *n = realloc(segs, nc * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		segs = n;
+		cap = nc;
+	}
+	out = malloc((2 * nsegs + 5) * sizeof(*out));
+	if (!out)
+		return -ENOMEM;
+	split_at(start);
+	split_at(end);
+	for (size_t i = 0; i < nsegs; i++) {
+		const struct seg *g = &segs[i];
+		if (g->end <= start) {
+			out[o++] = *g;
+			continue;
+		}
+		if (g->start >= end) {
+			if (pos < end)
+				out[o++] = (struct seg){ pos, end, PREF_NONE, 0 };
+			pos = end;
+			out[o++] = *g;
+			continue;
+		}
+		if (g->start > pos)
+			out[o++] = (struct seg){ pos, g->start, PREF_NONE, 0 };
+		out[o++] = *g;
+		pos = g->end;
+	}
+	if (pos < end)
+		out[o++] = (struct seg){ pos, end, PREF_NONE, 0 };
+	for (size_t i = 0; i < o; i++)
+		if (out[i].start >= start && out[i].end <= end)
+			fn(&out[i], arg);
+	free(segs);
+	segs = out;
+	nsegs = o;
+	cap = o; /* out has room for at least o */
+	tidy();
+	return 0;
+}
+
+static void set_pref(struct seg *s, uintptr_t v) { s->pref = (uint8_t)v; }
+static void add_acc(struct seg *s, uintptr_t v) { s->accessed_by |= 1ULL << v; }
+static void del_acc(struct seg *s, uintptr_t v) { s->accessed_by &= ~(1ULL << v); }
+static void clear_all(struct seg *s, uintptr_t v)
+{
+	(void)v;
+	s->pref = PREF_NONE;
+	s->accessed_by = 0;
+}
+
+int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	seg_fn fn;
+	uintptr_t arg = 0;
+	int ret = hmm__check_range(addr, len);
+
+	if (ret)
+		return ret;
+	switch (advice) {
+	case HMM_ADVISE_PREFERRED_LOCATION:
+		fn = set_pref;
+		break;
+	case HMM_ADVISE_UNSET_PREFERRED_LOCATION:
+		fn = set_pref;
+		arg = PREF_NONE;
+		if (dev)
+			return -EINVAL;
+		break;
+	case HMM_ADVISE_ACCESSED_BY:
+		fn = add_acc;
+		break;
+	case HMM_ADVISE_UNSET_ACCESSED_BY:
+		fn = del_acc;
+		break;
+	case HMM_ADVISE_DISCARD:
+		fn = NULL;
+		if (dev)
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if ((advice == HMM_ADVISE_ACCESSED_BY ||
+	     advice == HMM_ADVISE_UNSET_ACCESSED_BY) && !dev)
+		return -EINVAL;
+	ret = hmm__ensure();
+	if (ret)
+		return ret;
+	if (dev && hmm_device_enter(dev))
+		return -ENODEV;
+	if (dev && advice != HMM_ADVISE_UNSET_PREFERRED_LOCATION)
+		arg = dev->id;
+	else if (advice == HMM_ADVISE_PREFERRED_LOCATION)
+		arg = PREF_SYSTEM;
+	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
+	ret = hmm__ranges_cover(s, e);
+	if (!ret && fn) {
+		pthread_rwlock_wrlock(&advice_lock);
+		ret = apply(s, e, fn, arg);
+		pthread_rwlock_unlock(&advice_lock);
+	}
+	/* Devices drop their translations of the range, so that their next
+	 * access faults and follows the new advice. */
+	if (!ret && fn)
+		hmm__invalidate(s, e, HMM_NOTIFY_MIGRATE,
+				advice == HMM_ADVISE_PREFERRED_LOCATION ? dev
+									: NULL,
+				!hmm__on_service_thread());
+	/* DISCARD: anonymous memory, private or shared; a file's data is
+	 * the file's to keep.  The pieces and their kinds, then the calls
+	 * without the lock (the madvise wrapper takes it). */
+	struct { uintptr_t s, e; bool shared; } *pc = NULL;
+	size_t npc = 0;
+	for (uintptr_t p = s; !ret && !fn && p < e;) {
+		struct hmm_mrange *r = hmm__range_find(p);
+		void *n = realloc(pc, (npc + 1) * sizeof(*pc));
+		if (!r || HMM_MK_IS_FILE(r->kind)) {
+			ret = -EOPNOTSUPP;
+		} else if (!n) {
+			ret = -ENOMEM;
+		} else {
+			pc = n;
+			pc[npc].s = p;
+			pc[npc].e = HMM_MIN(r->end, e);
+			pc[npc++].shared = r->kind == HMM_MK_SHMEM;
+			p = r->end;
+		}
+	}
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	/* libhmm's madvise wrapper drops the device copies without copying
+	 * them back; the pages read as zeros afterwards (MADV_REMOVE
+	 * punches shared memory's pages out). */
+	for (size_t k = 0; !ret && k < npc; k++) {
+		if (madvise((void *)pc[k].s, pc[k].e - pc[k].s,
+			    pc[k].shared ? MADV_REMOVE : MADV_DONTNEED))
+			ret = -errno;
+		else
+			hmm__stat_add(HMM_STAT_pages_discarded,
+				      (pc[k].e - pc[k].s) >> HMM_PAGE_SHIFT);
+	}
+	free(pc);
+	if (dev)
+		hmm_device_leave(dev);
+	return ret;
+}
+
+int hmm_advice_get(const void *addr, struct hmm_advice_info *out)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	if (!out)
+		return -EINVAL;
+	*out = (struct hmm_advice_info){ .preferred = HMM_LOC_UNMANAGED };
+	pthread_rwlock_rdlock(&advice_lock);
+	for (size_t i = 0; i < nsegs; i++) {
+		if (segs[i].start <= a && a < segs[i].end) {
+			if (segs[i].pref == PREF_SYSTEM) {
+				out->preferred = HMM_LOC_SYSTEM;
+			} else if (segs[i].pref != PREF_NONE) {
+				out->preferred = HMM_LOC_DEVICE;
+				out->preferred_dev =
+					hmm__device_get(segs[i].pref);
+			}
+			out->accessed_by = segs[i].accessed_by;
+			break;
+		}
+	}
+	pthread_rwlock_unlock(&advice_lock);
+	return 0;
+}
+
+/*
+ * Before a device fault of @owner over [start, end): migrate to @owner the
+ * parts whose preferred location it is (and which it does not merely
+ * access).  Best effort: pages that cannot move (device memory full, a
+ * lock) stay where they are and are mapped there.
+ */
+void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
+{
+	struct { uintptr_t s, e; } todo[8];
+	hmm_device_t *dev = NULL;
+	size_t n = 0;
+
+	if (!owner || !__atomic_load_n(&nsegs, __ATOMIC_RELAXED))
+		return;
+	for (unsigned id = 0; id < HMM_MAX_DEVICES && !dev; id++)
+		if (hmm__device_get(id) == owner)
+			dev = hmm__device_get(id);
+	if (!dev)
+		return;
+	pthread_rwlock_rdlock(&advice_lock);
+	for (size_t i = 0; i < nsegs && n < 8; i++) {
+		const struct seg *sg = &segs[i];
+		if (sg->end <= start || sg->start >= end)
+			continue;
+		if (sg->pref != dev->id || (sg->accessed_by >> dev->id) & 1)
+			continue;
+		todo[n].s = HMM_MAX(sg->start, start);
+		todo[n].e = HMM_MIN(sg->end, end);
+		n++;
+	}
+	pthread_rwlock_unlock(&advice_lock);
+	for (size_t k = 0; k < n; k++) {
+		if (hmm__pages_in_place(todo[k].s, todo[k].e, dev))
+			continue;
+		long r = hmm_migrate((void *)todo[k].s, todo[k].e - todo[k].s,
+				     dev, 0);
+		if (r > 0)
+			hmm__stat_add(HMM_STAT_advice_migrations, (uint64_t)r);
+	}
+}
+
+void hmm__advice_forget(uintptr_t start, uintptr_t end)
+{
+	if (!__atomic_load_n(&nsegs, __ATOMIC_RELAXED))
+		return;
+	pthread_rwlock_wrlock(&advice_lock);
+	if (apply(start, end, clear_all, 0))
+		/* No memory to split: drop every segment that meets the
+		 * range whole rather than keep stale advice. */
+		for (size_t i = 0; i < nsegs; i++)
+			if (segs[i].start < end && segs[i].end > start)
+				clear_all(&segs[i], 0);
+	tidy();
+	pthread_rwlock_unlock(&advice_lock);
+}
+
+void hmm__advice_forget_device(unsigned int id)
+{
+	pthread_rwlock_wrlock(&advice_lock);
+	for (size_t i = 0; i < nsegs; i++) {
+		if (segs[i].pref == id)
+			segs[i].pref = PREF_NONE;
+		segs[i].accessed_by &= ~(1ULL << id);
+	}
+	tidy();
+	pthread_rwlock_unlock(&advice_lock);
+}
+
+void hmm__advice_fork_child(void)
+{
+	pthread_rwlock_init(&advice_lock, NULL);
+}
