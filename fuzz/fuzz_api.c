@@ -402,6 +402,68 @@ static void do_migrate(struct fz_in *in)
 		check_mem_usage(d);
 }
 
+/* hmm_prefetch_start + wait: hmm_migrate's outcome, later. */
+static void do_prefetch(struct fz_in *in)
+{
+	static const int ok[] = { EINVAL, EFAULT, ENOENT, ENOMEM, ENODEV, EIO,
+				  EBUSY, ECANCELED, 0 };
+	struct rng r;
+	int dk;
+	hmm_device_t *d = pick_dev(in, &dk);
+	unsigned flags = (in8(in) & 15) == 15 ? 1 : 0;
+	hmm_prefetch_t *pf = NULL;
+	long ret;
+
+	pick_range(in, &r, 64);
+	if (range_foreign(&r))
+		return;
+	ret = hmm_prefetch_start((void *)r.addr, r.len, d, flags, &pf);
+	if (r.einval || flags) {
+		if (ret != -EINVAL)
+			FZ_FAIL("hmm_prefetch_start(bad) = %ld", ret);
+		return;
+	}
+	if (ret) {
+		if (ret != -ENOENT && ret != -ENODEV && ret != -ENOMEM)
+			FZ_FAIL("hmm_prefetch_start = %ld: not documented",
+				ret);
+		if (ret == -ENODEV && dk != 1)
+			FZ_FAIL("hmm_prefetch_start: -ENODEV for an open "
+				"device");
+		return;
+	}
+	if (in8(in) & 1)
+		(void)hmm_prefetch_wait(pf, 0);
+	ret = hmm_prefetch_release(pf);
+	if (ret < 0 && !err_in(ret, ok))
+		FZ_FAIL("prefetch result %ld: not documented", ret);
+	check_contents_home("contents after a prefetch");
+}
+
+/* hmm_advise with any advice: documented results, data unchanged except
+ * by DISCARD (zeros). */
+static void do_advise(struct fz_in *in)
+{
+	static const int ok[] = { EINVAL, ENOENT, ENODEV, EOPNOTSUPP, ENOMEM,
+				  0 };
+	struct rng r;
+	int dk, advice = in8(in) % 7;
+	hmm_device_t *d = pick_dev(in, &dk);
+	int ret;
+
+	pick_range(in, &r, 64);
+	if (range_foreign(&r))
+		return;
+	if (advice == HMM_ADVISE_DISCARD)
+		return; /* the model of the arena's contents has no zeros */
+	ret = hmm_advise((void *)r.addr, r.len, advice, d);
+	if (ret < 0 && !err_in(ret, ok))
+		FZ_FAIL("hmm_advise = %d: not documented", ret);
+	if (r.einval && ret != -EINVAL)
+		FZ_FAIL("hmm_advise(bad range) = %d", ret);
+	check_contents_home("contents after hmm_advise");
+}
+
 /* hmm_mem_alloc / hmm_mem_free, with a short life for the memory in
  * between: written, migrated, read by a device, checked, freed. */
 static void do_mem(struct fz_in *in)
@@ -1307,7 +1369,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	nclosed = 0;
 	fz_arena_reset(in64(&in));
 	for (int step = 0; step < MAX_STEPS && in.n; step++) {
-		unsigned op = in8(&in) % 20;
+		unsigned op = in8(&in) % 22;
 		switch (op) {
 		case 0: case 1: case 2: case 3: case 4: case 5:
 			arena_op_notified(&in, op);
@@ -1344,6 +1406,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 16:
 			do_file(&in);
+			break;
+		case 20:
+			do_prefetch(&in);
+			break;
+		case 21:
+			do_advise(&in);
 			break;
 		default:
 			if (in8(&in) & 1)

@@ -32,6 +32,7 @@
 #define SIM_RUN_MAX HMM_BLOCK_SIZE
 #define SIM_FAULT_CHUNK 512	/* pages per hmm_range_fault call */
 #define SIM_RETRY_MS 5000	/* how long a command retries a range */
+#define SIM_AS_END (1ULL << 47)	/* the end of the user address space */
 
 enum sim_op { OP_READ, OP_WRITE, OP_FILL, OP_ADD, OP_CAS, OP_LAUNCH,
 	      OP_MEMCPY, OP_DMA_READ, OP_DMA_WRITE };
@@ -169,6 +170,13 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 	struct timespec t0;
 
 	hmm__stat_add(HMM_STAT_device_faults, 1);
+	/* Nothing is mapped above the user address space (2^47), which is
+	 * where the DMA map ends. */
+	if (e > SIM_AS_END) {
+		if (s >= SIM_AS_END)
+			return -EFAULT;
+		e = SIM_AS_END;
+	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (uintptr_t cs = s; cs < e;) {
 		uintptr_t ce = HMM_MIN(e, cs + SIM_FAULT_CHUNK * HMM_PAGE_SIZE);
