@@ -375,6 +375,14 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 					  strerror((int)-r));
 				return -EAGAIN;
 			}
+			/* The page is back: whoever installed it woke the
+			 * thread (every install does), so there is nothing
+			 * left to do.  Looking at the page again would cost
+			 * a UFFDIO_ZEROPAGE that fails and a wake. */
+			unsigned char vec = 0;
+			if (r > 0 && !mincore((void *)page, HMM_PAGE_SIZE, &vec) &&
+			    (vec & 1))
+				return 0;
 			continue; /* look at the page again */
 		}
 		default:
