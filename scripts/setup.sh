@@ -16,6 +16,8 @@ packages=(
 	clang             # fuzz/ (libFuzzer)
 	libclang-rt-14-dev # libFuzzer and sanitizer runtimes for clang
 	util-linux        # setpriv
+	groff-base        # doc/check-man.py renders the manual pages
+	man-db            # ... with man --warnings too
 )
 
 missing=()

@@ -5,23 +5,38 @@
  * This is the header for applications.  Drivers include hmm_driver.h; the
  * commands of the built-in simulated device are in hmm_sim.h.
  *
- * A short tour:
+ * A short tour (error handling shortened; examples/ has complete
+ * programs, and every function has a manual page):
  *
  *	#include <hmm/hmm.h>
  *	#include <hmm/hmm_sim.h>
  *
  *	hmm_device_t *dev;
- *	uint64_t *data;
+ *	uint64_t *data, *heap;
  *
- *	hmm_device_open("sim", NULL, &dev);           // the simulated device
- *	hmm_mem_alloc(1 << 20, 0, (void **)&data);     // managed memory
+ *	// Optional (else done on first use); -EPERM: no userfaultfd here.
+ *	if (hmm_init())
+ *		return 1;
+ *	hmm_device_open("sim", NULL, &dev);        // the simulated device
+ *
+ *	// Managed memory: allocated by libhmm, or memory the program has.
+ *	hmm_mem_alloc(1 << 20, 0, (void **)&data);
+ *	heap = aligned_alloc(4096, 1 << 20);
+ *	hmm_range_adopt(heap, 1 << 20, 0);
+ *
  *	for (int i = 0; i < 131072; i++)
- *		data[i] = i;                           // plain CPU stores
- *	hmm_migrate(data, 1 << 20, dev, 0);            // move it to the device
- *	hmm_sim_fill64(dev, data, 7, 1 << 20, NULL);   // device writes, same pointer
- *	printf("%lu\n", data[42]);                     // CPU fault: the page comes back
+ *		data[i] = i;                       // plain CPU stores
+ *	hmm_migrate(data, 1 << 20, dev, 0);        // the pages move to the device
+ *	// The device stores 7 in every word, in its memory, same pointer.
+ *	hmm_sim_fill64(dev, data, 7, 1 << 20, NULL);
+ *	printf("%lu\n", data[42]);                 // a CPU fault brings the
+ *	                                           // page back: prints 7
+ *
+ *	hmm_range_release(heap, 1 << 20);          // unmanaged, data kept
+ *	free(heap);
  *	hmm_mem_free(data, 1 << 20);
- *	hmm_device_close(dev);
+ *	hmm_device_close(dev);                     // its pages come home first
+ *	hmm_fini();                                // optional: exit does it
  *
  * Memory libhmm manages is either adopted (hmm_range_adopt: private
  * anonymous memory the application already has, from malloc or mmap) or
