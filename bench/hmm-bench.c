@@ -1021,6 +1021,54 @@ static void bench_discard(void)
 	munmap(p, len);
 }
 
+/* ---- thrash_pingpong ---------------------------------------------------- */
+
+/* The device and the CPU take turns reading the same data, whose
+ * preferred location is the device: with thrashing control, after three
+ * rounds it stays in system memory and the device reads it there; without,
+ * every round moves it both ways. */
+static void bench_thrash(void)
+{
+	size_t len = opt_size < (64 << 20) ? opt_size : (size_t)64 << 20;
+	char *p = map_anon(len);
+	hmm_device_t *dev = open_sim(2 * len);
+	double v[16], b[16];
+	uint64_t sink = 0;
+	long r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	for (int k = 0; k < opt_repeat; k++) {
+		for (int on = 0; on < 2; on++) {
+			hmm_option_set("THRASH_COUNT", on ? 3 : 0);
+			/* advice again: a fresh start for the counters'
+			 * effect (and the device faults again) */
+			if ((r = hmm_advise(p, len, HMM_ADVISE_PREFERRED_LOCATION,
+					    dev)))
+				die("hmm_advise", (int)r);
+			double t = now_s();
+			for (int round = 0; round < 10; round++) {
+				if ((r = hmm_sim_launch(dev, p, len, 0,
+							sum_kernel, &sink, NULL)))
+					die("hmm_sim_launch", (int)r);
+				for (size_t i = 0; i < len; i += PG)
+					sink += ((volatile char *)p)[i];
+			}
+			(on ? v : b)[k] = (now_s() - t) * 1e3;
+			if ((r = hmm_migrate(p, len, NULL, 0)) < 0)
+				die("hmm_migrate", (int)r);
+			usleep(1100 * 1000); /* let any pin run out */
+		}
+	}
+	hmm_option_set("THRASH_COUNT", 3);
+	report(&(struct result){ "thrash_pingpong", "ms", "no thrashing control",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 true, " (10 rounds of device then CPU reads)" });
+	hmm_device_close(dev);
+	munmap(p, len);
+}
+
 /* ---- idle -------------------------------------------------------------- */
 
 static double cpu_seconds(void)
@@ -1070,6 +1118,7 @@ static const struct {
 	{ "dma", bench_dma },
 	{ "prefetch_in_place", bench_prefetch },
 	{ "advice_discard", bench_discard },
+	{ "thrash_pingpong", bench_thrash },
 	{ "idle", bench_idle },
 };
 

@@ -10,15 +10,17 @@
  *
  * What advice does today: a device fault (hmm_range_fault) by the
  * preferred device of a segment, which is not also in its accessed-by set,
- * first migrates the segment's pages it touches to that device; every
- * other device fault maps pages where they are.  DISCARD drops contents
- * (see hmm_advise).
+ * first migrates the segment's pages it touches to that device, unless
+ * their 2 MiB block is pinned for thrashing (may_move); every other device
+ * fault maps pages where they are.  DISCARD drops contents (see
+ * hmm_advise).
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -265,11 +267,67 @@ int hmm_advice_get(const void *addr, struct hmm_advice_info *out)
 	return 0;
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
+
+/*
+ * Thrashing control for the block of @p, before advice moves its pages to
+ * their preferred device: whether they may move.  A ping-pong is a move
+ * here followed by a CPU fault-back in the block before the next move;
+ * HMM_THRASH_COUNT of them in a row pin the block to system memory for
+ * HMM_THRASH_PIN_MS, during which devices map it where it is.  A device
+ * fault that finds no fault-back since the last move ends the run.
+ */
+static bool may_move(uintptr_t p)
+{
+	long limit = hmm__option(HMM_OPT_THRASH_COUNT);
+	struct hmm_block *b = hmm__block_lookup(p);
+	uint64_t now;
+	bool ok = true;
+
+	if (!b || !limit)
+		return true;
+	now = now_ms();
+	pthread_mutex_lock(&b->lock);
+	uint32_t backs = atomic_load_explicit(&b->cpu_backs,
+					      memory_order_relaxed);
+	if (b->thrash_until_ms > now) {
+		ok = false;
+	} else {
+		if (b->thrash_until_ms) {
+			/* The pin ran out: start counting afresh. */
+			b->thrash_until_ms = 0;
+			b->thrash_count = 0;
+		} else if (backs != b->thrash_seen) {
+			b->thrash_count++;
+		} else {
+			b->thrash_count = 0;
+		}
+		if (b->thrash_count >= (uint32_t)limit) {
+			b->thrash_until_ms =
+				now + (uint64_t)hmm__option(HMM_OPT_THRASH_PIN_MS);
+			hmm__stat_add(HMM_STAT_thrash_pins, 1);
+			ok = false;
+		}
+	}
+	b->thrash_seen = backs;
+	pthread_mutex_unlock(&b->lock);
+	if (!ok)
+		hmm__stat_add(HMM_STAT_thrash_remote_faults, 1);
+	return ok;
+}
+
 /*
  * Before a device fault of @owner over [start, end): migrate to @owner the
  * parts whose preferred location it is (and which it does not merely
- * access).  Best effort: pages that cannot move (device memory full, a
- * lock) stay where they are and are mapped there.
+ * access), 2 MiB block by block, except blocks pinned for thrashing.  Best
+ * effort: pages that cannot move (device memory full, a lock) stay where
+ * they are and are mapped there.
  */
 void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 {
@@ -297,12 +355,15 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 	}
 	pthread_rwlock_unlock(&advice_lock);
 	for (size_t k = 0; k < n; k++) {
-		if (hmm__pages_in_place(todo[k].s, todo[k].e, dev))
-			continue;
-		long r = hmm_migrate((void *)todo[k].s, todo[k].e - todo[k].s,
-				     dev, 0);
-		if (r > 0)
-			hmm__stat_add(HMM_STAT_advice_migrations, (uint64_t)r);
+		for (uintptr_t p = todo[k].s, be; p < todo[k].e; p = be) {
+			be = HMM_MIN((p | (HMM_BLOCK_SIZE - 1)) + 1, todo[k].e);
+			if (hmm__pages_in_place(p, be, dev) || !may_move(p))
+				continue;
+			long r = hmm_migrate((void *)p, be - p, dev, 0);
+			if (r > 0)
+				hmm__stat_add(HMM_STAT_advice_migrations,
+					      (uint64_t)r);
+		}
 	}
 }
 

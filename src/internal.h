@@ -82,6 +82,8 @@ enum hmm_option {
 	HMM_OPT_USE_MOVE,
 	HMM_OPT_EVICT,
 	HMM_OPT_FILE_SYNC_EACH,
+	HMM_OPT_THRASH_COUNT,
+	HMM_OPT_THRASH_PIN_MS,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);
@@ -104,6 +106,8 @@ long hmm__option(enum hmm_option opt);
 	X(invalidations, 0, "notifier invalidations delivered")            \
 	X(prefetches, 0, "hmm_prefetch_start calls that started")         \
 	X(advice_migrations, 0, "pages moved to their preferred device on its faults") \
+	X(thrash_pins, 0, "2 MiB blocks pinned to system memory for ping-ponging") \
+	X(thrash_remote_faults, 0, "device faults that mapped a pinned block remotely") \
 	X(pages_discarded, 0, "pages dropped by HMM_ADVISE_DISCARD")      \
 	X(prefetches_in_place, 0, "prefetches done at once: pages in place") \
 	X(dma_pages_linked, 0, "pages linked in an IOMMU (DMA mapping)")    \
@@ -303,6 +307,12 @@ struct hmm_block {
 	uint8_t dev[HMM_BLOCK_PAGES];	 /* PDEV_*, DEVICE/MIGRATING */
 	uint32_t dpfn[HMM_BLOCK_PAGES]; /* device page, DEVICE/MIGRATING */
 	uint8_t mod[HMM_BLOCK_PAGES];	 /* PMOD_*: a device's hold (hold.c) */
+	/* Thrashing control (advice.c).  cpu_backs counts the CPU
+	 * fault-backs here (atomic, no lock); the others are advice's. */
+	_Atomic uint32_t cpu_backs;
+	uint32_t thrash_seen;		/* cpu_backs at the last advice move */
+	uint32_t thrash_count;		/* ping-pongs in a row */
+	uint64_t thrash_until_ms;	/* pinned to system memory until */
 };
 
 /*

@@ -39,6 +39,12 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 	[HMM_OPT_FILE_SYNC_EACH] = { "HMM_FILE_SYNC_EACH", 0, 0, 1,
 		"file mappings adopted from now on write device data back "
 		"after every device command (as with HMM_FILE_SYNC_EACH)" },
+	[HMM_OPT_THRASH_COUNT] = { "HMM_THRASH_COUNT", 3, 0, 1000,
+		"ping-pongs in a row (a move to the preferred device, then a "
+		"CPU fault back) after which a 2 MiB block stays in system "
+		"memory and devices map it remotely (0: never)" },
+	[HMM_OPT_THRASH_PIN_MS] = { "HMM_THRASH_PIN_MS", 1000, 1, 3600000,
+		"how long a thrashing block stays pinned, ms" },
 };
 
 /* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */

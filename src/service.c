@@ -380,6 +380,9 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			 * left to do.  Looking at the page again would cost
 			 * a UFFDIO_ZEROPAGE that fails and a wake. */
 			unsigned char vec = 0;
+			if (r > 0)
+				atomic_fetch_add_explicit(&b->cpu_backs, 1,
+							  memory_order_relaxed);
 			if (r > 0 && !mincore((void *)page, HMM_PAGE_SIZE, &vec) &&
 			    (vec & 1))
 				return 0;

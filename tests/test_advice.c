@@ -223,3 +223,59 @@ Test(advice, discard_drops_without_copying, .timeout = T_SHORT)
 		     "%zu device pages in use: the discarded pages' device "
 		     "memory was not freed", used);
 }
+
+/*
+ * Thrashing control: pages that go to their preferred device and are
+ * pulled back by the CPU three times in a row stay in system memory (the
+ * device maps them there) until the pin runs out; with the control off
+ * they move every time.
+ */
+Test(advice, ping_pong_pins_then_releases, .timeout = T_SHORT)
+{
+	hmm_device_t *a;
+	uint64_t pins0;
+	char *p;
+	int round;
+
+	need_hmm();
+	cr_assert_eq(hmm_option_set("THRASH_COUNT", 3), 0);
+	cr_assert_eq(hmm_option_set("THRASH_PIN_MS", 300), 0);
+	a = open_sim(0);
+	p = map_adopt(NP * PG);
+	fill_pattern(p, NP * PG, 13);
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
+		     0);
+	pins0 = stat_of("thrash_pins");
+	for (round = 1; round <= 3; round++) {
+		device_read(a, p, 0, NP, 13);
+		assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
+		assert_pattern(p, NP * PG, 13); /* the CPU pulls them back */
+	}
+	/* The fourth move would be the third ping-pong: pinned instead. */
+	device_read(a, p, 0, NP, 13);
+	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
+	cr_assert_gt(stat_of("thrash_remote_faults"), 0);
+	/* Still pinned: devices keep mapping it in system memory. */
+	assert_pattern(p, NP * PG, 13);
+	device_read(a, p, 0, NP, 13);
+	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	/* The pin runs out: moves resume at the device's next fault there
+	 * (the device keeps its translations of the pinned pages until the
+	 * CPU side changes; advice given again makes it fault). */
+	usleep(400 * 1000);
+	assert_pattern(p, NP * PG, 13);
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
+		     0);
+	device_read(a, p, 0, NP, 13);
+	assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
+
+	/* Control off: every round moves. */
+	cr_assert_eq(hmm_option_set("THRASH_COUNT", 0), 0);
+	for (round = 0; round < 6; round++) {
+		assert_pattern(p, NP * PG, 13);
+		device_read(a, p, 0, NP, 13);
+		assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
+	}
+	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
+}

@@ -413,7 +413,13 @@ typedef struct hmm_prefetch hmm_prefetch_t;
  *        touches to @dev first (best effort: pages that cannot move, device
  *        memory being full say, are used where they are).  CPU accesses
  *        still bring pages home.  With system memory preferred, or none,
- *        device faults map pages where they are.
+ *        device faults map pages where they are.  Thrashing control: a
+ *        2 MiB block whose pages went to the preferred device and came
+ *        back on CPU faults HMM_THRASH_COUNT times in a row (option,
+ *        default 3; 0 turns the control off) stays in system memory for
+ *        HMM_THRASH_PIN_MS (default 1000), the device mapping it there;
+ *        its next device fault after that moves it again.  Counters:
+ *        thrash_pins, thrash_remote_faults.
  *   HMM_ADVISE_UNSET_PREFERRED_LOCATION  (@dev must be NULL)
  *   HMM_ADVISE_ACCESSED_BY           @dev reaches the pages where they
  *        are: its faults never move them, even where it is the preferred
