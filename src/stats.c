@@ -39,6 +39,39 @@ void hmm_stats_print(FILE *out)
 			(unsigned long long)atomic_load(&hmm__stats[i]));
 }
 
+long hmm_stats_json(char *buf, size_t len)
+{
+	size_t need = 0;
+
+	if (!buf && len)
+		return -EINVAL;
+	/* One pass that counts what it writes, snprintf-like: with a short
+	 * buffer the caller learns the size it needs. */
+	for (int i = 0; i <= HMM_STAT__COUNT; i++) {
+		char item[128];
+		int n;
+
+		if (i == HMM_STAT__COUNT)
+			n = snprintf(item, sizeof(item), "}");
+		else
+			n = snprintf(item, sizeof(item), "%s\"%s\": %llu",
+				     i ? ", " : "{", stat_names[i],
+				     (unsigned long long)atomic_load(
+					     &hmm__stats[i]));
+		if (n < 0 || (size_t)n >= sizeof(item))
+			return -EINVAL; /* cannot happen: names are short */
+		if (need + 1 < len) {
+			size_t room = len - 1 - need;
+			memcpy(buf + need, item,
+			       (size_t)n < room ? (size_t)n : room);
+		}
+		need += (size_t)n;
+	}
+	if (len)
+		buf[need < len ? need : len - 1] = '\0';
+	return (long)need;
+}
+
 void hmm_stats_reset(void)
 {
 	for (int i = 0; i < HMM_STAT__COUNT; i++)

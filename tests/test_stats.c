@@ -218,3 +218,53 @@ Test(stats, gauge_matches_pages_on_devices, .timeout = T_SHORT)
 	cr_assert_eq(stat_of("device_bytes_in_use"), 0);
 	assert_pattern(p, len, 4);
 }
+
+/* Every counter as one JSON object; snprintf-like sizes and truncation. */
+Test(stats, json_has_every_counter, .timeout = T_SHORT)
+{
+	char small[16], *buf, key[64];
+	long need, n;
+	uint64_t v;
+
+	need_hmm();
+	need = hmm_stats_json(NULL, 0);
+	cr_assert_gt(need, 100);
+	buf = malloc((size_t)need + 1);
+	cr_assert_not_null(buf);
+	n = hmm_stats_json(buf, (size_t)need + 1);
+	cr_assert_eq(n, need);
+	cr_assert_eq(strlen(buf), (size_t)need);
+	cr_assert_eq(buf[0], '{');
+	cr_assert_eq(buf[need - 1], '}');
+	/* Each counter hmm_stat_get knows is there, with a value (the
+	 * gauges may move between the two calls; counters here do not). */
+	const char *names[] = { "cpu_faults", "pages_to_device", "iommu_faults",
+				"prefetches", "metadata_bytes" };
+	for (size_t i = 0; i < sizeof(names) / sizeof(*names); i++) {
+		snprintf(key, sizeof(key), "\"%s\": ", names[i]);
+		cr_assert_not_null(strstr(buf, key), "%s missing", names[i]);
+		cr_assert_eq(hmm_stat_get(names[i], &v), 0);
+	}
+	snprintf(key, sizeof(key), "\"cpu_faults\": %llu",
+		 (unsigned long long)(hmm_stat_get("cpu_faults", &v), v));
+	cr_assert_not_null(strstr(buf, key));
+	/* One "name": value pair per counter, separated by ", ". */
+	size_t colons = 0;
+	for (char *p = buf; *p; p++)
+		colons += *p == ':';
+	size_t lines = 0;
+	FILE *f = tmpfile();
+	cr_assert_not_null(f);
+	hmm_stats_print(f);
+	rewind(f);
+	for (int c; (c = fgetc(f)) != EOF;)
+		lines += c == '\n';
+	fclose(f);
+	cr_assert_eq(colons, lines, "%zu pairs, %zu counters", colons, lines);
+	/* Too short: truncated, NUL-terminated, same size returned. */
+	cr_assert_eq(hmm_stats_json(small, sizeof(small)), need);
+	cr_assert_eq(strlen(small), sizeof(small) - 1);
+	cr_assert_eq(strncmp(small, buf, sizeof(small) - 1), 0);
+	cr_assert_eq(hmm_stats_json(NULL, 8), -EINVAL);
+	free(buf);
+}

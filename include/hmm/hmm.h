@@ -584,6 +584,15 @@ int hmm_stat_get(const char *name, uint64_t *value);
 /* hmm_stats_print - print every counter, one "name value" pair a line. */
 void hmm_stats_print(FILE *out);
 
+/*
+ * hmm_stats_json - every counter as one JSON object, {"name": value, ...},
+ * written to @buf (NUL-terminated, truncated to @len - 1 bytes).  Returns
+ * the length of the whole object (without the NUL), as snprintf does: a
+ * result >= @len means the buffer was too short.  -EINVAL if @buf is NULL
+ * with @len not 0 (NULL and 0 ask for the size).
+ */
+long hmm_stats_json(char *buf, size_t len);
+
 /* hmm_stats_reset - set every counter except gauges to zero. */
 void hmm_stats_reset(void);
 
