@@ -327,6 +327,7 @@ static void atfork_child(void)
 	hmm__devices_fork_child();
 	hmm__prefetch_fork_child();
 	hmm__advice_fork_child();
+	hmm__trace_fork_child();
 	ret = child_restart();
 	if (ret)
 		child_give_up(ret);
@@ -400,9 +401,11 @@ int hmm_init(void)
 	if (atomic_load(&hmm__ctx.state) == HMM_CTX_NONE) {
 		if (init_err)
 			ret = init_err;
-		else if (!(ret = init_locked()))
+		else if (!(ret = init_locked())) {
 			atomic_store_explicit(&hmm__ctx.state, HMM_CTX_UP,
 					      memory_order_release);
+			hmm__trace_init();
+		}
 		else if (ret != -EAGAIN && ret != -ENOMEM && ret != -EMFILE &&
 			 ret != -ENFILE)
 			init_err = ret; /* what the machine lacks stays lacking */
@@ -471,6 +474,7 @@ int hmm_fini(void)
 	close(c->stop_fd);
 	close(c->sync_fd);
 	c->uffd = c->stop_fd = c->sync_fd = -1;
+	hmm__trace_close();
 	pthread_mutex_unlock(&c->init_lock);
 	return 0;
 }

@@ -444,6 +444,8 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want)
 
 	if (!hmm__option(HMM_OPT_EVICT) || !want)
 		return 0;
+	uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
+
 	want = HMM_MIN(want, m->npages);
 	va = malloc(want * sizeof(*va));
 	if (!va)
@@ -486,5 +488,8 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want)
 	}
 	free(va);
 	hmm__stat_add(HMM_STAT_pages_evicted, (uint64_t)moved);
+	if (hmm__tracing())
+		hmm__trace_event("evict", "migrate", t, 0, (uint64_t)moved,
+				 (int)dev->id);
 	return moved;
 }

@@ -745,6 +745,24 @@ extern struct hmm_context hmm__ctx;
 /* Make sure the state exists: 0, or the error of hmm_init(). */
 int hmm__ensure(void);
 void hmm__prefetch_stop(void);
+
+/* ---- trace.c: HMM_TRACE (Chrome trace events) --------------------------- */
+extern _Atomic bool hmm__trace_on;
+/* Whether trace points should record: one relaxed load. */
+static inline bool hmm__tracing(void)
+{
+	return atomic_load_explicit(&hmm__trace_on, memory_order_relaxed);
+}
+uint64_t hmm__trace_now(void);
+/* A complete event from @start (hmm__trace_now) to now. */
+void hmm__trace_event(const char *name, const char *cat, uint64_t start,
+		      uintptr_t addr, uint64_t pages, int dev);
+/* The same, for work over @span pages of which @pages were moved. */
+void hmm__trace_span(const char *name, const char *cat, uint64_t start,
+		     uintptr_t addr, uint64_t span, uint64_t pages, int dev);
+void hmm__trace_init(void);
+void hmm__trace_close(void);
+void hmm__trace_fork_child(void);
 bool hmm__pages_in_place(uintptr_t s, uintptr_t e, hmm_device_t *dev);
 void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end);
 void hmm__advice_forget(uintptr_t start, uintptr_t end);

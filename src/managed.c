@@ -423,6 +423,7 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 	if (!ret && dev)
 		hmm__holds_revoke(s, e, dev);
 	if (!ret) {
+		uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
 		if (dev) {
 			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas,
 						     gen);
@@ -430,6 +431,13 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 			ret = hmm__migrate_to_system(s, e, NULL, 0);
 		}
 		free(vmas);
+		if (t)
+			hmm__trace_span(dev ? "migrate_to_device"
+					    : "migrate_to_system",
+					"migrate", t, s,
+					(e - s) >> HMM_PAGE_SHIFT,
+					ret > 0 ? (uint64_t)ret : 0,
+					dev ? (int)dev->id : -1);
 	}
 	if (dev)
 		hmm_device_leave(dev);

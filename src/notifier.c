@@ -104,6 +104,7 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
 		pthread_mutex_unlock(&c->notifier_lock);
 		return true;
 	}
+	uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
 	c->notifier_seq += 2;
 	c->notifier_seq |= 1;
 	seq = c->notifier_seq;
@@ -125,5 +126,21 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
 	if (--c->notifier_active == 0)
 		pthread_cond_broadcast(&c->notifier_cond);
 	pthread_mutex_unlock(&c->notifier_lock);
+	if (t) {
+		static const char *const names[] = {
+			"invalidate_unmap", "invalidate_clear",
+			"invalidate_protection", "invalidate_protection_page",
+			"invalidate_migrate", "invalidate_exclusive",
+			"invalidate_fork", "invalidate_release",
+		};
+		int id = -1; /* the owner, when it is an open device */
+		for (unsigned d = 0; owner && d < HMM_MAX_DEVICES; d++)
+			if (hmm__device_get(d) == owner)
+				id = (int)d;
+		hmm__trace_event((unsigned)event < 8 ? names[event]
+						     : "invalidate",
+				 "invalidate", t, start,
+				 (end - start) >> HMM_PAGE_SHIFT, id);
+	}
 	return ok;
 }

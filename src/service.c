@@ -347,6 +347,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			uintptr_t s, e;
 			long r;
 			uint8_t mod = b->mod[idx];
+			int from = (int)PDEV_ID(b->dev[idx]);
 			pthread_mutex_unlock(&b->lock);
 			/* Locked: a fault that came before the range was
 			 * switched to the SIGBUS descriptor; the switch wakes
@@ -365,8 +366,13 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				return 0;
 			}
 			stream_window(page, &s, &e);
+			uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
 			r = hmm__migrate_to_system(s, e, NULL,
 						   HMM_MIG_NONBLOCK);
+			if (t)
+				hmm__trace_span("migrate_to_system", "migrate",
+						t, s, (e - s) >> HMM_PAGE_SHIFT,
+						r > 0 ? (uint64_t)r : 0, from);
 			if (r == -EAGAIN)
 				return -EAGAIN;
 			if (r < 0 && r != -EINPROGRESS) {
@@ -616,10 +622,15 @@ static void handle_remap(uintptr_t from, uintptr_t to, size_t len)
 static void handle_msg(const struct uffd_msg *m, struct retry_list *rl)
 {
 	switch (m->event) {
-	case UFFD_EVENT_PAGEFAULT:
+	case UFFD_EVENT_PAGEFAULT: {
+		uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
 		if (handle_fault(m, true) == -EAGAIN)
 			retry_push(rl, m);
+		if (t)
+			hmm__trace_event("cpu_fault", "cpu", t,
+					 m->arg.pagefault.address, 1, -1);
 		break;
+	}
 	case UFFD_EVENT_REMOVE:
 		handle_remove(m->arg.remove.start, m->arg.remove.end);
 		break;

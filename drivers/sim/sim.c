@@ -168,6 +168,8 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 {
 	uint64_t pfns[SIM_FAULT_CHUNK];
 	struct timespec t0;
+	uint64_t tt = hmm__tracing() ? hmm__trace_now() : 0;
+	int ret = 0;
 
 	hmm__stat_add(HMM_STAT_device_faults, 1);
 	/* Nothing is mapped above the user address space (2^47), which is
@@ -181,7 +183,6 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 	for (uintptr_t cs = s; cs < e;) {
 		uintptr_t ce = HMM_MIN(e, cs + SIM_FAULT_CHUNK * HMM_PAGE_SIZE);
 		unsigned long seq = hmm_dma_map_begin(sd->map);
-		int ret;
 
 		/* System pages come back as IOVAs, linked in the IOMMU. */
 		ret = hmm_dma_map_range(sd->map, seq, (void *)cs, ce - cs,
@@ -201,10 +202,13 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 				      (ce - cs) >> HMM_PAGE_SHIFT, pfns);
 		pthread_mutex_unlock(&sd->lock);
 		if (ret)
-			return ret;
+			break;
 		cs = ce;
 	}
-	return 0;
+	if (tt)
+		hmm__trace_event("device_fault", "device", tt, s,
+				 (e - s) >> HMM_PAGE_SHIFT, (int)sd->dev->id);
+	return ret;
 }
 
 /* ---- engines ------------------------------------------------------------- */
