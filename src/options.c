@@ -112,6 +112,13 @@ void hmm_options_print(FILE *out)
 						: "default",
 			option_table[i].help);
 	}
+	/* The one option that is a string, read by trace.c at hmm_init. */
+	const char *trace = getenv("HMM_TRACE");
+	fprintf(out, "%-24s %-12s %-11s %s\n", "HMM_TRACE",
+		trace && *trace ? trace : "(none)",
+		trace && *trace ? "environment" : "default",
+		"write a Chrome trace-event file of faults, migrations, "
+		"invalidations and evictions there");
 }
 
 int hmm_option_set(const char *name, long value)

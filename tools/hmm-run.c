@@ -19,6 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <hmm/hmm.h>
+
 #ifndef HMM_LIBDIR
 #define HMM_LIBDIR "/usr/local/lib"
 #endif
@@ -31,6 +33,8 @@ static void usage(FILE *f)
 		"Run PROGRAM with " LIBNAME " preloaded: /dev/hmm_dmirror0 and 1\n"
 		"are served by libhmm's simulated devices.\n"
 		"  --lib PATH   the preload library to use\n"
+		"  --options    print libhmm's options (HMM_* environment\n"
+		"               variables) with their values and sources\n"
 		"  --help       this text\n");
 }
 
@@ -53,6 +57,7 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "lib", required_argument, NULL, 'l' },
+		{ "options", no_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -61,8 +66,11 @@ int main(int argc, char **argv)
 	int c;
 
 	lib[0] = '\0';
-	while ((c = getopt_long(argc, argv, "+l:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+l:oh", opts, NULL)) != -1) {
 		switch (c) {
+		case 'o':
+			hmm_options_print(stdout);
+			return 0;
 		case 'l':
 			snprintf(lib, sizeof(lib), "%s", optarg);
 			break;
