@@ -1,22 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Prefetching, and the one placement hint libhmm has.
+ * Prefetch and advice: telling libhmm where memory will be needed.
  *
- * libhmm has no separate prefetch or advice call: hmm_migrate is the
- * prefetch.  Moving a range to where it is about to be used, before it is
- * used, replaces many demand faults by one bulk migration:
- *  - to system memory before a CPU pass over device-resident data: the
- *    pass then takes no CPU fault at all;
- *  - to a device before its kernels run: they then work in device memory.
- * The hint is the option HMM_FAULT_AROUND (environment, or hmm_option_set
- * from the program): how many bytes a CPU fault brings home around the
- * page it needs.  0 means one page per fault; the default 64 KiB means 16
- * pages per fault for a sequential pass.
- *
- * The program runs a CPU pass over device-resident data three ways and
- * counts CPU faults (counter cpu_faults) each time: on demand with
- * fault-around off, on demand with 64 KiB of fault-around, and after
- * prefetching with hmm_migrate(..., NULL, 0).
+ * 1. hmm_prefetch_start moves a range in the background; the program goes
+ *    on and waits for the handle when it needs the data (or polls it).
+ * 2. A prefetch of data already in place completes before the call
+ *    returns: asking costs almost nothing.
+ * 3. hmm_advise(HMM_ADVISE_PREFERRED_LOCATION, dev): the device's own
+ *    faults move pages to it, with no explicit migration.
+ * 4. A CPU pass after a prefetch home takes no CPU fault at all.
+ * 5. hmm_advise(HMM_ADVISE_DISCARD): contents not needed any more are
+ *    dropped without being copied back; the pages read as zeros.
  *
  * Exit status 0 when every check passes, 1 otherwise, 77 when this machine
  * offers no userfaultfd.
@@ -25,25 +19,33 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include <hmm/hmm.h>
 #include <hmm/hmm_sim.h>
 
-#define PAGES 512
-#define LEN (PAGES * HMM_PAGE_SIZE)
+#define LEN (4UL << 20)		/* 1024 pages */
 #define WORDS (LEN / sizeof(uint64_t))
 
-static int failures;
+static int fails;
 
-#define CHECK(cond, ...)                                              \
-	do {                                                          \
-		if (!(cond)) {                                        \
-			fprintf(stderr, "prefetch: FAIL: " __VA_ARGS__); \
-			fputc('\n', stderr);                          \
-			failures++;                                   \
-		}                                                     \
+#define CHECK(cond, ...)                                                    \
+	do {                                                                \
+		if (!(cond)) {                                              \
+			fprintf(stderr, "prefetch: " __VA_ARGS__);          \
+			fputc('\n', stderr);                                \
+			fails++;                                            \
+		}                                                           \
 	} while (0)
+
+/* How many pages of [p, p + LEN) are at @loc. */
+static size_t count_at(const char *p, int loc)
+{
+	size_t n = 0;
+
+	for (size_t off = 0; off < LEN; off += HMM_PAGE_SIZE)
+		n += hmm_page_location(p + off, NULL) == loc;
+	return n;
+}
 
 static uint64_t counter(const char *name)
 {
@@ -53,123 +55,76 @@ static uint64_t counter(const char *name)
 	return v;
 }
 
-/* Device kernel: x = 2x + 1 on every word of its run. */
-static void step_kernel(void *dptr, size_t off, size_t n, void *arg)
-{
-	uint64_t *w = dptr;
-
-	(void)off;
-	(void)arg;
-	for (size_t i = 0; i < n / sizeof(*w); i++)
-		w[i] = 2 * w[i] + 1;
-}
-
-/* Put the data on @dev (a prefetch to the device) and have the device
- * compute one step on it, in its own memory. */
-static void to_device(uint64_t *buf, hmm_device_t *dev)
-{
-	struct hmm_sim_result res;
-	long moved = hmm_migrate(buf, LEN, dev, 0); /* prefetch to the device */
-	int ret;
-
-	CHECK(moved == PAGES, "hmm_migrate to the device: %ld", moved);
-	ret = hmm_sim_launch(dev, buf, LEN, 1, step_kernel, NULL, &res);
-	CHECK(ret == 0, "hmm_sim_launch: %s", strerror(-ret));
-	CHECK(hmm_page_location(buf, NULL) == HMM_LOC_DEVICE,
-	      "the kernel did not run in device memory");
-}
-
-/* A sequential CPU pass checking every word; returns the CPU faults it
- * took. */
-static uint64_t cpu_pass(const uint64_t *buf, uint64_t round)
-{
-	uint64_t f0 = counter("cpu_faults");
-
-	for (size_t i = 0; i < WORDS; i++) {
-		uint64_t want = i;
-		for (uint64_t r = 0; r < round; r++)
-			want = 2 * want + 1;
-		if (buf[i] != want) {
-			CHECK(0, "round %lu, word %zu: %lu, expected %lu",
-			      (unsigned long)round, i, (unsigned long)buf[i],
-			      (unsigned long)want);
-			break;
-		}
-	}
-	return counter("cpu_faults") - f0;
-}
-
 int main(void)
 {
 	hmm_device_t *dev;
-	uint64_t *buf, faults;
-	long moved;
-	int ret;
+	hmm_prefetch_t *pf;
+	uint64_t *data, f0, sum = 0;
+	char buf[64];
+	long r;
+	int ret = hmm_init();
 
-	ret = hmm_init();
-	if (ret == -EPERM || ret == -ENOSYS || ret == -ENOENT ||
-	    ret == -EOPNOTSUPP) {
-		fprintf(stderr, "prefetch: skipped: hmm_init: %s\n",
-			strerror(-ret));
+	if (ret == -EPERM || ret == -ENOSYS || ret == -EOPNOTSUPP) {
+		fprintf(stderr, "SKIP: hmm_init() = %d\n", ret);
 		return 77;
 	}
-	if (ret) {
-		fprintf(stderr, "prefetch: hmm_init: %s\n", strerror(-ret));
-		return 1;
-	}
-	if (!(hmm_caps() & HMM_CAP_WP)) {
-		fprintf(stderr, "prefetch: skipped: no userfaultfd "
-				"write-protection\n");
-		return 77;
-	}
-	if ((ret = hmm_mem_alloc(LEN, 0, (void **)&buf)) ||
-	    (ret = hmm_device_open("sim", NULL, &dev))) {
-		fprintf(stderr, "prefetch: setup: %s\n", strerror(-ret));
+	if (ret || hmm_device_open("sim", NULL, &dev) ||
+	    hmm_mem_alloc(LEN, 0, (void **)&data)) {
+		fprintf(stderr, "prefetch: setup failed\n");
 		return 1;
 	}
 	for (size_t i = 0; i < WORDS; i++)
-		buf[i] = i;
+		data[i] = i;
 
-	/* 1. On demand, one page per fault. */
-	hmm_option_set("HMM_FAULT_AROUND", 0);
-	to_device(buf, dev);
-	faults = cpu_pass(buf, 1);
-	printf("on demand, HMM_FAULT_AROUND=0:     %4lu CPU faults for %d "
-	       "pages\n", (unsigned long)faults, PAGES);
-	CHECK(faults == PAGES, "%lu faults, not one per page",
-	      (unsigned long)faults);
+	/* 1. Start moving the data to the device, do other work, wait. */
+	ret = hmm_prefetch_start(data, LEN, dev, 0, &pf);
+	CHECK(ret == 0, "hmm_prefetch_start = %d", ret);
+	r = hmm_prefetch_wait(pf, 0); /* a poll: done, or -ETIMEDOUT */
+	printf("poll right after the start: %s\n",
+	       r == -ETIMEDOUT ? "still moving" : "already done");
+	r = hmm_prefetch_release(pf); /* waits, then frees the handle */
+	CHECK(r == (long)(LEN / HMM_PAGE_SIZE), "prefetch moved %ld pages", r);
+	CHECK(count_at((char *)data, HMM_LOC_DEVICE) == LEN / HMM_PAGE_SIZE,
+	      "not every page is on the device");
 
-	/* 2. On demand, 64 KiB brought home per fault. */
-	hmm_option_set("HMM_FAULT_AROUND", 64 * 1024);
-	to_device(buf, dev);
-	faults = cpu_pass(buf, 2);
-	printf("on demand, HMM_FAULT_AROUND=64K:   %4lu CPU faults\n",
-	       (unsigned long)faults);
-	CHECK(faults > 0 && faults <= PAGES / 8,
-	      "%lu faults with 16 pages per fault", (unsigned long)faults);
+	/* 2. Again: the data is in place, so the prefetch is complete when
+	 * hmm_prefetch_start returns. */
+	ret = hmm_prefetch_start(data, LEN, dev, 0, &pf);
+	CHECK(ret == 0 && hmm_prefetch_wait(pf, 0) == 0,
+	      "a prefetch of data in place was not complete at once");
+	hmm_prefetch_release(pf);
 
-	/* 3. Prefetched: one bulk migration home, then no fault at all.
-	 *    (It may move fewer than PAGES pages: a CPU fault of the pass
-	 *    before can bring its last pages home late, after to_device.) */
-	to_device(buf, dev);
-	moved = hmm_migrate(buf, LEN, NULL, 0);
-	CHECK(moved > 0 && moved <= PAGES, "prefetch home moved %ld pages",
-	      moved);
-	for (size_t p = 0; p < PAGES; p++)
-		if (hmm_page_location((char *)buf + p * HMM_PAGE_SIZE, NULL) !=
-		    HMM_LOC_SYSTEM) {
-			CHECK(0, "page %zu is not home after the prefetch", p);
-			break;
-		}
-	faults = cpu_pass(buf, 3);
-	printf("prefetched with hmm_migrate(NULL): %4lu CPU faults\n",
-	       (unsigned long)faults);
-	CHECK(faults == 0, "%lu CPU faults after a prefetch",
-	      (unsigned long)faults);
+	/* 4. Home before a CPU pass: the pass takes no CPU fault. */
+	ret = hmm_prefetch_start(data, LEN, NULL, 0, &pf);
+	CHECK(ret == 0 && hmm_prefetch_release(pf) > 0, "prefetch home");
+	f0 = counter("cpu_faults");
+	for (size_t i = 0; i < WORDS; i++)
+		sum += data[i];
+	CHECK(sum == WORDS * (WORDS - 1) / 2, "wrong data after prefetches");
+	printf("CPU pass after a prefetch home: %llu CPU faults\n",
+	       (unsigned long long)(counter("cpu_faults") - f0));
+	CHECK(counter("cpu_faults") == f0, "the pass faulted");
 
-	hmm_mem_free(buf, LEN);
-	ret = hmm_device_close(dev);
-	CHECK(ret == 0, "hmm_device_close: %s", strerror(-ret));
-	printf("prefetch: %s\n", failures ? "FAILED" : "ok");
-	return failures ? 1 : 0;
+	/* 3. Preferred location: the device's faults bring pages to it. */
+	ret = hmm_advise(data, LEN, HMM_ADVISE_PREFERRED_LOCATION, dev);
+	CHECK(ret == 0, "hmm_advise(PREFERRED_LOCATION) = %d", ret);
+	ret = hmm_sim_read(dev, data, buf, sizeof(buf), NULL);
+	CHECK(ret == 0, "hmm_sim_read = %d", ret);
+	printf("after a device read of 64 bytes: %zu pages on the device\n",
+	       count_at((char *)data, HMM_LOC_DEVICE));
+	CHECK(hmm_page_location(data, NULL) == HMM_LOC_DEVICE,
+	      "the device read did not bring its page to the device");
+
+	/* 5. Discard: the device copies go, the pages read as zeros. */
+	ret = hmm_advise(data, LEN, HMM_ADVISE_DISCARD, NULL);
+	CHECK(ret == 0, "hmm_advise(DISCARD) = %d", ret);
+	CHECK(data[0] == 0 && data[WORDS - 1] == 0,
+	      "discarded memory is not zero");
+
+	hmm_mem_free(data, LEN);
+	hmm_device_close(dev);
+	hmm_fini();
+	if (!fails)
+		printf("prefetch: ok\n");
+	return fails ? 1 : 0;
 }
