@@ -123,6 +123,8 @@ void hmm_options_print(FILE *out)
 
 int hmm_option_set(const char *name, long value)
 {
+	if (!name)
+		return -EINVAL;
 	for (int i = 0; i < HMM_OPT__COUNT; i++) {
 		const struct hmm_option_desc *d = &option_table[i];
 		if (strcmp(name, d->name) && strcmp(name, d->name + 4))
@@ -140,6 +142,8 @@ int hmm_option_set(const char *name, long value)
 
 int hmm_option_get(const char *name, long *value)
 {
+	if (!name || !value)
+		return -EINVAL;
 	for (int i = 0; i < HMM_OPT__COUNT; i++) {
 		const struct hmm_option_desc *d = &option_table[i];
 		if (strcmp(name, d->name) && strcmp(name, d->name + 4))

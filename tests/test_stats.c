@@ -268,3 +268,18 @@ Test(stats, json_has_every_counter, .timeout = T_SHORT)
 	cr_assert_eq(hmm_stats_json(NULL, 8), -EINVAL);
 	free(buf);
 }
+
+/* Options: bad names and NULL pointers get errors and change nothing. */
+Test(stats, option_bad_input, .timeout = T_SHORT)
+{
+	long v = 0;
+
+	cr_assert_eq(hmm_option_set(NULL, 1), -EINVAL);
+	cr_assert_eq(hmm_option_get(NULL, &v), -EINVAL);
+	cr_assert_eq(hmm_option_get("FAULT_AROUND", NULL), -EINVAL);
+	cr_assert_eq(hmm_option_set("NO_SUCH_OPTION", 1), -ENOENT);
+	cr_assert_eq(hmm_option_get("NO_SUCH_OPTION", &v), -ENOENT);
+	cr_assert_eq(hmm_option_set("FAULT_AROUND", -1), -ERANGE);
+	cr_assert_eq(hmm_option_get("FAULT_AROUND", &v), 0);
+	cr_assert_eq(v, 64 << 10, "a refused set changed the option");
+}

@@ -603,7 +603,8 @@ void hmm_options_print(FILE *out);
  * hmm_option_set / hmm_option_get - an option by name, with or without its
  * HMM_ prefix ("FAULT_AROUND" or "HMM_FAULT_AROUND").  A value set here
  * overrides the environment from then on.  Returns 0, -ENOENT for an
- * unknown name, or (set) -ERANGE for a value out of the option's range.
+ * unknown name, -EINVAL for a NULL name or value pointer, or (set) -ERANGE
+ * for a value out of the option's range.
  */
 int hmm_option_set(const char *name, long value);
 int hmm_option_get(const char *name, long *value);
