@@ -371,6 +371,20 @@ size_t hmm__iommu_translate_run(struct hmm_iommu *mmu, uint64_t iova,
 	return k;
 }
 
+/* Whether the page of @iova is linked, for reading at least; counts no
+ * fault. */
+bool hmm__iommu_readable(struct hmm_iommu *mmu, uint64_t iova)
+{
+	uint64_t ent = 0;
+
+	if (!(iova >> HMM_IOVA_BITS)) {
+		hmm_pt_read_lock();
+		ent = hmm_pt_lookup(mmu->pt, iova >> HMM_PAGE_SHIFT);
+		hmm_pt_read_unlock();
+	}
+	return ent & HMM_PTE_VALID;
+}
+
 /* ---- DMA maps ------------------------------------------------------------- */
 
 static struct hmm_dma_map *map_of(struct hmm_interval_notifier *n)
@@ -551,7 +565,7 @@ int hmm_dma_map_range(struct hmm_dma_map *m, unsigned long seq, void *addr,
 
 	if (!m || !entries || bad_len(len) || (s & HMM_PAGE_MASK) ||
 	    s < m->start || s + len < s || s + len > m->end ||
-	    (flags & ~HMM_DMA_WRITE))
+	    (flags & ~(HMM_DMA_READ | HMM_DMA_WRITE)))
 		return -EINVAL;
 	if (m->dev && atomic_load((_Atomic int *)&m->dev->closed))
 		return -ENODEV;

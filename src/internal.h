@@ -772,6 +772,7 @@ void hmm__prefetch_fork_child(void);
 struct hmm_iommu;
 size_t hmm__iommu_translate_run(struct hmm_iommu *mmu, uint64_t iova,
 				size_t n, unsigned int access, char **host);
+bool hmm__iommu_readable(struct hmm_iommu *mmu, uint64_t iova);
 bool hmm__on_service_thread(void);
 /* Block every signal but the synchronous fault ones. */
 /* Set by the exit handler: waits for device calls in flight are bounded. */

@@ -415,12 +415,12 @@ static int dma_walk(struct sim_engine *e, uint64_t iova, size_t len,
 						    : HMM_DMA_READ,
 					      &host);
 		if (!ok) {
-			void *h;
-			int ret = hmm_iommu_translate(sd->mmu, page,
-						      HMM_DMA_READ, &h);
+			/* Readable but not writable: a write fault.  (The
+			 * fault is counted once, above.) */
+			bool readable = write && hmm__iommu_readable(sd->mmu,
+								     page);
 			pthread_mutex_unlock(&sd->lock);
-			/* Readable but not writable: a write fault. */
-			return write && !ret ? -EPERM : -EFAULT;
+			return readable ? -EPERM : -EFAULT;
 		}
 		n = HMM_MIN(page + (ok << HMM_PAGE_SHIFT), end) - pos;
 		atomic_store_explicit(&e->busy_e,

@@ -404,6 +404,11 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
  */
 typedef struct hmm_prefetch hmm_prefetch_t;
 
+int hmm_prefetch_start(void *addr, size_t len, hmm_device_t *dev,
+		       unsigned int flags, hmm_prefetch_t **out);
+long hmm_prefetch_wait(hmm_prefetch_t *pf, int timeout_ms);
+long hmm_prefetch_release(hmm_prefetch_t *pf);
+
 /*
  * Advice per range, kept by address for managed memory and split or merged
  * as it changes.  @advice is one of:
@@ -456,10 +461,6 @@ struct hmm_advice_info {
 	uint64_t accessed_by;
 };
 int hmm_advice_get(const void *addr, struct hmm_advice_info *out);
-int hmm_prefetch_start(void *addr, size_t len, hmm_device_t *dev,
-		       unsigned int flags, hmm_prefetch_t **out);
-long hmm_prefetch_wait(hmm_prefetch_t *pf, int timeout_ms);
-long hmm_prefetch_release(hmm_prefetch_t *pf);
 
 /* ------------------------------------------------------------------ */
 /* Holds: locking to a device, exclusive access for device atomics     */

@@ -365,8 +365,8 @@ bool hmm_dma_map_retry(struct hmm_dma_map *map, unsigned long seq);
 
 /*
  * hmm_dma_map_range - fault in the pages of [@addr, @addr + @len) (inside
- * the map, page aligned), readable, or writable with HMM_DMA_WRITE in
- * @flags, link them and store one entry per page in @entries (see
+ * the map, page aligned), readable (@flags 0 or HMM_DMA_READ), or writable
+ * with HMM_DMA_WRITE in @flags, link them and store one entry per page in @entries (see
  * above).  Pages linked before stay linked (a write upgrades a read-only
  * link).  Returns 0, -EINVAL (bad range, flags or NULL), -EBUSY (@seq is
  * stale: begin again), -ENOMEM, -ENODEV (the map's device was closed), or
