@@ -17,9 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dlfcn.h>
 #include <unistd.h>
-
-#include <hmm/hmm.h>
 
 #ifndef HMM_LIBDIR
 #define HMM_LIBDIR "/usr/local/lib"
@@ -63,14 +62,14 @@ int main(int argc, char **argv)
 	};
 	char lib[PATH_MAX], *preload;
 	const char *old;
-	int c;
+	int c, options = 0;
 
 	lib[0] = '\0';
 	while ((c = getopt_long(argc, argv, "+l:oh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'o':
-			hmm_options_print(stdout);
-			return 0;
+			options = 1;
+			break;
 		case 'l':
 			snprintf(lib, sizeof(lib), "%s", optarg);
 			break;
@@ -82,7 +81,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind >= argc) {
+	if (optind >= argc && !options) {
 		usage(stderr);
 		return 2;
 	}
@@ -94,6 +93,21 @@ int main(int argc, char **argv)
 	if (access(lib, R_OK)) {
 		fprintf(stderr, "hmm-run: %s: %s\n", lib, strerror(errno));
 		return 127;
+	}
+	if (options) {
+		/* The preload library carries libhmm: ask it.  (hmm-run
+		 * itself stays free of libhmm, so that it can be copied
+		 * and run alone.) */
+		void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+		void (*print)(FILE *) =
+			h ? (void (*)(FILE *))dlsym(h, "hmm_options_print")
+			  : NULL;
+		if (!print) {
+			fprintf(stderr, "hmm-run: %s: %s\n", lib, dlerror());
+			return 127;
+		}
+		print(stdout);
+		return 0;
 	}
 	old = getenv("LD_PRELOAD");
 	if (old && *old) {
