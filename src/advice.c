@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include "internal.h"
 
@@ -267,14 +266,6 @@ int hmm_advice_get(const void *addr, struct hmm_advice_info *out)
 	return 0;
 }
 
-static uint64_t now_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
-}
-
 /*
  * Thrashing control for the block of @p, before advice moves its pages to
  * their preferred device: whether they may move.  A ping-pong is a move
@@ -292,7 +283,7 @@ static bool may_move(uintptr_t p)
 
 	if (!b || !limit)
 		return true;
-	now = now_ms();
+	now = hmm__now_ns() / 1000000;
 	pthread_mutex_lock(&b->lock);
 	uint32_t backs = atomic_load_explicit(&b->cpu_backs,
 					      memory_order_relaxed);
@@ -337,9 +328,7 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 
 	if (!owner || !__atomic_load_n(&nsegs, __ATOMIC_RELAXED))
 		return;
-	for (unsigned id = 0; id < HMM_MAX_DEVICES && !dev; id++)
-		if (hmm__device_get(id) == owner)
-			dev = hmm__device_get(id);
+	dev = hmm__device_of_owner(owner);
 	if (!dev)
 		return;
 	pthread_rwlock_rdlock(&advice_lock);

@@ -54,6 +54,14 @@ int hmm_device_id(const hmm_device_t *dev)
 	return dev ? (int)dev->id : -EINVAL;
 }
 
+hmm_device_t *hmm__device_of_owner(const void *owner)
+{
+	for (unsigned id = 0; owner && id < HMM_MAX_DEVICES; id++)
+		if (hmm__device_get(id) == owner)
+			return hmm__device_get(id);
+	return NULL;
+}
+
 hmm_device_t *hmm__device_get(unsigned int id)
 {
 	hmm_device_t *d;
@@ -444,7 +452,7 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want)
 
 	if (!hmm__option(HMM_OPT_EVICT) || !want)
 		return 0;
-	uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
+	uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 
 	want = HMM_MIN(want, m->npages);
 	va = malloc(want * sizeof(*va));

@@ -309,6 +309,19 @@ long hmm_iova_unlink(struct hmm_iommu *mmu, uint64_t iova, size_t len)
 	return ret;
 }
 
+/* The link of the page of @iova (0: none), in a read section of its own. */
+static uint64_t link_of(struct hmm_iommu *mmu, uint64_t iova)
+{
+	uint64_t ent;
+
+	if (iova >> HMM_IOVA_BITS)
+		return 0;
+	hmm_pt_read_lock();
+	ent = hmm_pt_lookup(mmu->pt, iova >> HMM_PAGE_SHIFT);
+	hmm_pt_read_unlock();
+	return ent;
+}
+
 int hmm_iommu_translate(struct hmm_iommu *mmu, uint64_t iova,
 			unsigned int access, void **host)
 {
@@ -316,13 +329,7 @@ int hmm_iommu_translate(struct hmm_iommu *mmu, uint64_t iova,
 
 	if (!mmu || !host)
 		return -EINVAL;
-	if (iova >> HMM_IOVA_BITS) {
-		ent = 0;
-	} else {
-		hmm_pt_read_lock();
-		ent = hmm_pt_lookup(mmu->pt, iova >> HMM_PAGE_SHIFT);
-		hmm_pt_read_unlock();
-	}
+	ent = link_of(mmu, iova);
 	if (!(ent & HMM_PTE_VALID)) {
 		hmm__stat_add(HMM_STAT_iommu_faults, 1);
 		return -EFAULT;
@@ -375,14 +382,7 @@ size_t hmm__iommu_translate_run(struct hmm_iommu *mmu, uint64_t iova,
  * fault. */
 bool hmm__iommu_readable(struct hmm_iommu *mmu, uint64_t iova)
 {
-	uint64_t ent = 0;
-
-	if (!(iova >> HMM_IOVA_BITS)) {
-		hmm_pt_read_lock();
-		ent = hmm_pt_lookup(mmu->pt, iova >> HMM_PAGE_SHIFT);
-		hmm_pt_read_unlock();
-	}
-	return ent & HMM_PTE_VALID;
+	return link_of(mmu, iova) & HMM_PTE_VALID;
 }
 
 /* ---- DMA maps ------------------------------------------------------------- */

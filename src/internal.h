@@ -592,6 +592,9 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want);
 void hmm__devmem_fail_arm(hmm_device_t *dev, unsigned int what);
 bool hmm__devmem_fail_take(hmm_device_t *dev, unsigned int what);
 hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
+/* The open device that @owner (a dev_private_owner or notifier owner)
+ * names, or NULL: hmm_device_owner() of a device is the device. */
+hmm_device_t *hmm__device_of_owner(const void *owner);
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
 void hmm__devices_close_all(void);
@@ -753,8 +756,9 @@ static inline bool hmm__tracing(void)
 {
 	return atomic_load_explicit(&hmm__trace_on, memory_order_relaxed);
 }
-uint64_t hmm__trace_now(void);
-/* A complete event from @start (hmm__trace_now) to now. */
+/* CLOCK_MONOTONIC in nanoseconds (trace.c; the trace's clock too). */
+uint64_t hmm__now_ns(void);
+/* A complete event from @start (hmm__now_ns) to now. */
 void hmm__trace_event(const char *name, const char *cat, uint64_t start,
 		      uintptr_t addr, uint64_t pages, int dev);
 /* The same, for work over @span pages of which @pages were moved. */

@@ -423,7 +423,7 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
 	if (!ret && dev)
 		hmm__holds_revoke(s, e, dev);
 	if (!ret) {
-		uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
+		uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 		if (dev) {
 			ret = hmm__migrate_to_device(s, e, dev, vmas, nvmas,
 						     gen);

@@ -104,7 +104,7 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
 		pthread_mutex_unlock(&c->notifier_lock);
 		return true;
 	}
-	uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
+	uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 	c->notifier_seq += 2;
 	c->notifier_seq |= 1;
 	seq = c->notifier_seq;
@@ -133,14 +133,12 @@ bool hmm__invalidate(uintptr_t start, uintptr_t end,
 			"invalidate_migrate", "invalidate_exclusive",
 			"invalidate_fork", "invalidate_release",
 		};
-		int id = -1; /* the owner, when it is an open device */
-		for (unsigned d = 0; owner && d < HMM_MAX_DEVICES; d++)
-			if (hmm__device_get(d) == owner)
-				id = (int)d;
+		const hmm_device_t *od = hmm__device_of_owner(owner);
 		hmm__trace_event((unsigned)event < 8 ? names[event]
 						     : "invalidate",
 				 "invalidate", t, start,
-				 (end - start) >> HMM_PAGE_SHIFT, id);
+				 (end - start) >> HMM_PAGE_SHIFT,
+				 od ? (int)od->id : -1);
 	}
 	return ok;
 }

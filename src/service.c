@@ -366,7 +366,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				return 0;
 			}
 			stream_window(page, &s, &e);
-			uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
+			uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 			r = hmm__migrate_to_system(s, e, NULL,
 						   HMM_MIG_NONBLOCK);
 			if (t)
@@ -623,7 +623,7 @@ static void handle_msg(const struct uffd_msg *m, struct retry_list *rl)
 {
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT: {
-		uint64_t t = hmm__tracing() ? hmm__trace_now() : 0;
+		uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 		if (handle_fault(m, true) == -EAGAIN)
 			retry_push(rl, m);
 		if (t)

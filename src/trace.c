@@ -40,7 +40,7 @@ static bool any;			/* trace_lock: an event written */
 static uint64_t t0;			/* set before tracing turns on */
 static _Thread_local bool named;
 
-uint64_t hmm__trace_now(void)
+uint64_t hmm__now_ns(void)
 {
 	struct timespec t;
 
@@ -99,7 +99,7 @@ void hmm__trace_init(void)
 				  strerror(errno));
 		} else {
 			trace_fd = fd;
-			t0 = hmm__trace_now();
+			t0 = hmm__now_ns();
 			tlen = 0;
 			any = false;
 			tbuf[tlen++] = '[';
@@ -147,7 +147,7 @@ void hmm__trace_event(const char *name, const char *cat, uint64_t start,
 void hmm__trace_span(const char *name, const char *cat, uint64_t start,
 		     uintptr_t addr, uint64_t span, uint64_t pages, int dev)
 {
-	uint64_t end = hmm__trace_now();
+	uint64_t end = hmm__now_ns();
 	int pid = (int)getpid(), tid = (int)syscall(SYS_gettid);
 
 	pthread_mutex_lock(&trace_lock);

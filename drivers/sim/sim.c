@@ -168,7 +168,7 @@ static int sim_fault(struct sim_dev *sd, uintptr_t s, uintptr_t e, bool write)
 {
 	uint64_t pfns[SIM_FAULT_CHUNK];
 	struct timespec t0;
-	uint64_t tt = hmm__tracing() ? hmm__trace_now() : 0;
+	uint64_t tt = hmm__tracing() ? hmm__now_ns() : 0;
 	int ret = 0;
 
 	hmm__stat_add(HMM_STAT_device_faults, 1);
@@ -254,6 +254,31 @@ static __attribute__((noinline)) int guarded_call(walk_fn fn, void *dptr,
 	fn(dptr, off, n, arg);
 	hmm__guard_end(&g);
 	return 0;
+}
+
+/*
+ * @fn over @n bytes at @ptr, inside the @npages host pages at @host that
+ * the IOMMU gave, with the mirror lock held on entry and released here.
+ * The window is announced before the lock goes: an invalidation that takes
+ * the lock after this sees it and waits for the access.  Returns 1 if the
+ * access faulted (the pages went away under it).
+ */
+static int access_system(struct sim_engine *e, char *host, size_t npages,
+			 walk_fn fn, char *ptr, size_t off, size_t n, void *arg)
+{
+	int tripped;
+
+	atomic_store_explicit(&e->busy_e,
+			      (uintptr_t)host + (npages << HMM_PAGE_SHIFT),
+			      memory_order_relaxed);
+	atomic_store_explicit(&e->busy_s, (uintptr_t)host,
+			      memory_order_release);
+	pthread_mutex_unlock(&e->sd->lock);
+	hmm__dma_begin();
+	tripped = guarded_call(fn, ptr, off, n, arg);
+	hmm__dma_end();
+	atomic_store_explicit(&e->busy_s, 0, memory_order_release);
+	return tripped;
 }
 
 /*
@@ -355,20 +380,8 @@ static int sim_walk(struct sim_engine *e, uintptr_t addr, size_t len,
 		run_end = page + (ok << HMM_PAGE_SHIFT);
 		n = HMM_MIN(run_end, end) - pos;
 		res->pages += ok;
-		/* Announce the window before dropping the lock: an
-		 * invalidation that takes the lock after this sees it and
-		 * waits for it. */
-		atomic_store_explicit(&e->busy_e,
-				      (uintptr_t)host + (run_end - page),
-				      memory_order_relaxed);
-		atomic_store_explicit(&e->busy_s, (uintptr_t)host,
-				      memory_order_release);
-		pthread_mutex_unlock(&sd->lock);
-		hmm__dma_begin();
-		int tripped = guarded_call(fn, host + (pos - page), pos - addr,
-					   n, arg);
-		hmm__dma_end();
-		atomic_store_explicit(&e->busy_s, 0, memory_order_release);
+		int tripped = access_system(e, host, ok, fn, host + (pos - page),
+					    pos - addr, n, arg);
 		if (tripped) {
 			/* Unmapped or protected under us: forget these
 			 * translations and fault again (which reports why). */
@@ -423,18 +436,8 @@ static int dma_walk(struct sim_engine *e, uint64_t iova, size_t len,
 			return readable ? -EPERM : -EFAULT;
 		}
 		n = HMM_MIN(page + (ok << HMM_PAGE_SHIFT), end) - pos;
-		atomic_store_explicit(&e->busy_e,
-				      (uintptr_t)host + (ok << HMM_PAGE_SHIFT),
-				      memory_order_relaxed);
-		atomic_store_explicit(&e->busy_s, (uintptr_t)host,
-				      memory_order_release);
-		pthread_mutex_unlock(&sd->lock);
-		hmm__dma_begin();
-		int tripped = guarded_call(fn, host + (pos - page),
-					   (size_t)(pos - iova), n, arg);
-		hmm__dma_end();
-		atomic_store_explicit(&e->busy_s, 0, memory_order_release);
-		if (tripped)
+		if (access_system(e, host, ok, fn, host + (pos - page),
+				  (size_t)(pos - iova), n, arg))
 			return -EFAULT;
 		res->pages += ok;
 		pos += n;
