@@ -5,7 +5,9 @@
  * where advice changes and merged again where neighbours become equal.
  * Segments with no advice are not kept.
  *
- * advice_lock protects segs, nsegs and cap.  Order: ctx.ranges_lock before
+ * advice_lock protects segs, nsegs and cap; nsegs is also read without it
+ * (atomically), as a hint that there is no advice at all, on the device
+ * fault path and when ranges go away.  Order: ctx.ranges_lock before
  * advice_lock (hmm__range_trim forgets advice under the former).
  *
  * What advice does today: a device fault (hmm_range_fault) by the
@@ -34,7 +36,8 @@ struct seg {
 
 static pthread_rwlock_t advice_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct seg *segs;	/* advice_lock */
-static size_t nsegs, cap;	/* advice_lock */
+static _Atomic size_t nsegs;	/* advice_lock; read unlocked as a hint */
+static size_t cap;		/* advice_lock */
 
 static bool seg_empty(const struct seg *s)
 {
@@ -326,7 +329,7 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 	hmm_device_t *dev = NULL;
 	size_t n = 0;
 
-	if (!owner || !__atomic_load_n(&nsegs, __ATOMIC_RELAXED))
+	if (!owner || !atomic_load_explicit(&nsegs, memory_order_relaxed))
 		return;
 	dev = hmm__device_of_owner(owner);
 	if (!dev)
@@ -358,7 +361,7 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 
 void hmm__advice_forget(uintptr_t start, uintptr_t end)
 {
-	if (!__atomic_load_n(&nsegs, __ATOMIC_RELAXED))
+	if (!atomic_load_explicit(&nsegs, memory_order_relaxed))
 		return;
 	pthread_rwlock_wrlock(&advice_lock);
 	if (apply(start, end, clear_all, 0))
