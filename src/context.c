@@ -3,6 +3,7 @@
  * Process-wide state: created on first use (or by hmm_init), torn down by
  * hmm_fini or at exit.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -451,6 +452,33 @@ static void release_all_ranges(void)
 	pthread_rwlock_unlock(&c->ranges_lock);
 }
 
+/*
+ * hmm_fini runs while other application threads may still be inside
+ * libhmm (exit() from one thread while another migrates: the atexit
+ * handler calls hmm_fini).  Those threads read c->uffd without a lock, so
+ * the field must not change, and the number must not be reused by a file
+ * the application opens next, which their ioctls would then reach.  The
+ * userfaultfd is therefore replaced under the same number by /dev/null:
+ * the kernel drops the userfaultfd (pages still registered are unaffected,
+ * every range was unregistered above), late ioctls fail with ENOTTY, and
+ * the number stays taken (one descriptor on /dev/null, close-on-exec, for
+ * the rest of the process).  Without /dev/null the descriptor is closed
+ * and the field is left alone: a late ioctl then fails with EBADF, or
+ * reaches whatever reuses the number, which is no worse than before.
+ */
+static void retire_uffd(struct hmm_context *c)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+	if (null >= 0 && dup3(null, c->uffd, O_CLOEXEC) == c->uffd) {
+		close(null);
+		return;
+	}
+	if (null >= 0)
+		close(null);
+	close(c->uffd);
+}
+
 int hmm_fini(void)
 {
 	struct hmm_context *c = &hmm__ctx;
@@ -470,10 +498,10 @@ int hmm_fini(void)
 	release_all_ranges();
 	hmm__service_stop();
 	hmm__holds_fini();
-	close(c->uffd);
+	retire_uffd(c);
 	close(c->stop_fd);
 	close(c->sync_fd);
-	c->uffd = c->stop_fd = c->sync_fd = -1;
+	c->stop_fd = c->sync_fd = -1;
 	hmm__trace_close();
 	pthread_mutex_unlock(&c->init_lock);
 	return 0;

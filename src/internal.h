@@ -679,7 +679,9 @@ struct hmm_forward {
 struct hmm_context {
 	pthread_mutex_t init_lock; /* serialises init and fini */
 	_Atomic int state;	   /* HMM_CTX_* */
-	int uffd;
+	int uffd;		/* set by init and in a forked child (one
+				 * thread); never changed by fini
+				 * (retire_uffd in context.c) */
 	uint64_t features;	/* userfaultfd features granted */
 	unsigned int caps;	/* enum hmm_cap */
 	int stop_fd;		/* eventfd: tells the service thread to stop */
