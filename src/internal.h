@@ -84,6 +84,7 @@ enum hmm_option {
 	HMM_OPT_FILE_SYNC_EACH,
 	HMM_OPT_THRASH_COUNT,
 	HMM_OPT_THRASH_PIN_MS,
+	HMM_OPT_PEER_MIGRATE,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);
@@ -103,6 +104,7 @@ long hmm__option(enum hmm_option opt);
 	X(bytes_to_system, 0, "bytes migrated to system memory")           \
 	X(migration_failures, 0, "migrations rolled back")                 \
 	X(pages_evicted, 0, "device pages evicted to make room")          \
+	X(pages_peer, 0, "pages migrated from one device to another directly") \
 	X(invalidations, 0, "notifier invalidations delivered")            \
 	X(prefetches, 0, "hmm_prefetch_start calls that started")         \
 	X(advice_migrations, 0, "pages moved to their preferred device on its faults") \

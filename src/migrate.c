@@ -604,12 +604,238 @@ static bool drop_pending(struct hmm_block *b, unsigned i, uintptr_t va)
 	return false;
 }
 
+/* ---- device to device ---------------------------------------------- */
+
+/* The pages of @sel go back to their device as they were. */
+static void peer_undo(struct hmm_block *b, const struct sel *sel)
+{
+	hmm_device_t *src = hmm__device_get(sel->dev);
+	uint32_t gone[HMM_BLOCK_PAGES];
+	size_t ngone = 0;
+	bool waiters = false;
+
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n; k++) {
+		unsigned i = sel->idx[k];
+		uint8_t st = b->state[i];
+		waiters |= st & PSF_WAITERS;
+		if (st & PSF_UNMAPPED) {
+			uintptr_t fwd = hmm__forward_take(sel_va(b, i));
+			uint8_t devbits = b->dev[i];
+			b->state[i] = PS_NONE;
+			b->dev[i] = 0;
+			b->mod[i] = 0;
+			b->ndev--;
+			if (!fwd || !hmm__forward_commit(fwd, src, devbits,
+							 sel->dpfn[k], st))
+				gone[ngone++] = sel->dpfn[k];
+		} else if (st & PSF_CLEARED) {
+			b->state[i] = PS_SYSTEM;
+			b->dev[i] = 0;
+			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
+			b->ndev--;
+			gone[ngone++] = sel->dpfn[k];
+		} else {
+			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
+		}
+	}
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	if (src)
+		hmm__devmem_free(src, gone, ngone);
+	if (waiters)
+		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
+			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
+				       sel_run(sel, k) << HMM_PAGE_SHIFT);
+}
+
+/* Copy the source pages of @sel to @to in @dst: memcpy between the two
+ * pools when both drivers expose them, the drivers' copies through a
+ * bounce buffer otherwise.  Returns 0 or -EIO/-ENOMEM. */
+static int peer_copy(hmm_device_t *src, hmm_device_t *dst,
+		     const struct sel *sel, const uint32_t *to)
+{
+	struct hmm_copy_desc d[HMM_BLOCK_PAGES];
+	char *bb;
+	int ret;
+
+	if ((ret = hmm__inject(HMM_INJ_COPY_TO_DEVICE)))
+		return ret;
+	if (src->ops->host_ptr && dst->ops->host_ptr) {
+		for (size_t k = 0; k < sel->n; k++)
+			memcpy(dst->ops->host_ptr(dst, to[k]),
+			       src->ops->host_ptr(src, sel->dpfn[k]),
+			       HMM_PAGE_SIZE);
+		return 0;
+	}
+	bb = hmm__mmap_own(sel->n << HMM_PAGE_SHIFT, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (bb == MAP_FAILED)
+		return -ENOMEM;
+	for (size_t k = 0; k < sel->n; k++)
+		d[k] = (struct hmm_copy_desc){ sel->dpfn[k],
+					       bb + (k << HMM_PAGE_SHIFT) };
+	ret = src->ops->copy(src, HMM_COPY_TO_SYSTEM, d, sel->n);
+	for (size_t k = 0; !ret && k < sel->n; k++)
+		d[k].dpfn = to[k];
+	if (!ret)
+		ret = dst->ops->copy(dst, HMM_COPY_TO_DEVICE, d, sel->n);
+	hmm__munmap_own(bb, sel->n << HMM_PAGE_SHIFT);
+	return ret;
+}
+
+/*
+ * Peer migration: pages of [s, e) that are on one other device (the first
+ * such page's) go straight to @dev, without a stop in system memory: no
+ * CPU page-table change, no userfaultfd call, one copy between the two
+ * device memories (memcpy between the drivers' host pointers when both
+ * have them, through a bounce buffer otherwise).
+ *
+ * The pages are MIGRATING meanwhile with b->dev still naming the source,
+ * as on a move home: a CPU fault parks, a device fault waits, a drop marks
+ * them cleared, an unmap marks them unmapped, and the commit settles each
+ * case under the lock.  Pages held for a device's atomics, or locked,
+ * are left where they are (the caller takes them through system memory,
+ * which ends a hold, or leaves them).
+ *
+ * Anonymous and shared memory only: file pages carry write-back debts
+ * (PDEV_OWES, a driver's dirty marks) that belong to their device page;
+ * they go through system memory, which pays the debt.
+ *
+ * When @dev's memory cannot take them all (after an eviction, with
+ * HMM_EVICT), the pages that fit move and the next call returns -ENOMEM:
+ * the others stay on their device, with their data.
+ *
+ * Returns pages moved, 0 if none could go this way (the caller then uses
+ * system memory), or -errno (-ENOMEM, or a copy failed: the pages stay on
+ * their device).
+ */
+static size_t free_pages(hmm_device_t *dev)
+{
+	size_t used = 0, total = 0;
+
+	if (hmm_device_mem_usage(dev, &used, &total))
+		return 0;
+	return total - used;
+}
+
+static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
+		      hmm_device_t *dev, struct sel *sel)
+{
+	uint32_t to[HMM_BLOCK_PAGES], freed[HMM_BLOCK_PAGES];
+	uint32_t gone[HMM_BLOCK_PAGES];
+	size_t nfree = 0, ngone = 0, moved = 0;
+	hmm_device_t *src;
+	bool waiters = false;
+	int ret;
+
+	size_t room = free_pages(dev), want = (e - s) >> HMM_PAGE_SHIFT;
+
+	if (room < want && hmm__option(HMM_OPT_EVICT) &&
+	    hmm__devmem_evict(dev, want - room) > 0)
+		room = free_pages(dev);
+	pthread_mutex_lock(&b->lock);
+	sel->n = 0;
+	for (uintptr_t p = s; p < e && sel->n < room; p += HMM_PAGE_SIZE) {
+		unsigned i = hmm__block_index(p);
+		uint8_t st = b->state[i];
+		unsigned id = PDEV_ID(b->dev[i]);
+		if (PS_KIND(st) != PS_DEVICE || id == dev->id ||
+		    PMOD_KIND(b->mod[i]) == PMOD_LOCKED ||
+		    PMOD_IS_EXCL(b->mod[i]) || (sel->n && id != sel->dev))
+			continue;
+		sel->dev = id;
+		b->state[i] = PS_MIGRATING | (st & PSF_DEV_WRITE);
+		sel->idx[sel->n] = i;
+		sel->dpfn[sel->n++] = b->dpfn[i];
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (!sel->n)
+		return room ? 0 : -ENOMEM;
+	src = hmm__device_get(sel->dev);
+	ret = src ? hmm__devmem_alloc(dev, sel->n, to) : -ENODEV;
+	if (ret) {
+		/* Taken meanwhile by another migration: the pages stay;
+		 * no source cannot happen (close brings its pages home
+		 * first). */
+		peer_undo(b, sel);
+		return ret == -ENODEV ? 0 : ret;
+	}
+	uintptr_t span_s = sel_va(b, sel->idx[0]);
+	uintptr_t span_e = sel_va(b, sel->idx[sel->n - 1]) + HMM_PAGE_SIZE;
+	/* The source's translations go, and so would any of @dev's (the
+	 * owner tells drivers that @dev asked). */
+	if (!hmm__invalidate(span_s, span_e, HMM_NOTIFY_MIGRATE, dev, true)) {
+		peer_undo(b, sel);
+		hmm__devmem_free(dev, to, sel->n);
+		return 0;
+	}
+	ret = peer_copy(src, dev, sel, to);
+	if (ret) {
+		peer_undo(b, sel);
+		hmm__devmem_free(dev, to, sel->n);
+		hmm__stat_add(HMM_STAT_migration_failures, 1);
+		return ret;
+	}
+	pthread_mutex_lock(&b->lock);
+	for (size_t k = 0; k < sel->n; k++) {
+		unsigned i = sel->idx[k];
+		uint8_t st = b->state[i], devbits = b->dev[i];
+		uintptr_t va = sel_va(b, i);
+		waiters |= st & PSF_WAITERS;
+		if (st & PSF_UNMAPPED) {
+			/* munmap, or mremap: the source copy follows the
+			 * move as on a move home that did not install. */
+			uintptr_t fwd = hmm__forward_take(va);
+			b->state[i] = PS_NONE;
+			b->dev[i] = 0;
+			b->mod[i] = 0;
+			b->ndev--;
+			freed[nfree++] = to[k];
+			if (!fwd || !hmm__forward_commit(fwd, src, devbits,
+							 sel->dpfn[k], st))
+				gone[ngone++] = sel->dpfn[k];
+			continue;
+		}
+		if (st & PSF_CLEARED) {
+			/* Dropped meanwhile: both copies go; the system
+			 * side has no page (it was on a device), so the
+			 * page reads zeros. */
+			b->state[i] = PS_SYSTEM;
+			b->dev[i] = 0;
+			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
+			b->ndev--;
+			freed[nfree++] = to[k];
+			gone[ngone++] = sel->dpfn[k];
+			continue;
+		}
+		b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
+		b->dev[i] = (uint8_t)((devbits & ~0x3fu) | dev->id);
+		b->dpfn[i] = to[k];
+		hmm__devmem_set_owner(dev, to[k], va);
+		gone[ngone++] = sel->dpfn[k];
+		moved++;
+	}
+	pthread_cond_broadcast(&b->cond);
+	pthread_mutex_unlock(&b->lock);
+	hmm__devmem_free(dev, freed, nfree);
+	hmm__devmem_free(src, gone, ngone);
+	/* CPU faults that parked meanwhile look again: the page is on
+	 * @dev now, and comes home from there. */
+	if (waiters)
+		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
+			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
+				       sel_run(sel, k) << HMM_PAGE_SHIFT);
+	hmm__stat_add(HMM_STAT_pages_peer, moved);
+	return (long)moved;
+}
+
 /* Phase 1 for one block: returns 0, or -EAGAIN to start over (the caller
  * waited or moved pages from another device), or -errno. */
 static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			     hmm_device_t *dev, const struct hmm_vma *vmas,
-			     long nvmas, struct sel *sel,
-			     const struct timespec *deadline)
+			     long nvmas, struct sel *sel, bool peer,
+			     size_t *peered, const struct timespec *deadline)
 {
 	uintptr_t other_s = 0, other_e = 0;
 
@@ -643,9 +869,14 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		}
 	}
 	if (other_s) {
-		/* Pages on another device come through system memory. */
+		/* Pages on another device come straight from it where they
+		 * can (peer_move), through system memory otherwise. */
 		pthread_mutex_unlock(&b->lock);
-		long r = hmm__migrate_to_system(other_s, other_e, NULL, 0);
+		long r = peer ? peer_move(b, other_s, other_e, dev, sel) : 0;
+		if (r > 0)
+			*peered += (size_t)r;
+		if (r == 0)
+			r = hmm__migrate_to_system(other_s, other_e, NULL, 0);
 		return r < 0 ? (int)r : -EAGAIN;
 	}
 	sel->n = 0;
@@ -891,8 +1122,10 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	struct hmm_block *b = hmm__block_lookup(s);
 	bool waiters = false, wp = hmm__ctx.caps & HMM_CAP_WP;
 	bool fprot = r->kind == HMM_MK_FPROT;
+	bool peer = (r->kind == HMM_MK_ANON || r->kind == HMM_MK_SHMEM) &&
+		    hmm__option(HMM_OPT_PEER_MIGRATE);
 	struct timespec deadline;
-	size_t nzaps = 0, moved;
+	size_t nzaps = 0, moved, peered = 0;
 	int evictions = 0;
 	char *stash;
 	int ret;
@@ -902,12 +1135,12 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	deadline_in(&deadline, hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS));
 again:
 	while ((ret = collect_to_device(b, s, e, dev, vmas, nvmas, sel,
-					&deadline)) == -EAGAIN)
+					peer, &peered, &deadline)) == -EAGAIN)
 		;
 	if (ret)
 		return ret;
 	if (!sel->n)
-		return 0;
+		return (long)peered;
 	if (atomic_load(&hmm__ctx.prot_gen) != prot_gen)
 		reprotect(s, e);
 	ret = hmm__devmem_alloc(dev, sel->n, sel->dpfn);
@@ -1026,7 +1259,7 @@ commit:
 				       sel_run(sel, k) << HMM_PAGE_SHIFT);
 	hmm__stat_add(HMM_STAT_pages_to_device, moved);
 	hmm__stat_add(HMM_STAT_bytes_to_device, moved * HMM_PAGE_SIZE);
-	return ret ? ret : (long)moved;
+	return ret ? ret : (long)(moved + peered);
 
 fail_unwp:
 	if (wp)

@@ -45,6 +45,10 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 		"memory and devices map it remotely (0: never)" },
 	[HMM_OPT_THRASH_PIN_MS] = { "HMM_THRASH_PIN_MS", 1000, 1, 3600000,
 		"how long a thrashing block stays pinned, ms" },
+	[HMM_OPT_PEER_MIGRATE] = { "HMM_PEER_MIGRATE", 1, 0, 1,
+		"a migration to a device takes anonymous and shared pages "
+		"that are on another device straight from it (0: through "
+		"system memory)" },
 };
 
 /* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */

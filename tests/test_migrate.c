@@ -446,3 +446,149 @@ Test(migrate, fault_around_grows_on_sequential_passes, .timeout = T_SHORT)
 	free(strided);
 	free(seq);
 }
+
+/*
+ * Device to device: anonymous and shared pages go straight from one
+ * device's memory to the other's (pages_peer), never through system
+ * memory (pages_to_system unchanged, no CPU fault), with their data; the
+ * CPU then brings them home from the second device.
+ */
+static void peer_case(bool use_alloc)
+{
+	const size_t n = 96, len = n * PG;
+	hmm_device_t *a, *b;
+	char buf[PG];
+	char *p;
+
+	need_hmm();
+	a = open_sim(len);
+	b = open_sim(2 * len);
+	p = use_alloc ? alloc_managed(len) : map_adopt(len);
+	fill_pattern(p, len, 0x5eed);
+	assert_migrate(p, len, a, n);
+	uint64_t peer0 = stat_of("pages_peer"), home0 = stat_of("pages_to_system");
+	uint64_t faults0 = stat_of("cpu_faults");
+	assert_migrate(p, len, b, n);
+	cr_assert_eq(stat_of("pages_peer") - peer0, n);
+	cr_assert_eq(stat_of("pages_to_system"), home0,
+		     "pages went through system memory");
+	cr_assert_eq(stat_of("cpu_faults"), faults0);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, b);
+	cr_assert_eq(dev_used(a), 0);
+	cr_assert_eq(dev_used(b), n);
+	for (size_t i = 0; i < n; i += 7) {
+		cr_assert_eq(hmm_sim_read(b, p + i * PG, buf, PG, NULL), 0);
+		cr_assert_eq(pattern_mismatch(buf, PG, 0x5eed,
+					      i * WORDS_PER_PAGE), -1,
+			     "page %zu on the second device", i);
+	}
+	/* The device writes there, moves half back to the first device,
+	 * and the CPU sees everything. */
+	memset(buf, 0x77, PG);
+	cr_assert_eq(hmm_sim_write(b, p + 3 * PG, buf, PG, NULL), 0);
+	assert_migrate(p, len / 2, a, n / 2);
+	cr_assert_eq(stat_of("pages_peer") - peer0, n + n / 2);
+	cr_assert_eq(stat_of("pages_to_system"), home0);
+	assert_all_loc(p, len / 2, HMM_LOC_DEVICE, a);
+	cr_assert_eq(dev_used(a), n / 2);
+	cr_assert_eq(dev_used(b), n / 2);
+	for (size_t i = 0; i < n; i++) {
+		if (i == 3) {
+			cr_assert_eq(memcmp(p + i * PG, buf, PG), 0);
+			continue;
+		}
+		cr_assert_eq(pattern_mismatch(p + i * PG, PG, 0x5eed,
+					      i * WORDS_PER_PAGE), -1,
+			     "page %zu", i);
+	}
+}
+
+Test(migrate, peer_anonymous, .timeout = T_SHORT)
+{
+	peer_case(false);
+}
+
+Test(migrate, peer_shared, .timeout = T_SHORT)
+{
+	peer_case(true);
+}
+
+/* HMM_PEER_MIGRATE=0: the old way, through system memory, same data. */
+Test(migrate, peer_off_goes_through_system, .timeout = T_SHORT)
+{
+	const size_t n = 32, len = n * PG;
+	hmm_device_t *a, *b;
+	char *p;
+
+	need_hmm();
+	cr_assert_eq(hmm_option_set("PEER_MIGRATE", 0), 0);
+	a = open_sim(len);
+	b = open_sim(len);
+	p = map_adopt(len);
+	fill_pattern(p, len, 0xfeed);
+	assert_migrate(p, len, a, n);
+	uint64_t peer0 = stat_of("pages_peer"), home0 = stat_of("pages_to_system");
+	assert_migrate(p, len, b, n);
+	cr_assert_eq(stat_of("pages_peer"), peer0);
+	cr_assert_eq(stat_of("pages_to_system") - home0, n);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, b);
+	assert_pattern(p, len, 0xfeed);
+}
+
+/*
+ * The second device is too small: the pages that fit move straight, the
+ * rest stay on the first device or come home, and no page loses its data.
+ */
+Test(migrate, peer_target_full, .timeout = T_SHORT)
+{
+	const size_t n = 64, len = n * PG;
+	hmm_device_t *a, *b;
+	char *p;
+
+	need_hmm();
+	cr_assert_eq(hmm_option_set("EVICT", 0), 0);
+	a = open_sim(len);
+	b = open_sim(len / 4);
+	p = map_adopt(len);
+	fill_pattern(p, len, 0xf011);
+	assert_migrate(p, len, a, n);
+	long r = hmm_migrate(p, len, b, 0);
+	cr_assert_eq(r, -ENOMEM, "hmm_migrate = %ld", r);
+	/* What fit moved; the rest stayed where it was. */
+	cr_assert_eq(dev_used(b), n / 4);
+	cr_assert_eq(dev_used(a), n - n / 4);
+	assert_all_loc(p, len / 4, HMM_LOC_DEVICE, b);
+	assert_all_loc(p + len / 4, len - len / 4, HMM_LOC_DEVICE, a);
+	assert_pattern(p, len, 0xf011);
+}
+
+/* A page locked to the first device stays there; a page held for its
+ * atomics loses the hold (hmm_migrate ends it) and moves straight, as do
+ * the others. */
+Test(migrate, peer_locked_and_held_pages, .timeout = T_SHORT)
+{
+	const size_t n = 16, len = n * PG;
+	hmm_device_t *a, *b;
+	char *p;
+
+	need_hmm();
+	a = open_sim(len);
+	b = open_sim(len);
+	p = map_adopt(len);
+	fill_pattern(p, len, 0x10c);
+	assert_migrate(p, len, a, n);
+	cr_assert_eq(hmm_range_lock(p, PG, a), 0);
+	cr_assert_eq(hmm_exclusive_begin(p + PG, PG, a, HMM_EXCL_REVOKE, 0), 0);
+	cr_assert_eq(hmm_migrate(p, len, b, 0), -EBUSY);
+	assert_all_loc(p, PG, HMM_LOC_DEVICE, a);
+	uint64_t peer0 = stat_of("pages_peer");
+	uint64_t revoked0 = stat_of("holds_revoked");
+	long r = hmm_migrate(p + PG, len - PG, b, 0);
+	cr_assert_eq(r, (long)n - 1, "hmm_migrate = %ld", r);
+	cr_assert_eq(stat_of("pages_peer") - peer0, n - 1);
+	cr_assert_eq(stat_of("holds_revoked") - revoked0, 1);
+	assert_all_loc(p, PG, HMM_LOC_DEVICE, a);
+	assert_all_loc(p + PG, len - PG, HMM_LOC_DEVICE, b);
+	cr_assert_eq(hmm_range_unlock(p, PG, a), 1);
+	assert_pattern(p, len, 0x10c);
+}

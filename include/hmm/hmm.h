@@ -357,8 +357,11 @@ int hmm_device_mem_usage(hmm_device_t *dev, size_t *used_pages,
  * memory when @dev is NULL.
  *
  * Pages already there stay; pages never touched move as zero pages without
- * using system memory; pages on another device come through system memory.
- * A failure (device memory full, a copy error) leaves every page that was
+ * using system memory.  Anonymous and shared (hmm_mem_alloc) pages on
+ * another device move straight from its memory to @dev's, with no CPU
+ * page-table change (counter pages_peer; HMM_PEER_MIGRATE=0 turns that
+ * off); file pages, pages another device holds for atomics, and pages
+ * that find @dev's memory full come through system memory.  A failure (device memory full, a copy error) leaves every page that was
  * not yet moved where it was, with its data, and the call returns the error;
  * pages moved before the failure stay moved.  @flags must be 0.
  *
