@@ -1021,6 +1021,46 @@ static void bench_discard(void)
 	munmap(p, len);
 }
 
+/* ---- peer_migrate --------------------------------------------------------- */
+
+/* Data on one device that another device needs: straight between the two
+ * device memories (peer migration) against the way through system memory
+ * (HMM_PEER_MIGRATE=0: home, then out again), GB/s. */
+static void bench_peer(void)
+{
+	size_t len = opt_size;
+	char *p = map_anon(len);
+	hmm_device_t *d[2] = { open_sim(len + (64 << 20)),
+			       open_sim(len + (64 << 20)) };
+	double v[16], b[16];
+	long r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	if ((r = hmm_migrate(p, len, d[0], 0)) < 0)
+		die("hmm_migrate", (int)r);
+	for (int k = 0, at = 0; k < opt_repeat; k++) {
+		for (int peer = 1; peer >= 0; peer--) {
+			hmm_option_set("PEER_MIGRATE", peer);
+			double t = now_s();
+			if ((r = hmm_migrate(p, len, d[!at], 0)) !=
+			    (long)(len / PG))
+				die("hmm_migrate", (int)r);
+			(peer ? v : b)[k] = len / (now_s() - t) / 1e9;
+			at = !at;
+		}
+	}
+	hmm_option_set("PEER_MIGRATE", 1);
+	report(&(struct result){ "peer_migrate", "GB/s",
+				 "through system memory",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 false, " (device to device)" });
+	hmm_device_close(d[0]);
+	hmm_device_close(d[1]);
+	munmap(p, len);
+}
+
 /* ---- thrash_pingpong ---------------------------------------------------- */
 
 /* The device and the CPU take turns reading the same data, whose
@@ -1119,6 +1159,7 @@ static const struct {
 	{ "prefetch_in_place", bench_prefetch },
 	{ "advice_discard", bench_discard },
 	{ "thrash_pingpong", bench_thrash },
+	{ "peer_migrate", bench_peer },
 	{ "idle", bench_idle },
 };
 

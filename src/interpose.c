@@ -391,6 +391,18 @@ void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
+	/*
+	 * Growing in place (no MREMAP_MAYMOVE): no page moves or goes, and
+	 * what is added was unmapped, so no mirror has anything to drop and
+	 * no userfaultfd event comes.  Straight through, without taking any
+	 * lock or waiting for the service thread: liburcu-bp grows its
+	 * reader registry this way inside the first hmm_pt_read_lock of a
+	 * thread, which a driver may take under its own page-table lock
+	 * (the sim's engines do), and an invalidation here would take that
+	 * lock again.
+	 */
+	if (flags == 0 && new_len >= old_len)
+		return (void *)syscall(SYS_mremap, old, old_len, new_len, 0);
 	range_of(old, HMM_MAX(old_len, new_len), &s, &e);
 	if (new_addr)
 		range_of(new_addr, new_len, &ns, &ne);
