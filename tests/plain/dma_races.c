@@ -94,12 +94,20 @@ static void phase1(void)
 		CHECK(pthread_create(&th[i], NULL, translator, (void *)(i + 1)) ==
 			      0,
 		      "pthread_create");
-	for (unsigned r = 0; now_ms() < end; r++) {
+	/* Past the 1.5 s, on until some translation met a link (a loaded
+	 * machine may not run the translators while one is there), for at
+	 * most 10 s more. */
+	for (unsigned r = 0; now_ms() < end || (atomic_load(&ok) == 0 &&
+						now_ms() < end + 10000);
+	     r++) {
 		char *h = r & 1 ? bufa : bufb;
 		size_t p = r % (NP - 16), n = 1 + r % 16;
 		CHECK(hmm_iova_link(mmu, iova1 + p * PG, h + p * PG, n * PG,
 				    HMM_DMA_READ) == 0,
 		      "link");
+		/* Now and then the link stays a while. */
+		if (r % 64 == 0)
+			usleep(200);
 		CHECK(hmm_iova_unlink(mmu, iova1 + p * PG, n * PG) == (long)n,
 		      "unlink");
 	}
