@@ -190,11 +190,14 @@ static void kernel_rw(void)
 	CHECK(check(a, n, 3, 3, 1) == n, "scaled data, first bad word %zu",
 	      check(a, n, 3, 3, 1));
 
-	/* A sum into a counter in hmm_mem_alloc memory. */
+	/* A sum of zero-copy memory on the GPU into a counter in
+	 * hmm_mem_alloc memory. */
 	CHECK(!hmm_mem_alloc(len, HMM_MEM_ZERO_COPY, (void **)&b), "alloc");
 	fill(b, n, 4);
 	CHECK(!hmm_mem_alloc(PG, 0, (void **)&sum), "alloc sum");
 	*sum = 0;
+	/* The counter lives in GPU memory: the atomics stay on the GPU. */
+	CHECK(hmm_migrate(sum, PG, dev, 0) == 1, "migrate sum");
 	CHECK(hmm_migrate(b, len, dev, 0) > 0, "migrate b");
 	struct hmm_cuda_dims dims = { { 32, 1, 1 }, { 256, 1, 1 }, 0 };
 	struct hmm_cuda_range rr[2] = { { b, len, HMM_CUDA_READ },
