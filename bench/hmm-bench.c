@@ -1138,6 +1138,53 @@ static void bench_idle(void)
 	munmap(p, 64 * PG);
 }
 
+/* ---- GPU scenarios (gpu_bench.cu, with the cuda driver) --------------- */
+
+#ifdef HMM_BENCH_CUDA
+#include "gpu_bench.h"
+
+static void gpu_scenario(const char *name, gpu_scenario_fn fn,
+			 const char *baseline)
+{
+	struct gpu_figure f = { 0, 0 };
+	char why[256] = "";
+	int r = fn(opt_size, opt_repeat, &f, why, sizeof(why));
+
+	if (r == 0) {
+		report(&(struct result){ name, "GB/s", baseline, f.value,
+					 f.baseline, false, NULL });
+		return;
+	}
+	/* No GPU is no failure: the scenario says why it did not run. */
+	if (opt_json)
+		printf("{\"scenario\": \"%s\", \"skipped\": \"%s\"}\n",
+		       name, r == 77 ? "no CUDA device" : "failed");
+	else
+		printf("%-22s skipped: %s\n", name, why);
+	if (r != 77)
+		fprintf(stderr, "hmm-bench: %s: %s\n", name, why);
+	fflush(stdout);
+}
+
+static void bench_gpu_faultback(void)
+{
+	gpu_scenario("gpu_cpu_faultback", gpu_cpu_faultback,
+		     "cudaMallocManaged, same pass");
+}
+
+static void bench_gpu_prefetch(void)
+{
+	gpu_scenario("gpu_prefetch_to_device", gpu_prefetch_to_device,
+		     "pinned cudaMemcpy");
+}
+
+static void bench_gpu_kernel_read(void)
+{
+	gpu_scenario("gpu_kernel_read_mirrored", gpu_kernel_read_mirrored,
+		     "kernel on managed, prefetched");
+}
+#endif
+
 static const struct {
 	const char *name;
 	void (*fn)(void);
@@ -1161,6 +1208,11 @@ static const struct {
 	{ "thrash_pingpong", bench_thrash },
 	{ "peer_migrate", bench_peer },
 	{ "idle", bench_idle },
+#ifdef HMM_BENCH_CUDA
+	{ "gpu_cpu_faultback", bench_gpu_faultback },
+	{ "gpu_prefetch_to_device", bench_gpu_prefetch },
+	{ "gpu_kernel_read_mirrored", bench_gpu_kernel_read },
+#endif
 };
 
 static void usage(FILE *f)

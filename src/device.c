@@ -211,6 +211,9 @@ int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
 		free(dev);
 		return ret;
 	}
+	/* Drivers that register host memory for DMA learn of libhmm's
+	 * aliases (hostreg.c). */
+	hmm__host_regions_attach(dev);
 	*out = dev;
 	return 0;
 }
@@ -288,6 +291,7 @@ int hmm_device_close(hmm_device_t *dev)
 	hmm__advice_forget_device(dev->id);
 	if (busy)
 		return 0; /* exiting: the memory and threads go with the process */
+	hmm__host_regions_detach(dev);
 	if (dev->ops->fini)
 		dev->ops->fini(dev);
 	pthread_mutex_lock(&hmm__ctx.dev_lock);

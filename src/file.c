@@ -343,6 +343,13 @@ int hmm_file_adopt(void *addr, size_t len, int fd, unsigned int flags)
 	}
 	if (kind == HMM_MK_FPROT)
 		hmm__blocks_for_each(s, e, set_prot_block, &vp);
+	/* The page-cache pages behind a FILE alias stay while the range
+	 * lives (moving to a device only unmaps the user's view), so a
+	 * driver may pin the alias and DMA straight into them (hostreg.c). */
+	if (kind == HMM_MK_FILE) {
+		a->host_reg = true;
+		hmm__host_region_add(a->alias, len);
+	}
 	slot_get(&a->obj);
 	a->file = true;
 	atomic_fetch_add(&hmm__file_ranges, 1);

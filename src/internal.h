@@ -408,6 +408,11 @@ struct hmm_alloc {
 	bool sync_each;		/* HMM_FILE_SYNC_EACH */
 	bool file;		/* from hmm_file_adopt (counted in
 				 * hmm__file_ranges) */
+	/* The alias was announced to drivers (hostreg.c): announce its
+	 * removal before unmapping it. */
+	bool host_reg;
+	/* Made by hmm_mem_alloc(HMM_MEM_ZERO_COPY): hmm_mem_free takes it. */
+	bool mem_alloc;
 };
 
 /* Whether @addr is in shared memory whose data a MADV_DONTNEED keeps
@@ -551,6 +556,17 @@ extern atomic_int hmm__file_sync_each;
 int hmm__procmem_rw(bool write, void *buf, uintptr_t va, size_t len);
 /* raw mprotect (no interposition, no prot_gen bump) */
 int hmm__sys_mprotect(void *addr, size_t len, int prot);
+
+/* ---- hostreg.c ------------------------------------------------------ */
+/* libhmm's own host mappings that drivers may register for DMA (the
+ * driver ops host_register and host_unregister).  add after mapping,
+ * remove before unmapping; attach once a device is open, detach before
+ * its fini.  The driver hooks run under hostreg.c's lock, which may be
+ * taken under ctx.ranges_lock. */
+void hmm__host_region_add(void *addr, size_t len);
+void hmm__host_region_remove(void *addr, size_t len);
+void hmm__host_regions_attach(hmm_device_t *dev);
+void hmm__host_regions_detach(hmm_device_t *dev);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {

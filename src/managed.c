@@ -288,6 +288,49 @@ int hmm_range_release(void *addr, size_t len)
 	return ret;
 }
 
+/*
+ * hmm_mem_alloc(HMM_MEM_ZERO_COPY): a memfd of libhmm's, mapped shared and
+ * managed as a file range (hmm_file_adopt, MINOR faults when the kernel
+ * has them).  A page that moves to a device keeps its page-cache page;
+ * coming back, the device's data is written into that page through the
+ * alias and UFFDIO_CONTINUE maps it, so a driver that pinned the alias
+ * (host_register) DMAs straight into the page: no bounce buffer, no
+ * UFFDIO_COPY.  The price: device-resident pages free no system memory.
+ */
+static int mem_alloc_zero_copy(size_t len, void **out)
+{
+	int fd = memfd_create("libhmm", MFD_CLOEXEC), ret = 0;
+	struct hmm_mrange *r;
+	void *user;
+
+	if (fd < 0)
+		return errno == EMFILE || errno == ENFILE ? -EMFILE : -ENOMEM;
+	if (ftruncate(fd, (off_t)len)) {
+		close(fd);
+		return -ENOMEM;
+	}
+	user = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (user == MAP_FAILED) {
+		close(fd);
+		return -ENOMEM;
+	}
+	ret = hmm_file_adopt(user, len, fd, 0);
+	close(fd); /* hmm_file_adopt keeps its own descriptor */
+	if (ret) {
+		hmm__sys_munmap(user, len);
+		/* hmm_mem_alloc's documented errors */
+		return ret == -EPERM || ret == -ESHUTDOWN || ret == -EMFILE
+			       ? ret : -ENOMEM;
+	}
+	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
+	r = hmm__range_find((uintptr_t)user);
+	if (r && r->alloc)
+		r->alloc->mem_alloc = true;
+	pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+	*out = user;
+	return 0;
+}
+
 int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 {
 	struct stat sb;
@@ -295,12 +338,15 @@ int hmm_mem_alloc(size_t len, unsigned int flags, void **out)
 	void *user;
 	int ret;
 
-	if (!out || !len || flags || len > (SIZE_MAX >> 1))
+	if (!out || !len || (flags & ~HMM_MEM_ZERO_COPY) ||
+	    len > (SIZE_MAX >> 1))
 		return -EINVAL;
 	len = (len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 	ret = hmm__ensure();
 	if (ret)
 		return ret;
+	if (flags & HMM_MEM_ZERO_COPY)
+		return mem_alloc_zero_copy(len, out);
 	a = calloc(1, sizeof(*a));
 	if (!a)
 		return -ENOMEM;
@@ -372,6 +418,17 @@ int hmm_mem_free(void *addr, size_t len)
 	len = (len + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 	pthread_rwlock_wrlock(&hmm__ctx.ranges_lock);
 	r = hmm__range_find(s);
+	if (r && HMM_MK_IS_FILE(r->kind) && r->alloc && r->alloc->mem_alloc &&
+	    r->alloc->start == s && r->alloc->len == len) {
+		/* HMM_MEM_ZERO_COPY: a file range; release it (device data
+		 * comes home into its pages), then unmap it. */
+		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);
+		ret = hmm_range_release(addr, len);
+		if (ret)
+			return ret == -ESHUTDOWN ? ret : -EINVAL;
+		hmm__sys_munmap(addr, len);
+		return 0;
+	}
 	if (!r || r->kind != HMM_MK_SHMEM || r->alloc->memfd < 0 ||
 	    r->alloc->start != s || r->alloc->len != len) {
 		pthread_rwlock_unlock(&hmm__ctx.ranges_lock);

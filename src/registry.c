@@ -370,6 +370,8 @@ void hmm__alloc_put(struct hmm_alloc *a)
 		if (a->sync_each)
 			atomic_fetch_sub(&hmm__file_sync_each, 1);
 	}
+	if (a->host_reg) /* drivers unpin it first (hostreg.c) */
+		hmm__host_region_remove(a->alias, a->len);
 	if (a->alias)
 		hmm__munmap_own(a->alias, a->len);
 	if (a->memfd >= 0)

@@ -291,7 +291,7 @@ Test(badinput, mem_alloc_bad_args, .timeout = T_SHORT)
 	void *p = (void *)0x1;
 
 	need_hmm();
-	cr_assert_eq(hmm_mem_alloc(PG, 1, &p), -EINVAL);
+	cr_assert_eq(hmm_mem_alloc(PG, 2, &p), -EINVAL); /* 1 is HMM_MEM_ZERO_COPY */
 	cr_assert_eq(p, (void *)0x1, "a failed call changed *out");
 	cr_assert_eq(hmm_mem_alloc(0, 0, &p), -EINVAL);
 	cr_assert_eq(p, (void *)0x1, "a failed call changed *out");

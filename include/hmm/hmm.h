@@ -175,15 +175,30 @@ int hmm_range_release(void *addr, size_t len);
  *
  * The memory is backed by a memfd (shared memory), mapped read/write at an
  * address chosen by libhmm, zero filled, and managed from the start.
- * @len is rounded up to the page size.  @flags must be 0.
+ * @len is rounded up to the page size.  @flags: 0 or HMM_MEM_ZERO_COPY.
  *
- * Returns 0 and stores the address in *@out, or -EINVAL, -ENOMEM, -EPERM,
- * -ESHUTDOWN.
+ * With 0, a page that moves to a device frees its system memory, and a
+ * CPU access copies the device's data into a new page (UFFDIO_COPY).
+ *
+ * With HMM_MEM_ZERO_COPY, the memory is managed as a shmem file mapping
+ * (see hmm_file_adopt): a page on a device keeps its system page, and a
+ * CPU access has the device write its data straight into that page,
+ * which is then mapped as it is (userfaultfd MINOR fault,
+ * UFFDIO_CONTINUE).  Drivers that pin host memory (cuda) reach that page
+ * by DMA, at link speed in both directions.  Device-resident pages free
+ * no system memory; hmm_range_lock and hmm_exclusive_begin are not
+ * available (as for files); hmm_mem_free brings the device's data home
+ * before it unmaps.
+ *
+ * Returns 0 and stores the address in *@out, or -EINVAL, -ENOMEM, -EMFILE
+ * (no file descriptor left for the memfd), -EPERM, -ESHUTDOWN.
  */
+#define HMM_MEM_ZERO_COPY 1u
 int hmm_mem_alloc(size_t len, unsigned int flags, void **out);
 
 /*
- * hmm_mem_free - free memory from hmm_mem_alloc.  Device copies are dropped.
+ * hmm_mem_free - free memory from hmm_mem_alloc.  Device copies are dropped
+ * (HMM_MEM_ZERO_COPY memory: brought home first, then unmapped).
  *
  * Returns 0, or -EINVAL (not an allocation of libhmm, or a different
  * length), -ESHUTDOWN.

@@ -435,6 +435,26 @@ struct hmm_driver_ops {
 	 * the pages written.  Otherwise every page the device could write
 	 * (its CPU mapping was writable) counts as written. */
 	bool tracks_dirty;
+	/*
+	 * host_register, if not NULL, is told of each host mapping of
+	 * libhmm's own that it gives as @host to copy and whose pages stay
+	 * put for the mapping's life: the aliases of shmem file ranges
+	 * (hmm_file_adopt of a memfd or tmpfs file, hmm_mem_alloc with
+	 * HMM_MEM_ZERO_COPY), whose page-cache pages libhmm never frees
+	 * while a device holds their data.  A driver whose DMA is faster
+	 * from memory it registered (pinned) registers the mapping here
+	 * and then copies straight into and out of those pages; the cuda
+	 * driver does.  host_unregister comes before the mapping goes away.
+	 * Both are called for each mapping that exists when the device opens
+	 * and for each made or removed while it is open, from any thread,
+	 * serialised by a lock of libhmm's that may be taken under its
+	 * range lock: they must not call into libhmm nor touch managed
+	 * memory.  host_register returns 0 or -errno; an error only means
+	 * that copies to and from that mapping go the ordinary way.  (Added
+	 * in 0.2: drivers built against 0.1 must be rebuilt.)
+	 */
+	int (*host_register)(hmm_device_t *dev, void *addr, size_t len);
+	void (*host_unregister)(hmm_device_t *dev, void *addr, size_t len);
 };
 
 /* The device as drivers see it.  Fields marked (core) are libhmm's. */
