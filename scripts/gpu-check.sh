@@ -50,14 +50,34 @@ step() {
 	return $rc
 }
 
+# The GPU image has nvcc, meson and ninja but not Debian's liburcu-bp nor
+# Criterion: packages fetched by scripts/gpu-deps.sh on the build machine
+# and carried in .gpu-deps/ are unpacked there (not into /), and found
+# through their own pkg-config.
+if ! pkg-config --exists liburcu-bp 2>/dev/null &&
+	ls .gpu-deps/*.deb >/dev/null 2>&1; then
+	root=$PWD/.gpu-deps/root
+	ml=usr/lib/x86_64-linux-gnu
+	for f in .gpu-deps/*.deb; do dpkg -x "$f" "$root" || exit 1; done
+	export PATH="$root/usr/bin:$PATH"
+	export LD_LIBRARY_PATH="$root/$ml${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	export PKG_CONFIG_LIBDIR="$root/$ml/pkgconfig:$root/usr/share/pkgconfig"
+	export PKG_CONFIG_SYSROOT_DIR="$root"
+fi
+# Without Criterion only the plain and cuda tests are built (all that
+# this script runs).
+criterion=enabled
+pkg-config --exists criterion 2>/dev/null || criterion=disabled
+
 missing=()
-for p in meson ninja nvcc; do
+for p in meson ninja nvcc pkg-config; do
 	command -v "$p" >/dev/null || missing+=("$p")
 done
-pkg-config --exists criterion 2>/dev/null || missing+=(criterion)
+pkg-config --exists liburcu-bp 2>/dev/null || missing+=(liburcu-bp)
 if [ ${#missing[@]} -ne 0 ]; then
-	echo "gpu-check: missing here: ${missing[*]} (no network: carry them" \
-	     "or use a machine that has them)" | tee "$OUT/summary.txt"
+	echo "gpu-check: missing here: ${missing[*]} (no network: run" \
+	     "scripts/gpu-deps.sh on the build machine and carry .gpu-deps)" |
+		tee "$OUT/summary.txt"
 	exit 1
 fi
 
@@ -71,7 +91,8 @@ fi
 step nvidia-smi 15 nvidia-smi -L
 step nvidia-smi-q 15 nvidia-smi -q -d MEMORY,CLOCK,PCIE
 rm -rf "$BUILD"
-step setup 45 meson setup "$BUILD" -Dcuda=enabled -Dtests=true || {
+step setup 45 meson setup "$BUILD" -Dcuda=enabled -Dtests=true \
+	-Dcriterion=$criterion || {
 	echo "gpu-check: meson setup failed; see $OUT/setup.log"; exit 1; }
 # Only what the steps below run: the GPU tests and hmm-bench.
 step build 150 ninja -C "$BUILD" -j "$JOBS" tests/test_cuda bench/hmm-bench || {
