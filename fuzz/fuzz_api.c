@@ -476,9 +476,13 @@ static void do_mem(struct fz_in *in)
 	void *p = NULL;
 	int ret, want;
 
-	want = null_out || !len || flags || len > SIZE_MAX / 2 ? -EINVAL : 0;
+	want = null_out || !len || (flags & ~HMM_MEM_ZERO_COPY) ||
+			       len > SIZE_MAX / 2
+		       ? -EINVAL
+		       : 0;
 	ret = hmm_mem_alloc(len, flags, null_out ? NULL : &p);
-	if (ret != want && !(want == 0 && ret == -ENOMEM))
+	if (ret != want &&
+	    !(want == 0 && (ret == -ENOMEM || ret == -EMFILE)))
 		FZ_FAIL("hmm_mem_alloc(%zu, %#x, %s) = %d, expected %d", len,
 			flags, null_out ? "NULL" : "&p", ret, want);
 	if (ret)
