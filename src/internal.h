@@ -280,8 +280,6 @@ enum {
 #define PSF_UNMAPPED 0x10    /* unmapped or moved (mremap) while in flight */
 #define PSF_TO_DEVICE 0x20   /* MIGRATING towards a device */
 #define PSF_SRC_PRESENT 0x40 /* MIGRATING to device: source was present */
-#define PSF_FILLING 0x40     /* SYSTEM: the service thread is filling it
-			      * with zeros right now (migrations wait) */
 #define PSF_DROPPING 0x20    /* SYSTEM: the application's drop (a REMOVE
 			      * event) is under way: the kernel sends the
 			      * event before it zaps, so whatever data a

@@ -848,10 +848,7 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			pthread_mutex_unlock(&b->lock);
 			return -ENOENT;
 		case PS_SYSTEM:
-			if (!(st & PSF_FILLING))
-				break;
-			/* the service thread is filling it: wait */
-			__attribute__((fallthrough));
+			break;
 		case PS_MIGRATING: {
 			int r = wait_block(b, deadline);
 			pthread_mutex_unlock(&b->lock);

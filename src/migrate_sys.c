@@ -690,13 +690,11 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 						      : PSF_CLEARED);
 			break;
 		case PS_SYSTEM:
-			/* Marked even while the service thread fills it
-			 * (PSF_FILLING): a fill that finds the page present
-			 * (it was just brought home) installs nothing and
-			 * keeps the mark, and a migration that collects it
-			 * after the fill must know the kernel is about to drop
-			 * it; a fill that installs zeros clears the mark
-			 * (fill_end: zeros are what the drop leaves). */
+			/* A fill of zeros by the service thread runs under
+			 * b->lock (handle_fault): one before this mark left
+			 * the page present, maybe written since, and the mark
+			 * stays until the kernel's drop; one after it clears
+			 * the mark (zeros are what the drop leaves). */
 			if (da->unmap) {
 				b->state[i] = PS_NONE;
 				b->mod[i] = 0;

@@ -144,7 +144,7 @@ int hmm__pages_set_state(uintptr_t start, uintptr_t end, uint8_t state)
 			/* A page on a device or in flight is not ours to
 			 * overwrite: its owner settles it. */
 			if (PS_KIND(*st) == PS_DEVICE ||
-			    PS_KIND(*st) == PS_MIGRATING || (*st & PSF_FILLING))
+			    PS_KIND(*st) == PS_MIGRATING)
 				ret = -EAGAIN;
 			else {
 				*st = state;

@@ -152,39 +152,41 @@ again:
 
 /*
  * Fault-around for first touches: [page, end) over pages that are SYSTEM
- * and idle, never over a page whose data lives elsewhere.  The pages are
- * marked PSF_FILLING (under b->lock) until the fill is done, so that a
- * migration cannot collect one meanwhile: it would see it absent, give the
- * device zeros, and then drop the page the CPU is about to write.
+ * and idle, never over a page whose data lives elsewhere.  Called with
+ * b->lock held, which stays held until the fill is done (handle_fault), so
+ * that no migration collects a page meanwhile (it would see it absent,
+ * give the device zeros, and then drop the page the CPU is about to
+ * write), and so that the zeros are ordered with drop marks.
  */
 static uintptr_t fill_begin(struct hmm_block *b, uintptr_t page)
 {
 	uintptr_t s, e, end = page;
 
 	stream_window(page, &s, &e);
-	while (end < e) {
-		uint8_t *st = &b->state[hmm__block_index(end)];
-		if ((*st & ~PSF_DROPPING) != PS_SYSTEM)
-			break;
-		*st |= PSF_FILLING;
+	while (end < e &&
+	       (b->state[hmm__block_index(end)] & ~PSF_DROPPING) == PS_SYSTEM)
 		end += HMM_PAGE_SIZE;
-	}
 	return end;
 }
 
-/* The fill of [page, end) is over; the first @filled pages got zeros, so
- * any drop under way there is complete (the pages were absent). */
-static void fill_end(struct hmm_block *b, uintptr_t page, uintptr_t end,
-		     size_t filled)
+/*
+ * The fill of [page, end) is over; the first @filled pages got zeros.
+ * Called with b->lock held since before the zeros went in (handle_fault):
+ * a drop marked on those pages (PSF_DROPPING) was marked before the
+ * zeros, so it is complete (the pages were absent, and zeros are what it
+ * leaves).  A drop marked after the zeros is still to come: the
+ * application may have written the pages since, and the mark must stay
+ * until its system call has run, or a migration would take their data
+ * to a device and the drop would miss it (race_migrate_drop_shared saw
+ * the old data come back when the fill ran unlocked).
+ */
+static void fill_end_locked(struct hmm_block *b, uintptr_t page,
+			    size_t filled)
 {
 	uintptr_t done = page + (filled << HMM_PAGE_SHIFT);
 
-	pthread_mutex_lock(&b->lock);
-	for (uintptr_t p = page; p < end; p += HMM_PAGE_SIZE)
-		b->state[hmm__block_index(p)] &=
-			(uint8_t)~(PSF_FILLING | (p < done ? PSF_DROPPING : 0));
-	pthread_cond_broadcast(&b->cond);
-	pthread_mutex_unlock(&b->lock);
+	for (uintptr_t p = page; p < done; p += HMM_PAGE_SIZE)
+		b->state[hmm__block_index(p)] &= (uint8_t)~PSF_DROPPING;
 }
 
 /*
@@ -437,13 +439,19 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				return HMM_MIN(resolve_zero(page,
 							    page + HMM_PAGE_SIZE,
 							    write), 0);
+			/* The zeros go in under b->lock, which orders them
+			 * with the application's drop marks (fill_end_locked)
+			 * and with migrations.  UFFDIO_COPY and ZEROPAGE wait
+			 * for no thread of libhmm. */
 			pthread_mutex_lock(&b->lock);
 			uintptr_t end = fill_begin(b, page);
-			pthread_mutex_unlock(&b->lock);
-			if (end == page)
+			if (end == page) {
+				pthread_mutex_unlock(&b->lock);
 				continue; /* it changed: look again */
+			}
 			int r = resolve_zero(page, end, write);
-			fill_end(b, page, end, r > 0 ? (size_t)r : 0);
+			fill_end_locked(b, page, r > 0 ? (size_t)r : 0);
+			pthread_mutex_unlock(&b->lock);
 			return HMM_MIN(r, 0);
 		}
 	}
