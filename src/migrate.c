@@ -938,7 +938,8 @@ static int copy_to_device(const struct hmm_mrange *r, struct hmm_block *b,
  * its system copy is gone (so its data lives only in the device copy).
  * Returns pages now on the device. */
 static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
-			       struct sel *sel, bool *waiters, bool fprot)
+			       struct sel *sel, bool *waiters, bool fprot,
+			       bool shmem)
 {
 	uint32_t dropped[HMM_BLOCK_PAGES];
 	size_t moved = 0, drop = 0;
@@ -960,19 +961,27 @@ static size_t commit_to_device(struct hmm_block *b, hmm_device_t *dev,
 			if (!to || !hmm__forward_commit(to, dev, devbits,
 							sel->dpfn[k], st))
 				dropped[drop++] = sel->dpfn[k];
-		} else if (!sel->flag[k]) {
-			/* Not dropped (the drop failed there): the system
-			 * copy stays, the device copy goes. */
+		} else if (!sel->flag[k] || (st & PSF_CLEARED)) {
+			/* Not dropped (the drop failed there, or the
+			 * application dropped the page meanwhile): the system
+			 * copy stays, the device copy goes.  Dropped by the
+			 * application: while its madvise is under way (its
+			 * record in ctx.drops), the kernel may not have
+			 * dropped yet (a file's page cache keeps the old data
+			 * until the hole is punched) and the next migration
+			 * looks (drop_pending); once it has returned, a mark
+			 * would outlive it and make a later migration drop
+			 * what the application wrote since.  (Files keep the
+			 * mark: their drops, truncations included, are not
+			 * all recorded there, and the mark is checked against
+			 * the page cache.) */
 			dropped[drop++] = sel->dpfn[k];
 			b->state[i] = PS_SYSTEM;
-			b->ndev--;
-		} else if (st & PSF_CLEARED) {
-			/* Dropped by the application meanwhile.  Its system
-			 * call may not have dropped yet (a file's page cache
-			 * keeps the old data until the hole is punched): the
-			 * next migration looks (drop_pending). */
-			dropped[drop++] = sel->dpfn[k];
-			b->state[i] = PS_SYSTEM | PSF_DROPPING;
+			if ((st & PSF_CLEARED) &&
+			    (!shmem ||
+			     hmm__rec_covers(&hmm__ctx.drops, sel_va(b, i),
+					     sel_va(b, i) + HMM_PAGE_SIZE)))
+				b->state[i] |= PSF_DROPPING;
 			b->ndev--;
 		} else {
 			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
@@ -1224,8 +1233,22 @@ again:
 	if (ret)
 		goto fail_unwp;
 
-	/* Phase 3 */
+	/* Phase 3.  Shared memory: a page the application dropped meanwhile
+	 * (PSF_CLEARED) is not dropped again.  Its drop took the old data;
+	 * what is there now came after it: the application may have read the
+	 * hole back through a page that the copy's read of the alias put in
+	 * the page cache (no userfaultfd fault then) and written it, and a
+	 * second drop would lose that (race_migrate_drop_shared caught it).
+	 * A mark set after this look is for a drop still under way, whose
+	 * data may go. */
 	memset(sel->flag, 1, sel->n);
+	if (r->kind == HMM_MK_SHMEM) {
+		pthread_mutex_lock(&b->lock);
+		for (size_t k = 0; k < sel->n; k++)
+			if (b->state[sel->idx[k]] & PSF_CLEARED)
+				sel->flag[k] = 0;
+		pthread_mutex_unlock(&b->lock);
+	}
 	ret = hmm__zap_runs(r, b, sel, zaps, &nzaps);
 	if (ret) {
 		/* The drop failed part-way (the range changed under us):
@@ -1247,7 +1270,8 @@ again:
 		wp_runs(b, sel, false, &deadline);
 commit:
 	moved = commit_to_device(b, dev, sel, &waiters,
-				 r->kind == HMM_MK_FPROT);
+				 r->kind == HMM_MK_FPROT,
+				 r->kind == HMM_MK_SHMEM);
 	for (size_t z = 0; z < nzaps; z++)
 		hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
 	if (waiters)
