@@ -15,30 +15,10 @@
 #include <hmm/hmm.h>
 #include <hmm/hmm_cuda.h>
 
+#include "bench_time.h"
 #include "gpu_bench.h"
 
 #define PG 4096UL
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 #define FAIL(...)                                                           \
 	do {                                                                \

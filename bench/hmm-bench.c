@@ -30,6 +30,8 @@
 #include <hmm/hmm_pt.h>
 #include <hmm/hmm_sim.h>
 
+#include "bench_time.h"
+
 #define PG 4096UL
 
 static size_t opt_size = 1UL << 30;
@@ -42,27 +44,6 @@ struct result {
 	bool lower_better;
 	const char *note;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static void report(const struct result *r)
 {
