@@ -606,26 +606,38 @@ static bool drop_pending(struct hmm_block *b, unsigned i, uintptr_t va)
 
 /* ---- device to device ---------------------------------------------- */
 
-/* The pages of @sel go back to their device as they were. */
-static void peer_undo(struct hmm_block *b, const struct sel *sel)
+/*
+ * Settle the pages of @sel, MIGRATING from @src since peer_move collected
+ * them: one unmapped meanwhile follows an mremap with its source copy (as
+ * on a move home that did not install); one dropped meanwhile loses its
+ * copies and reads zeros (the system side has no page: it was on a
+ * device); any other goes to its page @to[k] in @dev, or back to its
+ * source page when @to is NULL (an undo).  Frees the device pages no page
+ * keeps, wakes the CPU faults that parked meanwhile (a page on @dev now
+ * comes home from there) and returns the pages moved to @dev.
+ */
+static size_t peer_settle(struct hmm_block *b, const struct sel *sel,
+			  hmm_device_t *src, hmm_device_t *dev,
+			  const uint32_t *to)
 {
-	hmm_device_t *src = hmm__device_get(sel->dev);
-	uint32_t gone[HMM_BLOCK_PAGES];
-	size_t ngone = 0;
+	uint32_t freed[HMM_BLOCK_PAGES], gone[HMM_BLOCK_PAGES];
+	size_t nfree = 0, ngone = 0, moved = 0;
 	bool waiters = false;
 
 	pthread_mutex_lock(&b->lock);
 	for (size_t k = 0; k < sel->n; k++) {
 		unsigned i = sel->idx[k];
-		uint8_t st = b->state[i];
+		uint8_t st = b->state[i], devbits = b->dev[i];
+		uintptr_t va = sel_va(b, i);
 		waiters |= st & PSF_WAITERS;
 		if (st & PSF_UNMAPPED) {
-			uintptr_t fwd = hmm__forward_take(sel_va(b, i));
-			uint8_t devbits = b->dev[i];
+			uintptr_t fwd = hmm__forward_take(va);
 			b->state[i] = PS_NONE;
 			b->dev[i] = 0;
 			b->mod[i] = 0;
 			b->ndev--;
+			if (to)
+				freed[nfree++] = to[k];
 			if (!fwd || !hmm__forward_commit(fwd, src, devbits,
 							 sel->dpfn[k], st))
 				gone[ngone++] = sel->dpfn[k];
@@ -634,19 +646,31 @@ static void peer_undo(struct hmm_block *b, const struct sel *sel)
 			b->dev[i] = 0;
 			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
 			b->ndev--;
+			if (to)
+				freed[nfree++] = to[k];
 			gone[ngone++] = sel->dpfn[k];
+		} else if (to) {
+			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
+			b->dev[i] = (uint8_t)((devbits & ~0x3fu) | dev->id);
+			b->dpfn[i] = to[k];
+			hmm__devmem_set_owner(dev, to[k], va);
+			gone[ngone++] = sel->dpfn[k];
+			moved++;
 		} else {
 			b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
 		}
 	}
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
+	if (nfree)
+		hmm__devmem_free(dev, freed, nfree);
 	if (src)
 		hmm__devmem_free(src, gone, ngone);
 	if (waiters)
 		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
 			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
 				       sel_run(sel, k) << HMM_PAGE_SHIFT);
+	return moved;
 }
 
 /* Copy the source pages of @sel to @to in @dst: memcpy between the two
@@ -722,11 +746,9 @@ static size_t free_pages(hmm_device_t *dev)
 static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		      hmm_device_t *dev, struct sel *sel)
 {
-	uint32_t to[HMM_BLOCK_PAGES], freed[HMM_BLOCK_PAGES];
-	uint32_t gone[HMM_BLOCK_PAGES];
-	size_t nfree = 0, ngone = 0, moved = 0;
+	uint32_t to[HMM_BLOCK_PAGES];
 	hmm_device_t *src;
-	bool waiters = false;
+	size_t moved;
 	int ret;
 
 	size_t room = free_pages(dev), want = (e - s) >> HMM_PAGE_SHIFT;
@@ -758,7 +780,7 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 		/* Taken meanwhile by another migration: the pages stay;
 		 * no source cannot happen (close brings its pages home
 		 * first). */
-		peer_undo(b, sel);
+		peer_settle(b, sel, src, dev, NULL);
 		return ret == -ENODEV ? 0 : ret;
 	}
 	uintptr_t span_s = sel_va(b, sel->idx[0]);
@@ -766,66 +788,18 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	/* The source's translations go, and so would any of @dev's (the
 	 * owner tells drivers that @dev asked). */
 	if (!hmm__invalidate(span_s, span_e, HMM_NOTIFY_MIGRATE, dev, true)) {
-		peer_undo(b, sel);
+		peer_settle(b, sel, src, dev, NULL);
 		hmm__devmem_free(dev, to, sel->n);
 		return 0;
 	}
 	ret = peer_copy(src, dev, sel, to);
 	if (ret) {
-		peer_undo(b, sel);
+		peer_settle(b, sel, src, dev, NULL);
 		hmm__devmem_free(dev, to, sel->n);
 		hmm__stat_add(HMM_STAT_migration_failures, 1);
 		return ret;
 	}
-	pthread_mutex_lock(&b->lock);
-	for (size_t k = 0; k < sel->n; k++) {
-		unsigned i = sel->idx[k];
-		uint8_t st = b->state[i], devbits = b->dev[i];
-		uintptr_t va = sel_va(b, i);
-		waiters |= st & PSF_WAITERS;
-		if (st & PSF_UNMAPPED) {
-			/* munmap, or mremap: the source copy follows the
-			 * move as on a move home that did not install. */
-			uintptr_t fwd = hmm__forward_take(va);
-			b->state[i] = PS_NONE;
-			b->dev[i] = 0;
-			b->mod[i] = 0;
-			b->ndev--;
-			freed[nfree++] = to[k];
-			if (!fwd || !hmm__forward_commit(fwd, src, devbits,
-							 sel->dpfn[k], st))
-				gone[ngone++] = sel->dpfn[k];
-			continue;
-		}
-		if (st & PSF_CLEARED) {
-			/* Dropped meanwhile: both copies go; the system
-			 * side has no page (it was on a device), so the
-			 * page reads zeros. */
-			b->state[i] = PS_SYSTEM;
-			b->dev[i] = 0;
-			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
-			b->ndev--;
-			freed[nfree++] = to[k];
-			gone[ngone++] = sel->dpfn[k];
-			continue;
-		}
-		b->state[i] = PS_DEVICE | (st & PSF_DEV_WRITE);
-		b->dev[i] = (uint8_t)((devbits & ~0x3fu) | dev->id);
-		b->dpfn[i] = to[k];
-		hmm__devmem_set_owner(dev, to[k], va);
-		gone[ngone++] = sel->dpfn[k];
-		moved++;
-	}
-	pthread_cond_broadcast(&b->cond);
-	pthread_mutex_unlock(&b->lock);
-	hmm__devmem_free(dev, freed, nfree);
-	hmm__devmem_free(src, gone, ngone);
-	/* CPU faults that parked meanwhile look again: the page is on
-	 * @dev now, and comes home from there. */
-	if (waiters)
-		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
-			hmm__uffd_wake(hmm__ctx.uffd, sel_va(b, sel->idx[k]),
-				       sel_run(sel, k) << HMM_PAGE_SHIFT);
+	moved = peer_settle(b, sel, src, dev, to);
 	hmm__stat_add(HMM_STAT_pages_peer, moved);
 	return (long)moved;
 }
