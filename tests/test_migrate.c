@@ -2,6 +2,8 @@
 /* Migration between system memory and devices, and CPU fault-back. */
 #include <sys/uio.h>
 
+#include <hmm/hmm_driver.h>
+
 #include "common.h"
 
 static const size_t sizes[] = { 1, 2, 3, 16, 511, 512, 513, 2048 + 7 };
@@ -591,4 +593,31 @@ Test(migrate, peer_locked_and_held_pages, .timeout = T_SHORT)
 	assert_all_loc(p + PG, len - PG, HMM_LOC_DEVICE, b);
 	cr_assert_eq(hmm_range_unlock(p, PG, a), 1);
 	assert_pattern(p, len, 0x10c);
+}
+
+/* A peer copy that fails leaves every page on the first device with its
+ * data; the next try moves them. */
+Test(migrate, peer_copy_failure_keeps_data, .timeout = T_SHORT)
+{
+	const size_t n = 32, len = n * PG;
+	hmm_device_t *a, *b;
+	char *p;
+
+	need_hmm();
+	a = open_sim(len);
+	b = open_sim(len);
+	p = map_adopt(len);
+	fill_pattern(p, len, 0xe10);
+	assert_migrate(p, len, a, n);
+	uint64_t fails0 = stat_of("migration_failures");
+	cr_assert_eq(hmm_inject_fault("copy_to_device", 0, 0, 1), 0);
+	long r = hmm_migrate(p, len, b, 0);
+	cr_assert_eq(r, -EIO, "hmm_migrate = %ld", r);
+	cr_assert_eq(stat_of("migration_failures") - fails0, 1);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, a);
+	cr_assert_eq(dev_used(a), n);
+	cr_assert_eq(dev_used(b), 0);
+	assert_migrate(p, len, b, n);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, b);
+	assert_pattern(p, len, 0xe10);
 }
