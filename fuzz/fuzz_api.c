@@ -447,7 +447,7 @@ static void do_advise(struct fz_in *in)
 	static const int ok[] = { EINVAL, ENOENT, ENODEV, EOPNOTSUPP, ENOMEM,
 				  0 };
 	struct rng r;
-	int dk, advice = in8(in) % 7;
+	int dk, advice = in8(in) % 8;
 	hmm_device_t *d = pick_dev(in, &dk);
 	int ret;
 

@@ -15,7 +15,9 @@
  * first migrates the segment's pages it touches to that device, unless
  * their 2 MiB block is pinned for thrashing (may_move); every other device
  * fault maps pages where they are.  DISCARD drops contents (see
- * hmm_advise).
+ * hmm_advise).  READ_MOSTLY: device read faults there get read-only copies
+ * in the faulting device's memory (dup.c), and the segment's pages are
+ * never moved by advice.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -32,6 +34,7 @@ struct seg {
 	uintptr_t start, end;
 	uint8_t pref;		/* device id, PREF_NONE or PREF_SYSTEM */
 	uint64_t accessed_by;	/* bit per device id */
+	bool read_mostly;	/* devices read copies of their own (dup.c) */
 };
 
 static pthread_rwlock_t advice_lock = PTHREAD_RWLOCK_INITIALIZER;
@@ -41,7 +44,7 @@ static size_t cap;		/* advice_lock */
 
 static bool seg_empty(const struct seg *s)
 {
-	return s->pref == PREF_NONE && !s->accessed_by;
+	return s->pref == PREF_NONE && !s->accessed_by && !s->read_mostly;
 }
 
 /* Split the segment that crosses @a, if any.  advice_lock held (writing),
@@ -70,7 +73,8 @@ static void tidy(void)
 			continue;
 		if (o && segs[o - 1].end == segs[i].start &&
 		    segs[o - 1].pref == segs[i].pref &&
-		    segs[o - 1].accessed_by == segs[i].accessed_by) {
+		    segs[o - 1].accessed_by == segs[i].accessed_by &&
+		    segs[o - 1].read_mostly == segs[i].read_mostly) {
 			segs[o - 1].end = segs[i].end;
 			continue;
 		}
@@ -114,18 +118,18 @@ static int apply(uintptr_t start, uintptr_t end, seg_fn fn, uintptr_t arg)
 		}
 		if (g->start >= end) {
 			if (pos < end)
-				out[o++] = (struct seg){ pos, end, PREF_NONE, 0 };
+				out[o++] = (struct seg){ pos, end, PREF_NONE, 0, false };
 			pos = end;
 			out[o++] = *g;
 			continue;
 		}
 		if (g->start > pos)
-			out[o++] = (struct seg){ pos, g->start, PREF_NONE, 0 };
+			out[o++] = (struct seg){ pos, g->start, PREF_NONE, 0, false };
 		out[o++] = *g;
 		pos = g->end;
 	}
 	if (pos < end)
-		out[o++] = (struct seg){ pos, end, PREF_NONE, 0 };
+		out[o++] = (struct seg){ pos, end, PREF_NONE, 0, false };
 	for (size_t i = 0; i < o; i++)
 		if (out[i].start >= start && out[i].end <= end)
 			fn(&out[i], arg);
@@ -140,11 +144,13 @@ static int apply(uintptr_t start, uintptr_t end, seg_fn fn, uintptr_t arg)
 static void set_pref(struct seg *s, uintptr_t v) { s->pref = (uint8_t)v; }
 static void add_acc(struct seg *s, uintptr_t v) { s->accessed_by |= 1ULL << v; }
 static void del_acc(struct seg *s, uintptr_t v) { s->accessed_by &= ~(1ULL << v); }
+static void set_rm(struct seg *s, uintptr_t v) { s->read_mostly = v != 0; }
 static void clear_all(struct seg *s, uintptr_t v)
 {
 	(void)v;
 	s->pref = PREF_NONE;
 	s->accessed_by = 0;
+	s->read_mostly = false;
 }
 
 int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev)
@@ -177,6 +183,12 @@ int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev)
 		if (dev)
 			return -EINVAL;
 		break;
+	case HMM_ADVISE_READ_MOSTLY:
+	case HMM_ADVISE_UNSET_READ_MOSTLY:
+		fn = set_rm;
+		if (dev)
+			return -EINVAL;
+		break;
 	default:
 		return -EINVAL;
 	}
@@ -192,6 +204,8 @@ int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev)
 		arg = dev->id;
 	else if (advice == HMM_ADVISE_PREFERRED_LOCATION)
 		arg = PREF_SYSTEM;
+	else if (advice == HMM_ADVISE_READ_MOSTLY)
+		arg = 1;
 	pthread_rwlock_rdlock(&hmm__ctx.ranges_lock);
 	ret = hmm__ranges_cover(s, e);
 	if (!ret && fn) {
@@ -206,6 +220,11 @@ int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev)
 				advice == HMM_ADVISE_PREFERRED_LOCATION ? dev
 									: NULL,
 				!hmm__on_service_thread());
+	/* Read-mostly no more: the copies go (after the advice changed, so
+	 * that no new one is made after this). */
+	if (!ret && advice == HMM_ADVISE_UNSET_READ_MOSTLY)
+		hmm__dups_collapse(s, e, NULL, HMM_NOTIFY_PROTECTION_PAGE,
+				   !hmm__on_service_thread());
 	/* DISCARD: anonymous memory, private or shared; a file's data is
 	 * the file's to keep.  The pieces and their kinds, then the calls
 	 * without the lock (the madvise wrapper takes it). */
@@ -262,6 +281,7 @@ int hmm_advice_get(const void *addr, struct hmm_advice_info *out)
 					hmm__device_get(segs[i].pref);
 			}
 			out->accessed_by = segs[i].accessed_by;
+			out->read_mostly = segs[i].read_mostly;
 			break;
 		}
 	}
@@ -339,7 +359,10 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 		const struct seg *sg = &segs[i];
 		if (sg->end <= start || sg->start >= end)
 			continue;
-		if (sg->pref != dev->id || (sg->accessed_by >> dev->id) & 1)
+		/* Read-mostly pages stay where they are and are copied:
+		 * moving them would make the other readers fault. */
+		if (sg->pref != dev->id || (sg->accessed_by >> dev->id) & 1 ||
+		    sg->read_mostly)
 			continue;
 		todo[n].s = HMM_MAX(sg->start, start);
 		todo[n].e = HMM_MIN(sg->end, end);
@@ -357,6 +380,25 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 					      (uint64_t)r);
 		}
 	}
+}
+
+size_t hmm__advice_read_mostly(uintptr_t s, uintptr_t e, struct hmm_span *out,
+			       size_t max)
+{
+	size_t n = 0;
+
+	if (!atomic_load_explicit(&nsegs, memory_order_relaxed))
+		return 0;
+	pthread_rwlock_rdlock(&advice_lock);
+	for (size_t i = 0; i < nsegs && n < max; i++) {
+		if (!segs[i].read_mostly || segs[i].end <= s ||
+		    segs[i].start >= e)
+			continue;
+		out[n].s = HMM_MAX(segs[i].start, s);
+		out[n++].e = HMM_MIN(segs[i].end, e);
+	}
+	pthread_rwlock_unlock(&advice_lock);
+	return n;
 }
 
 void hmm__advice_forget(uintptr_t start, uintptr_t end)

@@ -326,6 +326,7 @@ static void atfork_child(void)
 	hmm__blocks_fork_child();
 	hmm__holds_fork_child();
 	hmm__devices_fork_child();
+	hmm__dups_fork_child();
 	hmm__prefetch_fork_child();
 	hmm__advice_fork_child();
 	hmm__trace_fork_child();

@@ -229,6 +229,7 @@ static bool evict_all(hmm_device_t *dev)
 		pthread_mutex_unlock(&dev->mem->lock);
 		if (!used)
 			return true;
+		hmm__dups_reclaim(dev);
 		hmm__migrate_all_to_system(dev);
 		if (round)
 			sched_yield();
@@ -452,16 +453,24 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want)
 	struct hmm_devmem *m = dev->mem;
 	uintptr_t *va;
 	size_t n = 0;
-	long moved = 0;
+	long moved = 0, freed = 0;
 
+	/* Read-only copies (dup.c) are the cheapest room: nothing to copy
+	 * back.  They go whether or not eviction is on. */
+	if (want && atomic_load_explicit(&hmm__dup_blocks, memory_order_relaxed)) {
+		freed = hmm__dups_reclaim(dev);
+		if ((size_t)freed >= want)
+			return freed;
+		want -= (size_t)freed;
+	}
 	if (!hmm__option(HMM_OPT_EVICT) || !want)
-		return 0;
+		return freed;
 	uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 
 	want = HMM_MIN(want, m->npages);
 	va = malloc(want * sizeof(*va));
 	if (!va)
-		return -ENOMEM;
+		return freed ? freed : -ENOMEM;
 	for (size_t step = 0; step < 2 * m->npages && n < want;) {
 		size_t n0 = n, k = n0;
 		pthread_mutex_lock(&m->lock);
@@ -503,5 +512,5 @@ long hmm__devmem_evict(hmm_device_t *dev, size_t want)
 	if (hmm__tracing())
 		hmm__trace_event("evict", "migrate", t, 0, (uint64_t)moved,
 				 (int)dev->id);
-	return moved;
+	return moved + freed;
 }

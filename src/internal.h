@@ -29,6 +29,7 @@
 #include "hmm/hmm_driver.h"
 
 struct hmm_zap;
+struct hmm_dupset;
 
 #define HMM_PAGE_SHIFT 12
 #define HMM_PAGE_MASK (HMM_PAGE_SIZE - 1)
@@ -111,6 +112,8 @@ long hmm__option(enum hmm_option opt);
 	X(thrash_pins, 0, "2 MiB blocks pinned to system memory for ping-ponging") \
 	X(thrash_remote_faults, 0, "device faults that mapped a pinned block remotely") \
 	X(pages_discarded, 0, "pages dropped by HMM_ADVISE_DISCARD")      \
+	X(dup_pages_created, 0, "read-only duplicates made (HMM_ADVISE_READ_MOSTLY)") \
+	X(dup_pages_collapsed, 0, "read-only duplicates freed by a write or a change") \
 	X(prefetches_in_place, 0, "prefetches done at once: pages in place") \
 	X(dma_pages_linked, 0, "pages linked in an IOMMU (DMA mapping)")    \
 	X(dma_pages_unlinked, 0, "DMA-mapped pages unlinked by invalidations") \
@@ -313,6 +316,11 @@ struct hmm_block {
 	uint32_t thrash_seen;		/* cpu_backs at the last advice move */
 	uint32_t thrash_count;		/* ping-pongs in a row */
 	uint64_t thrash_until_ms;	/* pinned to system memory until */
+	/* Read-only duplicates of this block's system pages on devices
+	 * (dup.c), one set per device; and until when no new ones are made
+	 * here (a write collapsed some: CLOCK_MONOTONIC ns).  Both lock. */
+	struct hmm_dupset *dups;
+	uint64_t dup_quiet_ns;
 };
 
 /*
@@ -805,6 +813,60 @@ extern bool hmm__exiting;
 void hmm__block_signals(void);
 bool hmm__tid_is_own(pid_t tid);
 extern __thread bool hmm__own_thread;
+
+/* ---- dup.c ---------------------------------------------------------- */
+/*
+ * Read duplication (HMM_ADVISE_READ_MOSTLY).  A page with duplicates is
+ * PS_SYSTEM, holds nothing, and is write-protected; its duplicates are
+ * read-only copies in devices' memory.  Anything that would change the
+ * system page or take it out of PS_SYSTEM removes them first.
+ */
+/* Ready duplicates taken out of blocks, to free once their pages are
+ * invalidated. */
+struct hmm_dupbag {
+	uint32_t *dpfn;
+	uint8_t *dev;
+	size_t n, cap;
+};
+/* Blocks with duplicates exist (a hint for the fast paths). */
+extern _Atomic long hmm__dup_blocks;
+/* Under b->lock: whether a page of [i0, i1) has a duplicate (ready or
+ * being made). */
+bool hmm__dups_any_locked(const struct hmm_block *b, unsigned i0,
+			  unsigned i1);
+/* Under b->lock: remove the duplicates of pages [i0, i1); the ready ones
+ * go into @bag (false: out of memory, some stayed). */
+bool hmm__dups_detach_locked(struct hmm_block *b, unsigned i0, unsigned i1,
+			     struct hmm_dupbag *bag);
+/* After the invalidation of their pages: free the device pages. */
+void hmm__dupbag_release(struct hmm_dupbag *bag);
+/* Remove the duplicates in [s, e) (of device @dev, or all if NULL):
+ * detached, invalidated (@event), freed, and the system pages left with
+ * none lose their write protection.  Returns pages freed. */
+long hmm__dups_collapse(uintptr_t s, uintptr_t e, hmm_device_t *dev,
+			enum hmm_notifier_event event, bool blockable);
+/* Service thread: a CPU fault (@wp: a write-protect fault) on @page,
+ * which has duplicates: they go, and with @wp the write goes on.  0 (the
+ * fault is resolved), 1 (look at the page again: it is not in system
+ * memory any more, or it is absent and needs filling), or -EAGAIN (try
+ * again later). */
+int hmm__dups_cpu_fault(struct hmm_block *b, uintptr_t page, bool wp);
+/* hmm_range_fault's last step, for @owner's device (may be NULL): read
+ * faults in read-mostly ranges get duplicates in its memory; pages with
+ * duplicates are reported as @owner's copy, or without write access. */
+void hmm__dups_range_fault(struct hmm_range *range, hmm_device_t *owner);
+/* Free every duplicate on @dev (eviction, close).  Pages freed. */
+long hmm__dups_reclaim(hmm_device_t *dev);
+/* In the child of fork: no duplicates (the write protection did not
+ * follow); their device pages are freed. */
+void hmm__dups_fork_child(void);
+/* Read-mostly runs of [s, e) (advice.c): up to @max into @out, sorted;
+ * returns the count. */
+struct hmm_span {
+	uintptr_t s, e;
+};
+size_t hmm__advice_read_mostly(uintptr_t s, uintptr_t e, struct hmm_span *out,
+			       size_t max);
 
 /* ---- interpose.c ---------------------------------------------------- */
 /* libhmm's own unmaps and madvises: straight to the kernel. */

@@ -753,8 +753,7 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 
 	size_t room = free_pages(dev), want = (e - s) >> HMM_PAGE_SHIFT;
 
-	if (room < want && hmm__option(HMM_OPT_EVICT) &&
-	    hmm__devmem_evict(dev, want - room) > 0)
+	if (room < want && hmm__devmem_evict(dev, want - room) > 0)
 		room = free_pages(dev);
 	pthread_mutex_lock(&b->lock);
 	sel->n = 0;
@@ -814,6 +813,14 @@ static int collect_to_device(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	uintptr_t other_s = 0, other_e = 0;
 
 	pthread_mutex_lock(&b->lock);
+	if (b->dups && hmm__dups_any_locked(b, hmm__block_index(s),
+					    hmm__block_index(e - 1) + 1)) {
+		/* Read-only copies on devices (dup.c) go first: the page
+		 * moves, one copy of it. */
+		pthread_mutex_unlock(&b->lock);
+		hmm__dups_collapse(s, e, NULL, HMM_NOTIFY_MIGRATE, true);
+		return -EAGAIN;
+	}
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
 		unsigned i = hmm__block_index(p);
 		uint8_t st = b->state[i];

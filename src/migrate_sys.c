@@ -630,6 +630,7 @@ struct drop_arg {
 	size_t nfreed, cap;
 	bool zero;		/* a page locked to its device: zeroed there */
 	bool wake;		/* a hold ended: CPU writes may be waiting */
+	struct hmm_dupbag dups;	/* read-only copies, freed once invalidated */
 };
 
 static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
@@ -638,6 +639,13 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	struct drop_arg *da = arg;
 
 	pthread_mutex_lock(&b->lock);
+	/* Read-only copies on devices go with the data they copied (shared
+	 * memory's MADV_DONTNEED keeps the data, and them).  In the same
+	 * critical section as the marks below: a copy made after it finds
+	 * the pages marked, or their zeros. */
+	if (b->dups && !(da->keep_data && !da->unmap))
+		hmm__dups_detach_locked(b, hmm__block_index(s),
+					hmm__block_index(e - 1) + 1, &da->dups);
 	for (uintptr_t p = s; p < e; p += HMM_PAGE_SIZE) {
 		unsigned i = hmm__block_index(p);
 		uint8_t st = b->state[i];
@@ -774,6 +782,7 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 				 1);
 	free(da.freed);
 	free(da.freed_dev);
+	hmm__dupbag_release(&da.dups);
 }
 
 static void drop_done_block(struct hmm_block *b, uintptr_t s, uintptr_t e,

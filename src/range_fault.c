@@ -402,6 +402,10 @@ int hmm_range_fault(struct hmm_range *range)
 			ret = r;
 	}
 	snap_free(&sn);
+	/* Read-mostly pages: copies in the faulting device's memory, and
+	 * no write access where copies exist (dup.c). */
+	if (!ret)
+		hmm__dups_range_fault(range, hmm__device_of_owner(owner));
 	if (!ret && range->notifier &&
 	    hmm_interval_check_retry(range->notifier, range->notifier_seq))
 		ret = -EBUSY;

@@ -163,8 +163,12 @@ static uintptr_t fill_begin(struct hmm_block *b, uintptr_t page)
 	uintptr_t s, e, end = page;
 
 	stream_window(page, &s, &e);
+	/* A page with read-only copies on devices is not filled behind
+	 * them: its own fault removes them first (dup.c). */
 	while (end < e &&
-	       (b->state[hmm__block_index(end)] & ~PSF_DROPPING) == PS_SYSTEM)
+	       (b->state[hmm__block_index(end)] & ~PSF_DROPPING) == PS_SYSTEM &&
+	       !(b->dups && hmm__dups_any_locked(b, hmm__block_index(end),
+						 hmm__block_index(end) + 1)))
 		end += HMM_PAGE_SIZE;
 	return end;
 }
@@ -418,13 +422,29 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				hmm__hold_write_parked(page);
 				return 0;
 			}
-			pthread_mutex_unlock(&b->lock);
+			if (b->dups && hmm__dups_any_locked(b, idx, idx + 1)) {
+				/* Read-only copies on devices: they go before
+				 * the write (a write-protect fault), or before
+				 * the page is filled again (it went away
+				 * without an event: MADV_FREE). */
+				pthread_mutex_unlock(&b->lock);
+				int r = hmm__dups_cpu_fault(b, page, wp);
+				if (r <= 0)
+					return r;
+				continue; /* look again (and fill) */
+			}
 			if (wp) {
 				/* A write-protection left from a migration
-				 * that has ended: lift it (this wakes). */
+				 * that has ended, or from copies removed
+				 * since: lift it (this wakes).  Under b->lock:
+				 * a copy made in between protects the page
+				 * again under it, and must stay protected
+				 * (dup.c).  The ioctl waits for no thread of
+				 * libhmm. */
 				int r = hmm__uffd_writeprotect(
 					hmm__ctx.uffd, page, HMM_PAGE_SIZE,
 					false);
+				pthread_mutex_unlock(&b->lock);
 				if (r == -EAGAIN)
 					return -EAGAIN;
 				if (r)
@@ -432,6 +452,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 						       HMM_PAGE_SIZE);
 				return 0;
 			}
+			pthread_mutex_unlock(&b->lock);
 			/* SYSTEM: absent (untouched or dropped), or just
 			 * brought back (then EEXIST makes this a wake).
 			 * NONE: a registered range libhmm forgot. */

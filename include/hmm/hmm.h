@@ -452,6 +452,25 @@ long hmm_prefetch_release(hmm_prefetch_t *pf);
  *        pages on devices are dropped without being copied back and every
  *        page reads as zeros afterwards (anonymous memory, private or
  *        shared; @dev must be NULL).  Counter: pages_discarded.
+ *   HMM_ADVISE_READ_MOSTLY           the pages are read far more than
+ *        written (@dev must be NULL): a device that faults on one for
+ *        reading gets a read-only copy in its own memory, while the page
+ *        stays in system memory, where the CPU reads it as before; several
+ *        devices may hold copies at once.  Any write, by the CPU or by a
+ *        device (through hmm_range_fault), first removes every copy of
+ *        the page: devices' translations are invalidated and the copies
+ *        freed before the write happens, so every later read sees it.
+ *        Migrating the page, dropping it, unmapping it, releasing the
+ *        range or closing a device removes copies too, and copies are the
+ *        first thing given up when a device's memory runs out.  Anonymous
+ *        memory and hmm_mem_alloc memory (not shared with a child after
+ *        fork); file-backed pages and pages held by a device are mapped
+ *        where they are.  Advice never migrates read-mostly pages, even
+ *        to a preferred device.  Needs write-protect faults (HMM_CAP_WP;
+ *        without them the advice is kept but makes no copies).
+ *        Counters: dup_pages_created, dup_pages_collapsed.
+ *   HMM_ADVISE_UNSET_READ_MOSTLY     (@dev must be NULL) the copies in the
+ *        range are removed.
  *
  * Advice ends with the range (release, munmap) and, for a device, when the
  * device closes.  Returns 0, or -EINVAL (bad range, unknown advice, @dev
@@ -466,17 +485,20 @@ enum hmm_advice {
 	HMM_ADVISE_ACCESSED_BY = 3,
 	HMM_ADVISE_UNSET_ACCESSED_BY = 4,
 	HMM_ADVISE_DISCARD = 5,
+	HMM_ADVISE_READ_MOSTLY = 6,
+	HMM_ADVISE_UNSET_READ_MOSTLY = 7,
 };
 int hmm_advise(void *addr, size_t len, int advice, hmm_device_t *dev);
 
 /* The advice in force at @addr: preferred is HMM_LOC_UNMANAGED (none),
  * HMM_LOC_SYSTEM or HMM_LOC_DEVICE (with preferred_dev); accessed_by has
- * bit N set for the open device whose hmm_device_id() is N.  0 or
- * -EINVAL. */
+ * bit N set for the open device whose hmm_device_id() is N; read_mostly
+ * is HMM_ADVISE_READ_MOSTLY's.  0 or -EINVAL. */
 struct hmm_advice_info {
 	int preferred;
 	hmm_device_t *preferred_dev;
 	uint64_t accessed_by;
+	int read_mostly;
 };
 int hmm_advice_get(const void *addr, struct hmm_advice_info *out);
 

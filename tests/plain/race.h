@@ -73,13 +73,13 @@ static void race_stop(void)
  */
 #define NO_TSAN __attribute__((no_sanitize("thread")))
 
-NO_TSAN static void fill(uint64_t gen)
+NO_TSAN static inline void fill(uint64_t gen)
 {
 	for (size_t i = 0; i < LEN / 8; i++)
 		p[i] = i * 1000 + gen;
 }
 
-NO_TSAN static uint64_t word(size_t i)
+NO_TSAN static inline uint64_t word(size_t i)
 {
 	return p[i];
 }
