@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
@@ -1090,6 +1091,76 @@ static void bench_thrash(void)
 	munmap(p, len);
 }
 
+/* ---- read_mostly ---------------------------------------------------------- */
+
+/* Two devices and the CPU take turns reading the same data, ten rounds:
+ * with HMM_ADVISE_READ_MOSTLY each device reads a copy of its own, made
+ * on its first fault, and the CPU reads in place; the baseline is
+ * on-demand migration to each reader (what placement does without the
+ * advice when every reader is the preferred location: the data moves to
+ * A, straight to B, then home on the CPU's faults, every round). */
+static void bench_read_mostly(void)
+{
+	size_t len = opt_size < ((size_t)256 << 20) ? opt_size
+						    : (size_t)256 << 20;
+	char *p = map_anon(len);
+	hmm_device_t *d[2] = { open_sim(2 * len), open_sim(2 * len) };
+	double v[16], b[16], rm[16];
+	uint64_t sink = 0;
+	long r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	/* mode 0: migrate to each reader; 1: read-mostly copies; 2: no
+	 * advice, every device reads system memory where it is. */
+	for (int k = 0; k < opt_repeat; k++) {
+		for (int mode = 0; mode < 3; mode++) {
+			bool dup = mode == 1;
+			if ((r = hmm_advise(p, len,
+					    dup ? HMM_ADVISE_READ_MOSTLY
+						: HMM_ADVISE_UNSET_READ_MOSTLY,
+					    NULL)))
+				die("hmm_advise", (int)r);
+			double t = now_s();
+			for (int round = 0; round < 10; round++) {
+				for (int i = 0; i < 2; i++) {
+					if (!mode && (r = hmm_migrate(p, len, d[i],
+								      0)) < 0)
+						die("hmm_migrate", (int)r);
+					if ((r = hmm_sim_launch(d[i], p, len, 0,
+								sum_kernel,
+								&sink, NULL)))
+						die("hmm_sim_launch", (int)r);
+				}
+				for (size_t i = 0; i < len; i += PG)
+					sink += ((volatile char *)p)[i];
+			}
+			(mode == 1 ? v : mode ? rm : b)[k] = (now_s() - t) * 1e3;
+		}
+	}
+	uint64_t made = 0;
+	hmm_stat_get("dup_pages_created", &made);
+	hmm_advise(p, len, HMM_ADVISE_UNSET_READ_MOSTLY, NULL);
+	report(&(struct result){ "read_mostly", "ms",
+				 "migrate to each reader",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 true, " (10 rounds: device A, device B, CPU read)" });
+	/* On sim, device memory is host memory too: a remote read costs what
+	 * a local one does, and copies cannot win here (a GPU reading over
+	 * its bus would show the difference). */
+	report(&(struct result){ "read_mostly_vs_remote", "ms",
+				 "devices read system memory",
+				 median(v, opt_repeat), median(rm, opt_repeat),
+				 true, " (same workload, no advice)" });
+	if (!opt_json)
+		printf("  (%" PRIu64 " copies made in all)\n", made);
+	hmm_device_close(d[0]);
+	hmm_device_close(d[1]);
+	munmap(p, len);
+	(void)sink;
+}
+
 /* ---- idle -------------------------------------------------------------- */
 
 static double cpu_seconds(void)
@@ -1187,6 +1258,7 @@ static const struct {
 	{ "prefetch_in_place", bench_prefetch },
 	{ "advice_discard", bench_discard },
 	{ "thrash_pingpong", bench_thrash },
+	{ "read_mostly", bench_read_mostly },
 	{ "peer_migrate", bench_peer },
 	{ "idle", bench_idle },
 #ifdef HMM_BENCH_CUDA
