@@ -279,3 +279,47 @@ Test(advice, ping_pong_pins_then_releases, .timeout = T_SHORT)
 	}
 	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
 }
+
+/*
+ * Ping-pong between two devices: the pages' preferred location is device
+ * A, and device B reads them too.  Each of B's reads brings them home
+ * (through the CPU), each of A's moves them back: after three such round
+ * trips the block stays in system memory, where both devices map it.
+ */
+Test(advice, ping_pong_between_devices_pins, .timeout = T_SHORT)
+{
+	hmm_device_t *a, *b;
+	uint64_t pins0, moved0;
+	char *p;
+
+	need_hmm();
+	cr_assert_eq(hmm_option_set("THRASH_COUNT", 3), 0);
+	cr_assert_eq(hmm_option_set("THRASH_PIN_MS", 5000), 0);
+	a = open_sim(0);
+	b = open_sim(0);
+	p = map_adopt(NP * PG);
+	fill_pattern(p, NP * PG, 14);
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
+		     0);
+	pins0 = stat_of("thrash_pins");
+	for (int round = 1; round <= 3; round++) {
+		device_read(a, p, 0, NP, 14);
+		assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
+		device_read(b, p, 0, NP, 14); /* home, through the CPU */
+		settle(p, NP * PG);
+		assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	}
+	moved0 = stat_of("advice_migrations");
+	device_read(a, p, 0, NP, 14);
+	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
+	cr_assert_eq(stat_of("advice_migrations"), moved0,
+		     "a pinned block moved");
+	/* Pinned: both devices read it in system memory, nothing moves. */
+	for (int round = 0; round < 3; round++) {
+		device_read(b, p, 0, NP, 14);
+		device_read(a, p, 0, NP, 14);
+	}
+	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	cr_assert_eq(stat_of("advice_migrations"), moved0);
+}
