@@ -141,7 +141,7 @@ static struct {
 	X(MIGRATE, "migrate") X(MADVISE, "madvise") X(REMAP, "remap")	\
 	X(MPROTECT, "mprotect") X(MLOCK, "mlock") X(RELEASE, "release")	\
 	X(SWEEP, "sweep") X(DEVLOCK, "devlock") X(EXCL, "excl")		\
-	X(FORK, "fork")							\
+	X(FORK, "fork") X(ADVISE, "advise")				\
 	X(DEV_REFUSED, "dev_err") X(MIG_REFUSED, "mig_err")
 #define X_ENUM(e, s) K_##e,
 #define X_NAME(e, s) s,
@@ -862,6 +862,24 @@ static void *migrator(void *arg)
 		if (locked) {
 			act(t, "region read lock", -1, r, -1);
 			pthread_rwlock_rdlock(&g->lock);
+		}
+		if (!(skip_mask & (1UL << K_ADVISE)) && rnd(t, 8) == 0) {
+			/* Read-mostly on and off: devices' reads then make
+			 * copies, which every write and change must remove
+			 * (the checks of every read find any left). */
+			int adv = rnd(t, 3) ? HMM_ADVISE_READ_MOSTLY
+					    : HMM_ADVISE_UNSET_READ_MOSTLY;
+			act(t, "hmm_advise read-mostly", -1, r, (long)p);
+			ret = hmm_advise(atomic_load(&g->mem) + p * PAGE_WORDS,
+					 n * PG, adv, NULL);
+			if (locked)
+				pthread_rwlock_unlock(&g->lock);
+			count(t, K_ADVISE);
+			if (ret && ret != -ENOENT && ret != -ENOMEM)
+				failure(t, "hmm_advise region %d pages %zu+%zu: "
+					"unexpected %ld", r, p, n, ret);
+			beat(t);
+			continue;
 		}
 		act(t, dev ? "hmm_migrate to device" : "hmm_migrate home",
 		    dev ? (int)d : -1, r, (long)p);
