@@ -621,6 +621,44 @@ void hmm__dups_range_fault(struct hmm_range *range, hmm_device_t *owner)
 		report(range, owner);
 }
 
+bool hmm__dup_ready_locked(const struct hmm_block *b, unsigned i,
+			   unsigned dev)
+{
+	const struct hmm_dupset *d = set_of(b, dev);
+
+	return d && d->dpfn[i] != DUP_NONE && is_ready(d, i);
+}
+
+long hmm__dups_prefetch(hmm_device_t *dev, uintptr_t s, uintptr_t e)
+{
+	uint64_t *pfns = malloc(HMM_BLOCK_PAGES * sizeof(*pfns));
+	long done = 0;
+
+	if (!pfns)
+		return -ENOMEM;
+	for (uintptr_t p = s; p < e;) {
+		uintptr_t ce = HMM_MIN((p | (HMM_BLOCK_SIZE - 1)) + 1, e);
+		struct hmm_range r = {
+			.start = p, .end = ce, .hmm_pfns = pfns,
+			.default_flags = HMM_PFN_REQ_FAULT,
+			.dev_private_owner = hmm_device_owner(dev),
+		};
+		int ret = hmm_range_fault(&r);
+		if (ret == -EBUSY)
+			continue; /* changed under the fault: again */
+		if (ret) {
+			free(pfns);
+			return done ? done : ret;
+		}
+		for (size_t k = 0; k < (ce - p) >> HMM_PAGE_SHIFT; k++)
+			if (pfns[k] & HMM_PFN_DEVICE)
+				done++;
+		p = ce;
+	}
+	free(pfns);
+	return done;
+}
+
 void hmm__dups_fork_child(void)
 {
 	struct hmm_block **bl;

@@ -659,6 +659,9 @@ static bool release_page(struct hmm_block *b, unsigned i, void *arg)
 	 * before a migration can protect it for its own reasons. */
 	if (PMOD_KIND(m) == PMOD_EXCL_RO &&
 	    PS_KIND(b->state[i]) == PS_SYSTEM &&
+	    /* Read-only copies on devices (dup.c) keep the protection:
+	     * the next write removes them first. */
+	    !(b->dups && hmm__dups_any_locked(b, i, i + 1)) &&
 	    hmm__uffd_writeprotect(hmm__ctx.uffd, va, HMM_PAGE_SIZE, false) ==
 		    -EAGAIN) {
 		/* An event must be read first.  (Any other failure: the page

@@ -855,6 +855,12 @@ int hmm__dups_cpu_fault(struct hmm_block *b, uintptr_t page, bool wp);
  * faults in read-mostly ranges get duplicates in its memory; pages with
  * duplicates are reported as @owner's copy, or without write access. */
 void hmm__dups_range_fault(struct hmm_range *range, hmm_device_t *owner);
+/* Under b->lock: page @i has a ready copy on device @dev. */
+bool hmm__dup_ready_locked(const struct hmm_block *b, unsigned i,
+			   unsigned dev);
+/* A prefetch of read-mostly [s, e) to @dev: copies there instead of a
+ * move.  Pages on @dev afterwards (copies or its own), or -errno. */
+long hmm__dups_prefetch(hmm_device_t *dev, uintptr_t s, uintptr_t e);
 /* Free every duplicate on @dev (eviction, close).  Pages freed. */
 long hmm__dups_reclaim(hmm_device_t *dev);
 /* In the child of fork: no duplicates (the write protection did not

@@ -6,7 +6,9 @@
  * caller, after one look at their states (a byte per page, under each
  * block's lock): no thread, no queue.  The others go to one prefetch
  * thread, started on first use, which runs them in order with
- * hmm_migrate; the caller waits on the handle, or polls it.
+ * hmm_migrate; the caller waits on the handle, or polls it.  Read-mostly
+ * parts (HMM_ADVISE_READ_MOSTLY) prefetched to a device get copies there
+ * instead, and count as in place once the device has them.
  *
  * pf_lock protects the queue, the thread's existence, and every handle's
  * done and result fields (one lock and one condition for all: prefetches
@@ -59,7 +61,10 @@ bool hmm__pages_in_place(uintptr_t s, uintptr_t e, hmm_device_t *dev)
 		for (uintptr_t q = p; q < be && ok; q += HMM_PAGE_SIZE) {
 			unsigned i = hmm__block_index(q);
 			uint8_t k = PS_KIND(b->state[i]);
-			ok = dev ? k == PS_DEVICE && PDEV_ID(b->dev[i]) == dev->id
+			ok = dev ? (k == PS_DEVICE &&
+				    PDEV_ID(b->dev[i]) == dev->id) ||
+					   (k == PS_SYSTEM && b->dups &&
+					    hmm__dup_ready_locked(b, i, dev->id))
 				 : k == PS_SYSTEM;
 		}
 		pthread_mutex_unlock(&b->lock);
@@ -68,6 +73,34 @@ bool hmm__pages_in_place(uintptr_t s, uintptr_t e, hmm_device_t *dev)
 		p = be;
 	}
 	return true;
+}
+
+/*
+ * One prefetch: hmm_migrate, except that read-mostly parts prefetched to a
+ * device get copies there (dup.c) and stay in system memory, as a device
+ * read would leave them.  Returns the pages moved or copied, or the first
+ * error.
+ */
+static long prefetch_one(struct hmm_prefetch *pf)
+{
+	uintptr_t s = (uintptr_t)pf->addr, e = s + pf->len;
+	struct hmm_span rm[16];
+	long total = 0;
+
+	for (uintptr_t p = s; p < e;) {
+		size_t n = pf->dev ? hmm__advice_read_mostly(p, e, rm, 16) : 0;
+		uintptr_t ms = n ? rm[0].s : e, me = n ? rm[0].e : e;
+		long r = ms > p ? hmm_migrate((void *)p, ms - p, pf->dev, 0) : 0;
+		if (r < 0)
+			return r;
+		total += r;
+		r = me > ms ? hmm__dups_prefetch(pf->dev, ms, me) : 0;
+		if (r < 0)
+			return r;
+		total += r;
+		p = me;
+	}
+	return total;
 }
 
 /* pf_lock held. */
@@ -100,7 +133,7 @@ static void *prefetch_main(void *arg)
 		/* The migration waits for faults and devices: not under the
 		 * queue's lock. */
 		pthread_mutex_unlock(&pf_lock);
-		long r = hmm_migrate(pf->addr, pf->len, pf->dev, 0);
+		long r = prefetch_one(pf);
 		pthread_mutex_lock(&pf_lock);
 		pf_running = NULL;
 		complete(pf, r);

@@ -380,3 +380,49 @@ Test(dup, readers_see_every_finished_write, .timeout = T_LONG)
 		     "no copy was ever collapsed: the race did not happen");
 	free(buf);
 }
+
+/* A prefetch to a device of read-mostly memory makes copies there (the
+ * pages stay in system memory); a second one finds them in place. */
+Test(dup, prefetch_makes_copies, .timeout = T_SHORT)
+{
+	hmm_device_t *a, *b;
+	hmm_prefetch_t *pf;
+	uint64_t c0, f0, in0;
+	char *p;
+
+	need_hmm();
+	need_wp();
+	a = open_sim(0);
+	b = open_sim(0);
+	p = map_adopt(2 * NP * PG);
+	fill_pattern(p, 2 * NP * PG, 36);
+	/* The first half read-mostly, the second not: it moves. */
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_READ_MOSTLY, NULL), 0);
+	c0 = stat_of("dup_pages_created");
+	cr_assert_eq(hmm_prefetch_start(p, 2 * NP * PG, a, 0, &pf), 0);
+	cr_assert_eq(hmm_prefetch_wait(pf, -1), 2 * NP);
+	cr_assert_eq(hmm_prefetch_release(pf), 2 * NP);
+	cr_assert_eq(stat_of("dup_pages_created") - c0, NP);
+	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	assert_all_loc(p + NP * PG, NP * PG, HMM_LOC_DEVICE, a);
+	cr_assert_eq(dev_used(a), 2 * NP);
+	/* The device reads its copies without faulting for them. */
+	f0 = stat_of("device_faults");
+	dev_sees(a, p, 0, NP, 36);
+	cr_assert_leq(stat_of("device_faults") - f0, 1);
+	/* Again: in place, done in the call. */
+	in0 = stat_of("prefetches_in_place");
+	cr_assert_eq(hmm_prefetch_start(p, 2 * NP * PG, a, 0, &pf), 0);
+	cr_assert_eq(stat_of("prefetches_in_place") - in0, 1);
+	cr_assert_eq(hmm_prefetch_release(pf), 0);
+	/* Another device's prefetch makes its own copies. */
+	cr_assert_eq(hmm_prefetch_start(p, NP * PG, b, 0, &pf), 0);
+	cr_assert_eq(hmm_prefetch_wait(pf, -1), NP);
+	hmm_prefetch_release(pf);
+	cr_assert_eq(dev_used(b), NP);
+	dev_sees(b, p, 0, NP, 36);
+	/* A write still reaches every reader. */
+	fill_pattern(p, NP * PG, 37);
+	dev_sees(a, p, 0, NP, 37);
+	dev_sees(b, p, 0, NP, 37);
+}

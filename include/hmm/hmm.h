@@ -400,8 +400,11 @@ long hmm_migrate(void *addr, size_t len, hmm_device_t *dev,
  * complete when the call returns, at the cost of one look at the pages'
  * states; otherwise libhmm's prefetch thread moves the pages, prefetches
  * in the order they were started.  The pages stay usable meanwhile: a CPU
- * access to a page in flight waits for it, as with hmm_migrate.  A
- * pending prefetch keeps @dev open: hmm_device_close waits for it.
+ * access to a page in flight waits for it, as with hmm_migrate.  Parts of
+ * the range under HMM_ADVISE_READ_MOSTLY get read-only copies on @dev
+ * instead of moving (they stay in system memory; a page with @dev's copy
+ * counts as in place, and as moved in the result).  A pending prefetch
+ * keeps @dev open: hmm_device_close waits for it.
  * hmm_fini (and exit) completes the prefetches not yet started with
  * -ECANCELED; in the child of fork, the parent's pending prefetches are
  * complete with -ECANCELED.
