@@ -292,7 +292,11 @@ int hmm_advice_get(const void *addr, struct hmm_advice_info *out)
 /*
  * Thrashing control for the block of @p, before advice moves its pages to
  * their preferred device: whether they may move.  A ping-pong is a move
- * here followed by a CPU fault-back in the block before the next move;
+ * here followed by a CPU fault-back in the block before the next move
+ * (another device's read comes back through the CPU too, so ping-pongs
+ * between devices count).  First the throttle: while a run of ping-pongs
+ * lasts, a move waits HMM_THRASH_THROTTLE_MS after the previous one, the
+ * device mapping the block where it is meanwhile.  Then the pin:
  * HMM_THRASH_COUNT of them in a row pin the block to system memory for
  * HMM_THRASH_PIN_MS, during which devices map it where it is.  A device
  * fault that finds no fault-back since the last move ends the run.
@@ -327,9 +331,22 @@ static bool may_move(uintptr_t p)
 				now + (uint64_t)hmm__option(HMM_OPT_THRASH_PIN_MS);
 			hmm__stat_add(HMM_STAT_thrash_pins, 1);
 			ok = false;
+		} else if (b->thrash_count &&
+			   now < b->thrash_moved_ms +
+					 (uint64_t)hmm__option(
+						 HMM_OPT_THRASH_THROTTLE_MS)) {
+			/* Throttled: this fault maps the block where it
+			 * is.  The ping-pong is counted when the move
+			 * happens, so the fault-backs stay unseen. */
+			b->thrash_count--;
+			pthread_mutex_unlock(&b->lock);
+			hmm__stat_add(HMM_STAT_thrash_throttled, 1);
+			return false;
 		}
 	}
 	b->thrash_seen = backs;
+	if (ok)
+		b->thrash_moved_ms = now;
 	pthread_mutex_unlock(&b->lock);
 	if (!ok)
 		hmm__stat_add(HMM_STAT_thrash_remote_faults, 1);

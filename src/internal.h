@@ -86,6 +86,7 @@ enum hmm_option {
 	HMM_OPT_THRASH_COUNT,
 	HMM_OPT_THRASH_PIN_MS,
 	HMM_OPT_PEER_MIGRATE,
+	HMM_OPT_THRASH_THROTTLE_MS,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);
@@ -111,6 +112,7 @@ long hmm__option(enum hmm_option opt);
 	X(advice_migrations, 0, "pages moved to their preferred device on its faults") \
 	X(thrash_pins, 0, "2 MiB blocks pinned to system memory for ping-ponging") \
 	X(thrash_remote_faults, 0, "device faults that mapped a pinned block remotely") \
+	X(thrash_throttled, 0, "advice moves held back by the thrashing throttle") \
 	X(pages_discarded, 0, "pages dropped by HMM_ADVISE_DISCARD")      \
 	X(dup_pages_created, 0, "read-only duplicates made (HMM_ADVISE_READ_MOSTLY)") \
 	X(dup_pages_collapsed, 0, "read-only duplicates freed by a write or a change") \
@@ -316,6 +318,7 @@ struct hmm_block {
 	uint32_t thrash_seen;		/* cpu_backs at the last advice move */
 	uint32_t thrash_count;		/* ping-pongs in a row */
 	uint64_t thrash_until_ms;	/* pinned to system memory until */
+	uint64_t thrash_moved_ms;	/* the last advice move here */
 	/* Read-only duplicates of this block's system pages on devices
 	 * (dup.c), one set per device; and until when no new ones are made
 	 * here (a write collapsed some: CLOCK_MONOTONIC ns).  Both lock. */

@@ -49,6 +49,11 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 		"a migration to a device takes anonymous and shared pages "
 		"that are on another device straight from it (0: through "
 		"system memory)" },
+	[HMM_OPT_THRASH_THROTTLE_MS] = { "HMM_THRASH_THROTTLE_MS", 0, 0,
+		3600000,
+		"once a block ping-pongs, its next move to the preferred "
+		"device waits this long after the last one, devices mapping "
+		"it where it is meanwhile (0: no throttle)" },
 };
 
 /* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */

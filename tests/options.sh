@@ -17,7 +17,7 @@ echo "$out" | grep -Eq '^HMM_SIM_ENGINES +4 +environment' ||
 echo "$out" | grep -Eq '^HMM_TRACE +/tmp/t.json +environment' ||
 	{ echo "HMM_TRACE not shown"; exit 1; }
 for o in HMM_LOG_LEVEL HMM_STATS HMM_SIM_MEM_SIZE HMM_MIGRATE_TIMEOUT_MS \
-	HMM_EVICT HMM_THRASH_COUNT HMM_THRASH_PIN_MS; do
+	HMM_EVICT HMM_THRASH_COUNT HMM_THRASH_PIN_MS HMM_THRASH_THROTTLE_MS; do
 	echo "$out" | grep -q "^$o " || { echo "$o missing"; exit 1; }
 done
 echo "options: ok"

@@ -323,3 +323,41 @@ Test(advice, ping_pong_between_devices_pins, .timeout = T_SHORT)
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	cr_assert_eq(stat_of("advice_migrations"), moved0);
 }
+
+/*
+ * The throttle: once a block has ping-ponged, its next move waits
+ * HMM_THRASH_THROTTLE_MS after the previous one; device faults in between
+ * map it in system memory.  After the wait it moves again.
+ */
+Test(advice, ping_pong_throttled_then_moves, .timeout = T_SHORT)
+{
+	hmm_device_t *a;
+	uint64_t thr0;
+	char *p;
+
+	need_hmm();
+	cr_assert_eq(hmm_option_set("THRASH_COUNT", 10), 0);
+	cr_assert_eq(hmm_option_set("THRASH_THROTTLE_MS", 300), 0);
+	a = open_sim(0);
+	p = map_adopt(NP * PG);
+	fill_pattern(p, NP * PG, 15);
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
+		     0);
+	thr0 = stat_of("thrash_throttled");
+	device_read(a, p, 0, NP, 15);
+	assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
+	assert_pattern(p, NP * PG, 15); /* back: a ping-pong */
+	settle(p, NP * PG);
+	/* Right away: held back, read in system memory. */
+	device_read(a, p, 0, NP, 15);
+	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
+	cr_assert_gt(stat_of("thrash_throttled"), thr0);
+	/* After the throttle: it moves (advice given again makes the device
+	 * fault, as it keeps its translations of system pages). */
+	usleep(350 * 1000);
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
+		     0);
+	device_read(a, p, 0, NP, 15);
+	assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
+	cr_assert_eq(stat_of("thrash_pins"), 0);
+}

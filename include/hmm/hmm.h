@@ -444,8 +444,13 @@ long hmm_prefetch_release(hmm_prefetch_t *pf);
  *        back on CPU faults HMM_THRASH_COUNT times in a row (option,
  *        default 3; 0 turns the control off) stays in system memory for
  *        HMM_THRASH_PIN_MS (default 1000), the device mapping it there;
- *        its next device fault after that moves it again.  Counters:
- *        thrash_pins, thrash_remote_faults.
+ *        its next device fault after that moves it again.  Before that,
+ *        with HMM_THRASH_THROTTLE_MS > 0 (default 0), a block that has
+ *        ping-ponged moves at most once per that many milliseconds,
+ *        devices mapping it where it is in between.  Another device's
+ *        reads bring pages home through the CPU, so ping-pongs between
+ *        two devices count too.  Counters: thrash_pins,
+ *        thrash_remote_faults, thrash_throttled.
  *   HMM_ADVISE_UNSET_PREFERRED_LOCATION  (@dev must be NULL)
  *   HMM_ADVISE_ACCESSED_BY           @dev reaches the pages where they
  *        are: its faults never move them, even where it is the preferred
