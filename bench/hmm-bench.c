@@ -36,6 +36,7 @@
 #define PG 4096UL
 
 static size_t opt_size = 1UL << 30;
+static long opt_link;		/* --link: HMM_SIM_LINK_GBPS for sim devices */
 static int opt_repeat = 3;
 static bool opt_json;
 
@@ -1091,6 +1092,51 @@ static void bench_thrash(void)
 	munmap(p, len);
 }
 
+/* ---- preferred_location ---------------------------------------------------- */
+
+/* One device reads the same data ten times: with its preferred location
+ * on the device, the first fault moves it there and the rest read local
+ * memory; without advice, every read crosses to system memory (on sim,
+ * as fast as a local read unless --link models a bus). */
+static void bench_preferred(void)
+{
+	size_t len = opt_size < ((size_t)256 << 20) ? opt_size
+						    : (size_t)256 << 20;
+	char *p = map_anon(len);
+	hmm_device_t *dev = open_sim(2 * len);
+	double v[16], b[16];
+	uint64_t sink = 0;
+	long r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	for (int k = 0; k < opt_repeat; k++) {
+		for (int adv = 0; adv < 2; adv++) {
+			if ((r = hmm_migrate(p, len, NULL, 0)) < 0)
+				die("hmm_migrate", (int)r);
+			if ((r = hmm_advise(p, len,
+					    adv ? HMM_ADVISE_PREFERRED_LOCATION
+						: HMM_ADVISE_UNSET_PREFERRED_LOCATION,
+					    adv ? dev : NULL)))
+				die("hmm_advise", (int)r);
+			double t = now_s();
+			for (int round = 0; round < 10; round++)
+				if ((r = hmm_sim_launch(dev, p, len, 0,
+							sum_kernel, &sink, NULL)))
+					die("hmm_sim_launch", (int)r);
+			(adv ? v : b)[k] = (now_s() - t) * 1e3;
+		}
+	}
+	report(&(struct result){ "preferred_location", "ms",
+				 "no advice: remote reads",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 true, " (10 device reads of the same data)" });
+	hmm_device_close(dev);
+	munmap(p, len);
+	(void)sink;
+}
+
 /* ---- read_mostly ---------------------------------------------------------- */
 
 /* Two devices and the CPU take turns reading the same data, ten rounds:
@@ -1258,6 +1304,7 @@ static const struct {
 	{ "prefetch_in_place", bench_prefetch },
 	{ "advice_discard", bench_discard },
 	{ "thrash_pingpong", bench_thrash },
+	{ "preferred_location", bench_preferred },
 	{ "read_mostly", bench_read_mostly },
 	{ "peer_migrate", bench_peer },
 	{ "idle", bench_idle },
@@ -1271,7 +1318,7 @@ static const struct {
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: hmm-bench [--size MiB] [--repeat N] [--json] "
-		   "[SCENARIO...]\nscenarios:");
+		   "[--link GB/s] [SCENARIO...]\nscenarios:");
 	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
 		fprintf(f, " %s", scenarios[i].name);
 	fprintf(f, "\n(migrate runs migrate_to_device and migrate_to_system)\n");
@@ -1283,13 +1330,15 @@ int main(int argc, char **argv)
 		{ "size", required_argument, NULL, 's' },
 		{ "repeat", required_argument, NULL, 'r' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "link", required_argument, NULL, 'l' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "s:r:jh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:r:jl:h", opts, NULL)) != -1) {
 		switch (c) {
+		case 'l': opt_link = strtol(optarg, NULL, 0); break;
 		case 's': opt_size = strtoul(optarg, NULL, 0) << 20; break;
 		case 'r': opt_repeat = atoi(optarg); break;
 		case 'j': opt_json = true; break;
@@ -1303,6 +1352,13 @@ int main(int argc, char **argv)
 	}
 	if ((r = hmm_init()))
 		die("hmm_init", r);
+	/* A modelled link between sim devices and system memory, so that
+	 * placement policies show what they save on a discrete device. */
+	if (opt_link && (r = hmm_option_set("SIM_LINK_GBPS", opt_link)))
+		die("hmm_option_set(SIM_LINK_GBPS)", r);
+	if (!opt_json && opt_link)
+		printf("(sim devices reach system memory over a %ld GB/s link)\n",
+		       opt_link);
 	if (!opt_json)
 		printf("%-22s %12s %-6s %-28s %12s %8s\n", "scenario", "value",
 		       "unit", "baseline", "baseline", "ratio");

@@ -313,7 +313,10 @@ static uint64_t dm_entry(struct hmm_dmirror *m, uint64_t pfn, uint64_t tags)
 	if (!(pfn & HMM_PFN_VALID) || (pfn & HMM_PFN_ERROR))
 		return 0;
 	if (pfn & HMM_PFN_DEVICE) {
-		addr = (uintptr_t)m->dev->ops->host_ptr(m->dev, frame);
+		/* A driver whose memory libhmm cannot address: the frame. */
+		addr = m->dev->ops->host_ptr
+			       ? (uintptr_t)m->dev->ops->host_ptr(m->dev, frame)
+			       : frame << HMM_PAGE_SHIFT;
 		tags |= DPT_DEVICE;
 	} else {
 		addr = frame << HMM_PAGE_SHIFT;

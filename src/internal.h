@@ -87,6 +87,7 @@ enum hmm_option {
 	HMM_OPT_THRASH_PIN_MS,
 	HMM_OPT_PEER_MIGRATE,
 	HMM_OPT_THRASH_THROTTLE_MS,
+	HMM_OPT_SIM_LINK_GBPS,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);

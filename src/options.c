@@ -54,6 +54,11 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 		"once a block ping-pongs, its next move to the preferred "
 		"device waits this long after the last one, devices mapping "
 		"it where it is meanwhile (0: no throttle)" },
+	[HMM_OPT_SIM_LINK_GBPS] = { "HMM_SIM_LINK_GBPS", 0, 0, 100000,
+		"sim devices opened from now on reach system memory over a "
+		"link of this many GB/s (their reads and writes of system "
+		"pages, and the driver's copies, take that long; 0: as fast "
+		"as the host)" },
 };
 
 /* 0 not read yet, 1 default, 2 environment, 3 hmm_option_set */

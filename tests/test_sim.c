@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The sim device's commands, on system memory and on device memory. */
+#include <inttypes.h>
 #include <pthread.h>
 
 #include "common.h"
@@ -510,4 +511,38 @@ Test(sim, failed_write_changes_nothing, .timeout = T_SHORT)
 	cr_assert_eq(hmm_sim_fill64(dev, p, 0, 2 * PG, NULL), -EPERM);
 	cr_assert_eq(loc_of(p, NULL), HMM_LOC_DEVICE);
 	assert_pattern(p, 3 * PG, 0xa1);
+}
+
+/*
+ * HMM_SIM_LINK_GBPS: a device opened with a modelled link takes the
+ * link's time to reach system memory (16 MiB at 1 GB/s: at least 16 ms),
+ * and its memory is not host-addressable, so migrations go through its
+ * copies and still keep the data.
+ */
+Test(sim, link_model_takes_time_and_keeps_data, .timeout = T_SHORT)
+{
+	const size_t len = 16 << 20;
+	hmm_device_t *slow;
+	char *p, *buf = malloc(len);
+	uint64_t t0;
+
+	need_hmm();
+	cr_assert_not_null(buf);
+	cr_assert_eq(hmm_option_set("SIM_LINK_GBPS", 1), 0);
+	slow = open_sim(2 * len);
+	cr_assert_eq(hmm_option_set("SIM_LINK_GBPS", 0), 0);
+	p = map_adopt(len);
+	fill_pattern(p, len, 40);
+	t0 = now_ms();
+	cr_assert_eq(hmm_sim_read(slow, p, buf, len, NULL), 0);
+	cr_assert_geq(now_ms() - t0, 16, "16 MiB crossed a 1 GB/s link in "
+					 "%" PRIu64 " ms", now_ms() - t0);
+	assert_pattern(buf, len, 40);
+	/* Through its copies both ways, and between devices. */
+	hmm_device_t *fast = open_sim(2 * len);
+	assert_migrate(p, len, slow, len / PG);
+	assert_migrate(p, len, fast, len / PG);
+	assert_migrate(p, len, slow, len / PG);
+	assert_pattern(p, len, 40);
+	free(buf);
 }

@@ -78,11 +78,16 @@ struct sim_dev {
 
 	struct hmm_iommu *mmu;
 	struct hmm_dma_map *map; /* the whole address space, in mmu */
+	/* The link to system memory (HMM_SIM_LINK_GBPS, 0: none): a
+	 * transfer of n bytes holds it n / gbps ns from when it is free. */
+	long link_gbps;
+	_Atomic uint64_t link_free_ns;
 	pthread_mutex_t lock;	/* the mirror lock: protects pt */
 	struct sim_pt pt;
 };
 
-static const struct hmm_driver_ops sim_ops;
+static const struct hmm_driver_ops sim_ops, sim_ops_linked;
+#define IS_SIM(dev) ((dev)->ops == &sim_ops || (dev)->ops == &sim_ops_linked)
 
 /* ---- mirror -------------------------------------------------------------- */
 
@@ -257,6 +262,31 @@ static __attribute__((noinline)) int guarded_call(walk_fn fn, void *dptr,
 }
 
 /*
+ * The modelled link to system memory: @bytes cross it, after the
+ * transfers before them, and the caller waits until they have.  Called
+ * with no lock held (a slow link must not stall invalidations).
+ */
+static void link_charge(struct sim_dev *sd, size_t bytes)
+{
+	uint64_t now, start, end, old;
+
+	if (!sd->link_gbps || !bytes)
+		return;
+	now = hmm__now_ns();
+	old = atomic_load(&sd->link_free_ns);
+	do {
+		start = old > now ? old : now;
+		end = start + bytes / (uint64_t)sd->link_gbps;
+	} while (!atomic_compare_exchange_weak(&sd->link_free_ns, &old, end));
+	while ((now = hmm__now_ns()) < end) {
+		if (end - now > 50000) {
+			struct timespec ts = { 0, (long)(end - now - 20000) };
+			nanosleep(&ts, NULL);
+		}
+	}
+}
+
+/*
  * @fn over @n bytes at @ptr, inside the @npages host pages at @host that
  * the IOMMU gave, with the mirror lock held on entry and released here.
  * The window is announced before the lock goes: an invalidation that takes
@@ -278,6 +308,8 @@ static int access_system(struct sim_engine *e, char *host, size_t npages,
 	tripped = guarded_call(fn, ptr, off, n, arg);
 	hmm__dma_end();
 	atomic_store_explicit(&e->busy_s, 0, memory_order_release);
+	if (!tripped)
+		link_charge(e->sd, n);
 	return tripped;
 }
 
@@ -606,6 +638,9 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 	size = (size + HMM_PAGE_MASK) & ~HMM_PAGE_MASK;
 	sd->dev = dev;
 	sd->pool_size = size;
+	sd->link_gbps = hmm__option(HMM_OPT_SIM_LINK_GBPS);
+	if (sd->link_gbps)
+		dev->ops = &sim_ops_linked;
 	sd->pool = hmm__mmap_own(size, PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 				 -1, 0);
@@ -688,6 +723,7 @@ static int sim_copy(hmm_device_t *dev, enum hmm_copy_dir dir,
 			memcpy(dp, d[i].host, run * HMM_PAGE_SIZE);
 		else
 			memcpy(d[i].host, dp, run * HMM_PAGE_SIZE);
+		link_charge(sd, run * HMM_PAGE_SIZE);
 		i += run - 1;
 	}
 	return 0;
@@ -764,6 +800,20 @@ static const struct hmm_driver_ops sim_ops = {
 	.tracks_dirty = true,
 };
 
+/* A sim device with a modelled link (HMM_SIM_LINK_GBPS) is a discrete
+ * device: libhmm cannot address its memory, so that every transfer
+ * between it and system memory (or another device) goes through its copy
+ * operation, and over the link. */
+static const struct hmm_driver_ops sim_ops_linked = {
+	.name = "sim",
+	.init = sim_init,
+	.fini = sim_fini,
+	.copy = sim_copy,
+	.zero = sim_zero,
+	.fork_child = sim_fork_child,
+	.tracks_dirty = true,
+};
+
 int hmm__sim_register(void)
 {
 	return hmm_driver_register(&sim_ops);
@@ -776,7 +826,7 @@ static int submit(hmm_device_t *dev, struct sim_cmd *c,
 {
 	struct sim_dev *sd;
 
-	if (!dev || dev->ops != &sim_ops)
+	if (!dev || !IS_SIM(dev))
 		return -EINVAL;
 	if (hmm_device_enter(dev))
 		return -ENODEV;
@@ -906,7 +956,7 @@ uint64_t hmm_sim_iova(hmm_device_t *dev, const void *addr)
 	struct sim_dev *sd;
 	uint64_t iova = 0;
 
-	if (!dev || dev->ops != &sim_ops || hmm_device_enter(dev))
+	if (!dev || !IS_SIM(dev) || hmm_device_enter(dev))
 		return 0;
 	sd = dev->priv;
 	iova = hmm_dma_map_iova(sd->map, addr);
