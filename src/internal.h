@@ -88,6 +88,7 @@ enum hmm_option {
 	HMM_OPT_PEER_MIGRATE,
 	HMM_OPT_THRASH_THROTTLE_MS,
 	HMM_OPT_SIM_LINK_GBPS,
+	HMM_OPT_FAULT_WORKERS,
 	HMM_OPT__COUNT
 };
 long hmm__option(enum hmm_option opt);
@@ -98,6 +99,7 @@ long hmm__option(enum hmm_option opt);
 	X(cpu_faults, 0, "CPU faults served (userfaultfd)")               \
 	X(cpu_faults_parked, 0, "CPU faults that waited for a migration")  \
 	X(faultback_streams, 0, "CPU faults that continued a sequential stream") \
+	X(faultbacks_offloaded, 0, "fault-backs handed to a fault worker thread") \
 	X(cpu_zero_fills, 0, "untouched pages filled with zeros")          \
 	X(device_faults, 0, "device fault rounds")                         \
 	X(range_faults, 0, "hmm_range_fault calls")                        \

@@ -10,6 +10,16 @@
  *    (PSF_WAITERS) and the migrating thread wakes it when it commits;
  *  - an ioctl that fails with EAGAIN (an event is queued) is retried after
  *    the queued messages have been read.
+ *
+ * Fault workers (HMM_FAULT_WORKERS): when a round of messages holds more
+ * than one fault, a fault on a device page may be handed to a worker
+ * thread, which brings the page's window home as an application thread's
+ * hmm_migrate would (it may wait: the service thread goes on reading), then
+ * wakes the faulting thread.  Copies of several faulting threads thus run
+ * in parallel.  Everything else (events, first touches, parking) stays
+ * with the service thread, in the order the kernel sent it.  A fault is
+ * handed over only to a worker that is free, so the service thread never
+ * waits for one; workers start on first need.
  */
 #include <poll.h>
 #include <stdlib.h>
@@ -30,6 +40,133 @@ struct retry_list {
 	struct uffd_msg *msgs;
 	size_t n, cap;
 };
+
+/* ---- fault workers -------------------------------------------------- */
+
+#define FB_MAX 8
+
+struct fb_job {
+	uintptr_t page, s, e;	/* the fault, and the window to bring home */
+	int from;		/* the device it was on (tracing) */
+};
+
+/* fb_lock protects everything below but fb_threads[i] once started. */
+static pthread_mutex_t fb_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fb_cond = PTHREAD_COND_INITIALIZER;
+static struct fb_job fb_jobs[FB_MAX];
+static int fb_n;		/* jobs queued */
+static int fb_idle;		/* workers waiting for a job */
+static int fb_nthreads;		/* workers started */
+static int fb_starting;		/* started, not yet waiting or working */
+static bool fb_stop;
+static struct hmm_thread fb_threads[FB_MAX];
+/* Service thread only: the message being handled has more faults after
+ * it in its round, so a free worker may take it. */
+static bool fb_more;
+
+static void fb_run(const struct fb_job *j)
+{
+	uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
+	long r = hmm__migrate_to_system(j->s, j->e, NULL, 0);
+	struct hmm_block *b = hmm__block_lookup(j->page);
+
+	if (t)
+		hmm__trace_span("migrate_to_system", "migrate", t, j->s,
+				(j->e - j->s) >> HMM_PAGE_SHIFT,
+				r > 0 ? (uint64_t)r : 0, j->from);
+	if (r > 0 && b)
+		atomic_fetch_add_explicit(&b->cpu_backs, 1,
+					  memory_order_relaxed);
+	if (r < 0 && r != -ETIMEDOUT && r != -EBUSY && r != -EAGAIN)
+		hmm__debug("offloaded fault-back at %#lx: %s",
+			   (unsigned long)j->page, strerror((int)-r));
+	/* Whatever happened, the faulting thread runs again: its page is
+	 * home (an install that did not wake it), or it faults again and
+	 * the service thread looks afresh. */
+	hmm__uffd_wake(hmm__ctx.uffd, j->page, HMM_PAGE_SIZE);
+}
+
+static void *fb_main(void *arg)
+{
+	(void)arg;
+	hmm__block_signals();
+	pthread_mutex_lock(&fb_lock);
+	fb_starting--;
+	for (;;) {
+		while (!fb_n && !fb_stop) {
+			fb_idle++;
+			pthread_cond_wait(&fb_cond, &fb_lock);
+			fb_idle--;
+		}
+		if (!fb_n)
+			break; /* stopping, nothing left */
+		struct fb_job j = fb_jobs[--fb_n];
+		pthread_mutex_unlock(&fb_lock);
+		fb_run(&j);
+		pthread_mutex_lock(&fb_lock);
+	}
+	pthread_mutex_unlock(&fb_lock);
+	return NULL;
+}
+
+/* Service thread: hand the fault-back of [s, e) for @page to a worker
+ * that is free (starting one if allowed).  False: serve it here. */
+static bool fb_offload(uintptr_t page, uintptr_t s, uintptr_t e, int from)
+{
+	long max = hmm__option(HMM_OPT_FAULT_WORKERS);
+	bool ok = false;
+
+	if (!fb_more || !max)
+		return false;
+	pthread_mutex_lock(&fb_lock);
+	if (!fb_stop && fb_n < FB_MAX) {
+		if (fb_idle + fb_starting > fb_n) {
+			ok = true;
+		} else if (fb_nthreads < max && fb_nthreads < FB_MAX &&
+			   !hmm__thread_create(&fb_threads[fb_nthreads],
+					       fb_main, NULL, "hmm-fault")) {
+			fb_nthreads++;
+			fb_starting++;
+			ok = true;
+		}
+	}
+	if (ok) {
+		fb_jobs[fb_n++] = (struct fb_job){ page, s, e, from };
+		pthread_cond_signal(&fb_cond);
+		hmm__stat_add(HMM_STAT_faultbacks_offloaded, 1);
+	}
+	pthread_mutex_unlock(&fb_lock);
+	return ok;
+}
+
+/* Stop the workers (they finish the jobs queued). */
+static void fb_stop_all(void)
+{
+	int n;
+
+	pthread_mutex_lock(&fb_lock);
+	fb_stop = true;
+	pthread_cond_broadcast(&fb_cond);
+	n = fb_nthreads;
+	pthread_mutex_unlock(&fb_lock);
+	for (int i = 0; i < n; i++)
+		hmm__thread_join(&fb_threads[i]);
+	pthread_mutex_lock(&fb_lock);
+	fb_nthreads = 0;
+	pthread_mutex_unlock(&fb_lock);
+}
+
+/* In the child of fork: no worker exists there, and no job is the
+ * child's (the faulting threads are the parent's). */
+static void fb_fork_child(void)
+{
+	pthread_mutex_init(&fb_lock, NULL);
+	pthread_cond_init(&fb_cond, NULL);
+	for (int i = 0; i < fb_nthreads; i++)
+		fb_threads[i].stack = NULL; /* the parent's; see respawn */
+	fb_n = fb_idle = fb_nthreads = fb_starting = 0;
+	fb_stop = false;
+}
 
 static void retry_push(struct retry_list *rl, const struct uffd_msg *m)
 {
@@ -372,6 +509,10 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				return 0;
 			}
 			stream_window(page, &s, &e);
+			/* Other faults wait behind this one: a worker may
+			 * copy while this thread serves them. */
+			if (first && fb_offload(page, s, e, from))
+				return 0;
 			uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 			r = hmm__migrate_to_system(s, e, NULL,
 						   HMM_MIG_NONBLOCK);
@@ -740,8 +881,14 @@ static void *service_main(void *arg)
 						   : 0;
 				if (!cnt)
 					break;
-				for (size_t i = 0; i < cnt; i++)
+				for (size_t i = 0; i < cnt; i++) {
+					fb_more = false;
+					for (size_t k = i + 1; k < cnt && !fb_more; k++)
+						fb_more = msgs[k].event ==
+							  UFFD_EVENT_PAGEFAULT;
 					handle_msg(&msgs[i], &rl);
+				}
+				fb_more = false;
 			}
 		}
 		hmm__holds_expire();
@@ -784,6 +931,13 @@ void hmm__service_sync(void)
 
 int hmm__service_start(bool after_fork)
 {
+	if (after_fork) {
+		fb_fork_child();
+	} else {
+		pthread_mutex_lock(&fb_lock);
+		fb_stop = false; /* hmm_init after hmm_fini */
+		pthread_mutex_unlock(&fb_lock);
+	}
 	int ret = after_fork ? hmm__thread_respawn(&hmm__ctx.service,
 						   service_main, NULL,
 						   "hmm-service")
@@ -802,6 +956,8 @@ void hmm__service_stop(void)
 
 	if (!atomic_load(&hmm__ctx.service_tid_valid))
 		return;
+	/* Workers first: their migrations may need the service thread. */
+	fb_stop_all();
 	if (write(hmm__ctx.stop_fd, &one, sizeof(one)) != sizeof(one))
 		hmm__warn("cannot stop the service thread: %s",
 			  strerror(errno));

@@ -495,3 +495,60 @@ Test(concurrency, parallel_alloc_migrate_free, .timeout = T_SHORT)
 	cr_assert_eq(wait_dev_used(dev, 0), 0);
 	pthread_barrier_destroy(&bar);
 }
+
+/*
+ * Fault workers: single-page faults (no fault-around) of four threads at
+ * once are handed to workers when several wait together; the data stays
+ * right, and with HMM_FAULT_WORKERS=0 nothing is handed over.
+ */
+static void single_page_faults(long workers)
+{
+	const size_t slice = 256 * PG, len = T * slice;
+	struct worker w[T];
+	pthread_barrier_t bar;
+	hmm_device_t *dev;
+	uint64_t off0;
+	char *p;
+
+	need_hmm();
+	cr_assert_eq(hmm_option_set("FAULT_AROUND", 0), 0);
+	cr_assert_eq(hmm_option_set("FAULT_WORKERS", workers), 0);
+	dev = open_sim(len);
+	p = alloc_managed(len);
+	pthread_barrier_init(&bar, NULL, T);
+	off0 = stat_of("faultbacks_offloaded");
+	for (uint64_t round = 1; round <= 40; round++) {
+		fill_pattern(p, len, 0x600d);
+		assert_migrate(p, len, dev, len / PG);
+		for (int i = 0; i < T; i++) {
+			w[i] = (struct worker){ .id = i, .base = p, .len = slice,
+						.seed = round, .bar = &bar };
+			start(&w[i], slice_writer);
+		}
+		for (int i = 0; i < T; i++)
+			pthread_join(w[i].th, NULL);
+		check_workers(w, T);
+		settle(p, len);
+		cr_assert_eq(wait_dev_used(dev, 0), 0);
+		if (workers && round >= 5 &&
+		    stat_of("faultbacks_offloaded") > off0)
+			break;
+	}
+	pthread_barrier_destroy(&bar);
+	if (workers)
+		cr_assert_gt(stat_of("faultbacks_offloaded"), off0,
+			     "no fault-back was handed to a worker in 40 "
+			     "rounds of four threads faulting");
+	else
+		cr_assert_eq(stat_of("faultbacks_offloaded"), off0);
+}
+
+Test(concurrency, fault_workers_share_fault_backs, .timeout = T_LONG)
+{
+	single_page_faults(2);
+}
+
+Test(concurrency, fault_workers_off, .timeout = T_LONG)
+{
+	single_page_faults(0);
+}
