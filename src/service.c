@@ -510,8 +510,12 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			}
 			stream_window(page, &s, &e);
 			/* Other faults wait behind this one: a worker may
-			 * copy while this thread serves them. */
-			if (first && fb_offload(page, s, e, from))
+			 * copy while this thread serves them.  Not a device
+			 * engine's fault: the worker's migration waits for
+			 * device accesses in flight (a little), and the
+			 * engine's may be one. */
+			if (first && !own_fault(m) &&
+			    fb_offload(page, s, e, from))
 				return 0;
 			uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
 			r = hmm__migrate_to_system(s, e, NULL,
