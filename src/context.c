@@ -163,7 +163,13 @@ static bool shared_pages_home(bool evict)
 		if (evict)
 			hmm__migrate_to_system(copy[i].start, copy[i].end, NULL,
 					       0);
-		if (home && hmm__range_busy(copy[i].start, copy[i].end))
+		/* Read-only copies of shared memory: the child writes its
+		 * pages without a write-protect fault of ours. */
+		if (evict)
+			hmm__dups_collapse(copy[i].start, copy[i].end, NULL,
+					   HMM_NOTIFY_FORK, true);
+		if (home && (hmm__range_busy(copy[i].start, copy[i].end) ||
+			     hmm__dups_in(copy[i].start, copy[i].end)))
 			home = false;
 	}
 	free(copy);

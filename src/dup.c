@@ -314,6 +314,29 @@ static long collapse(uintptr_t s, uintptr_t e, int only,
 	return total;
 }
 
+bool hmm__dups_in(uintptr_t s, uintptr_t e)
+{
+	struct hmm_block **bl;
+	size_t n;
+	bool any = false;
+
+	if (!atomic_load_explicit(&hmm__dup_blocks, memory_order_acquire))
+		return false;
+	bl = list_copy(&n);
+	for (size_t k = 0; k < n && !any; k++) {
+		uintptr_t bs = HMM_MAX(s, bl[k]->base);
+		uintptr_t be = HMM_MIN(e, bl[k]->base + HMM_BLOCK_SIZE);
+		if (bs >= be)
+			continue;
+		pthread_mutex_lock(&bl[k]->lock);
+		any = hmm__dups_any_locked(bl[k], hmm__block_index(bs),
+					   hmm__block_index(be - 1) + 1);
+		pthread_mutex_unlock(&bl[k]->lock);
+	}
+	free(bl);
+	return any;
+}
+
 long hmm__dups_collapse(uintptr_t s, uintptr_t e, hmm_device_t *dev,
 			enum hmm_notifier_event event, bool blockable)
 {

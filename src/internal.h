@@ -867,6 +867,8 @@ bool hmm__dup_ready_locked(const struct hmm_block *b, unsigned i,
 /* A prefetch of read-mostly [s, e) to @dev: copies there instead of a
  * move.  Pages on @dev afterwards (copies or its own), or -errno. */
 long hmm__dups_prefetch(hmm_device_t *dev, uintptr_t s, uintptr_t e);
+/* Whether a page of [s, e) has a copy (ready or being made). */
+bool hmm__dups_in(uintptr_t s, uintptr_t e);
 /* Free every duplicate on @dev (eviction, close).  Pages freed. */
 long hmm__dups_reclaim(hmm_device_t *dev);
 /* In the child of fork: no duplicates (the write protection did not

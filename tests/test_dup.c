@@ -426,3 +426,34 @@ Test(dup, prefetch_makes_copies, .timeout = T_SHORT)
 	dev_sees(a, p, 0, NP, 37);
 	dev_sees(b, p, 0, NP, 37);
 }
+
+/* Shared memory with copies, then a fork: the child writes the shared
+ * pages through its own mapping, where no write-protect fault of ours
+ * happens, so the copies must be gone before it can; the parent's devices
+ * read what the child wrote. */
+Test(dup, fork_shared_memory_child_writes, .timeout = T_SHORT)
+{
+	hmm_device_t *a, *b;
+	char *s;
+	pid_t pid;
+	int st;
+
+	need_hmm();
+	need_wp();
+	a = open_sim(0);
+	b = open_sim(0);
+	s = alloc_managed(NP * PG);
+	fill_pattern(s, NP * PG, 41);
+	dup_on_both(s, 41, a, b);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		fill_pattern(s, NP * PG, 42);
+		_exit(0);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	dev_sees(a, s, 0, NP, 42);
+	dev_sees(b, s, 0, NP, 42);
+	assert_pattern(s, NP * PG, 42);
+}
