@@ -1137,6 +1137,59 @@ static void bench_preferred(void)
 	(void)sink;
 }
 
+/* ---- accessed_by ----------------------------------------------------------- */
+
+/* The device reads the data and the CPU updates every page of it, ten
+ * rounds, with the device as the preferred location: each device read
+ * moves the data there and each CPU pass brings it back (until thrashing
+ * control pins it, HMM_THRASH_COUNT 0 here so the policy itself shows).
+ * With the device also in the accessed-by set, it reads the data where it
+ * is and nothing moves. */
+static void bench_accessed_by(void)
+{
+	size_t len = opt_size < ((size_t)64 << 20) ? opt_size
+						   : (size_t)64 << 20;
+	char *p = map_anon(len);
+	hmm_device_t *dev = open_sim(2 * len);
+	double v[16], b[16];
+	uint64_t sink = 0;
+	long r, thr = 3;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", (int)r);
+	hmm_option_get("THRASH_COUNT", &thr);
+	hmm_option_set("THRASH_COUNT", 0);
+	if ((r = hmm_advise(p, len, HMM_ADVISE_PREFERRED_LOCATION, dev)))
+		die("hmm_advise", (int)r);
+	for (int k = 0; k < opt_repeat; k++) {
+		for (int acc = 0; acc < 2; acc++) {
+			if ((r = hmm_advise(p, len,
+					    acc ? HMM_ADVISE_ACCESSED_BY
+						: HMM_ADVISE_UNSET_ACCESSED_BY,
+					    dev)))
+				die("hmm_advise", (int)r);
+			double t = now_s();
+			for (int round = 0; round < 10; round++) {
+				if ((r = hmm_sim_launch(dev, p, len, 0,
+							sum_kernel, &sink, NULL)))
+					die("hmm_sim_launch", (int)r);
+				for (size_t i = 0; i < len; i += PG)
+					((volatile char *)p)[i]++;
+			}
+			(acc ? v : b)[k] = (now_s() - t) * 1e3;
+		}
+	}
+	hmm_option_set("THRASH_COUNT", thr);
+	report(&(struct result){ "accessed_by", "ms",
+				 "preferred location only",
+				 median(v, opt_repeat), median(b, opt_repeat),
+				 true, " (10 rounds: device read, CPU update)" });
+	hmm_device_close(dev);
+	munmap(p, len);
+	(void)sink;
+}
+
 /* ---- read_mostly ---------------------------------------------------------- */
 
 /* Two devices and the CPU take turns reading the same data, ten rounds:
@@ -1305,6 +1358,7 @@ static const struct {
 	{ "advice_discard", bench_discard },
 	{ "thrash_pingpong", bench_thrash },
 	{ "preferred_location", bench_preferred },
+	{ "accessed_by", bench_accessed_by },
 	{ "read_mostly", bench_read_mostly },
 	{ "peer_migrate", bench_peer },
 	{ "idle", bench_idle },
