@@ -1108,10 +1108,18 @@ static void dis_noaccess(struct thr *t, int r)
 	for (size_t i = 0; i < 2 * k; i++)
 		t->buf[i] = rnd64(t);
 	act(t, "hmm_sim_write across PROT_NONE", d, r, (long)p);
+	hmm_device_t *before_dev = NULL;
+	int before_loc = hmm_page_location(&mem[a], &before_dev);
 	ret = hmm_sim_write(devs[d], &mem[a - k], t->buf, 2 * k * 8, NULL);
-	if (ret != -EFAULT && ret != -EBUSY)
-		failure(t, "hmm_sim_write across a PROT_NONE page: %d, not "
-			"-EFAULT", ret);
+	if (ret != -EFAULT && ret != -EBUSY) {
+		hmm_device_t *after_dev = NULL;
+		int after_loc = hmm_page_location(&mem[a], &after_dev);
+		failure(t, "hmm_sim_write across a PROT_NONE page (region %d "
+			"page %zu, dev%d): %d, not -EFAULT; the page was at "
+			"%d/dev%d before the write, %d/dev%d after", r, p, d,
+			ret, before_loc, dev_index(before_dev), after_loc,
+			dev_index(after_dev));
+	}
 	act(t, "hmm_sim_read across PROT_NONE", d, r, (long)p);
 	ret = hmm_sim_read(devs[d], &mem[a - k], t->buf, 2 * k * 8, NULL);
 	if (ret != -EFAULT && ret != -EBUSY)
