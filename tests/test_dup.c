@@ -10,6 +10,8 @@
 #include <stdatomic.h>
 #include <sys/wait.h>
 
+#include <hmm/hmm_driver.h>
+
 #include "common.h"
 
 #define NP 64
@@ -456,4 +458,59 @@ Test(dup, fork_shared_memory_child_writes, .timeout = T_SHORT)
 	dev_sees(a, s, 0, NP, 42);
 	dev_sees(b, s, 0, NP, 42);
 	assert_pattern(s, NP * PG, 42);
+}
+
+/* What hmm_range_fault reports of pages with copies: to a device with
+ * one, its own copy (device memory, read-only), even in a snapshot; to
+ * anyone else, the system page without write access (a write must fault
+ * through the CPU, which removes the copies). */
+Test(dup, range_fault_reports_copies, .timeout = T_SHORT)
+{
+	hmm_device_t *a, *b;
+	uint64_t pfns[NP];
+	char *p;
+
+	need_hmm();
+	need_wp();
+	a = open_sim(0);
+	b = open_sim(0);
+	p = map_adopt(NP * PG);
+	fill_pattern(p, NP * PG, 43);
+	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_READ_MOSTLY, NULL), 0);
+	dev_sees(a, p, 0, NP, 43);
+	for (int mode = 0; mode < 3; mode++) {
+		struct hmm_range r = {
+			.start = (uintptr_t)p,
+			.end = (uintptr_t)p + NP * PG,
+			.hmm_pfns = pfns,
+			/* a snapshot, a read fault, a read fault by b */
+			.default_flags = mode ? HMM_PFN_REQ_FAULT : 0,
+			.dev_private_owner = hmm_device_owner(mode == 2 ? b : a),
+		};
+		int ret;
+		while ((ret = hmm_range_fault(&r)) == -EBUSY)
+			;
+		cr_assert_eq(ret, 0, "hmm_range_fault = %d", ret);
+		for (size_t i = 0; i < NP; i++) {
+			cr_assert(pfns[i] & HMM_PFN_VALID, "page %zu", i);
+			cr_assert(!(pfns[i] & HMM_PFN_WRITE),
+				  "mode %d page %zu: writable", mode, i);
+			cr_assert(pfns[i] & HMM_PFN_DEVICE,
+				  "mode %d page %zu: not the device's copy",
+				  mode, i);
+		}
+	}
+	/* No owner: the system pages, read-only. */
+	struct hmm_range r = {
+		.start = (uintptr_t)p, .end = (uintptr_t)p + NP * PG,
+		.hmm_pfns = pfns,
+	};
+	cr_assert_eq(hmm_range_fault(&r), 0);
+	for (size_t i = 0; i < NP; i++) {
+		cr_assert(pfns[i] & HMM_PFN_VALID);
+		cr_assert(!(pfns[i] & (HMM_PFN_WRITE | HMM_PFN_DEVICE)),
+			  "page %zu: %#" PRIx64, i, pfns[i]);
+	}
+	/* b's read fault made copies in b's memory too. */
+	cr_assert_eq(dev_used(b), NP);
 }
