@@ -42,6 +42,23 @@ static struct seg *segs;	/* advice_lock */
 static _Atomic size_t nsegs;	/* advice_lock; read unlocked as a hint */
 static size_t cap;		/* advice_lock */
 
+/* The first segment that ends after @a (nsegs if none): segments are
+ * sorted and disjoint, so a binary search; lookups on the fault path cost
+ * log(segments).  advice_lock held. */
+static size_t first_after(uintptr_t a)
+{
+	size_t lo = 0, hi = nsegs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (segs[mid].end <= a)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 static bool seg_empty(const struct seg *s)
 {
 	return s->pref == PREF_NONE && !s->accessed_by && !s->read_mostly;
@@ -271,8 +288,8 @@ int hmm_advice_get(const void *addr, struct hmm_advice_info *out)
 		return -EINVAL;
 	*out = (struct hmm_advice_info){ .preferred = HMM_LOC_UNMANAGED };
 	pthread_rwlock_rdlock(&advice_lock);
-	for (size_t i = 0; i < nsegs; i++) {
-		if (segs[i].start <= a && a < segs[i].end) {
+	for (size_t i = first_after(a); i < nsegs && segs[i].start <= a; i++) {
+		if (a < segs[i].end) {
 			if (segs[i].pref == PREF_SYSTEM) {
 				out->preferred = HMM_LOC_SYSTEM;
 			} else if (segs[i].pref != PREF_NONE) {
@@ -372,10 +389,10 @@ void hmm__advice_fault(const void *owner, uintptr_t start, uintptr_t end)
 	if (!dev)
 		return;
 	pthread_rwlock_rdlock(&advice_lock);
-	for (size_t i = 0; i < nsegs && n < 8; i++) {
+	for (size_t i = first_after(start); i < nsegs && n < 8; i++) {
 		const struct seg *sg = &segs[i];
-		if (sg->end <= start || sg->start >= end)
-			continue;
+		if (sg->start >= end)
+			break;
 		/* Read-mostly pages stay where they are and are copied:
 		 * moving them would make the other readers fault. */
 		if (sg->pref != dev->id || (sg->accessed_by >> dev->id) & 1 ||
@@ -407,9 +424,10 @@ size_t hmm__advice_read_mostly(uintptr_t s, uintptr_t e, struct hmm_span *out,
 	if (!atomic_load_explicit(&nsegs, memory_order_relaxed))
 		return 0;
 	pthread_rwlock_rdlock(&advice_lock);
-	for (size_t i = 0; i < nsegs && n < max; i++) {
-		if (!segs[i].read_mostly || segs[i].end <= s ||
-		    segs[i].start >= e)
+	for (size_t i = first_after(s); i < nsegs && n < max; i++) {
+		if (segs[i].start >= e)
+			break;
+		if (!segs[i].read_mostly)
 			continue;
 		out[n].s = HMM_MAX(segs[i].start, s);
 		out[n++].e = HMM_MIN(segs[i].end, e);
