@@ -147,6 +147,24 @@ static inline long zero_mismatch(const void *buf, size_t len)
 				     [bad_ < 0 ? 0 : bad_]);                  \
 	} while (0)
 
+/* Device @dev reads pages [first, first + n) of @p and finds @seed's
+ * pattern there (as fill_pattern wrote it over the whole of @p). */
+static inline void assert_dev_pattern(hmm_device_t *dev, const char *p,
+				      size_t first, size_t n, uint64_t seed)
+{
+	char *buf = malloc(n * PG);
+	int r;
+
+	cr_assert_not_null(buf);
+	r = hmm_sim_read(dev, p + first * PG, buf, n * PG, NULL);
+	cr_assert_eq(r, 0, "hmm_sim_read = %d", r);
+	cr_assert_eq(pattern_mismatch(buf, n * PG, seed,
+				      first * WORDS_PER_PAGE),
+		     -1, "device %u: pages %zu..%zu differ",
+		     hmm_device_id(dev), first, first + n);
+	free(buf);
+}
+
 static inline uint64_t now_ms(void)
 {
 	struct timespec ts;

@@ -16,24 +16,6 @@ static struct hmm_advice_info advice_at(const void *p)
 	return ai;
 }
 
-/* The device reads pages [first, first + n) of @p, patterned with @seed
- * (the CPU's copy is not touched). */
-static void device_read(hmm_device_t *dev, const char *p, size_t first,
-			size_t n, uint64_t seed)
-{
-	char *buf = malloc(n * PG);
-	int r;
-
-	cr_assert_not_null(buf);
-	r = hmm_sim_read(dev, p + first * PG, buf, n * PG, NULL);
-	cr_assert_eq(r, 0, "hmm_sim_read = %d", r);
-	cr_assert_eq(pattern_mismatch(buf, n * PG, seed,
-				      first * WORDS_PER_PAGE),
-		     -1, "device read of pages %zu..%zu differs", first,
-		     first + n);
-	free(buf);
-}
-
 Test(advice, split_merge_and_forget, .timeout = T_SHORT)
 {
 	hmm_device_t *a, *b;
@@ -151,33 +133,33 @@ Test(advice, preferred_location_moves_on_device_faults, .timeout = T_SHORT)
 	fill_pattern(p, NP * PG, 41);
 
 	/* No advice: a device read leaves pages in system memory. */
-	device_read(a, p, 0, NP, 41);
+	assert_dev_pattern(a, p, 0, NP, 41);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 
 	cr_assert_eq(hmm_advise(p, 32 * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
 		     0);
 	m0 = stat_of("advice_migrations");
 	/* b is not the preferred device: nothing moves. */
-	device_read(b, p, 0, NP, 41);
+	assert_dev_pattern(b, p, 0, NP, 41);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	/* a: its first 32 pages move to it, the others stay. */
-	device_read(a, p, 16, 32, 41); /* 16 advised, 16 not */
+	assert_dev_pattern(a, p, 16, 32, 41); /* 16 advised, 16 not */
 	assert_all_loc(p + 16 * PG, 16 * PG, HMM_LOC_DEVICE, a);
 	assert_all_loc(p + 32 * PG, 32 * PG, HMM_LOC_SYSTEM, NULL);
 	cr_assert_eq(stat_of("advice_migrations") - m0, 16);
-	device_read(a, p, 0, 16, 41);
+	assert_dev_pattern(a, p, 0, 16, 41);
 	assert_all_loc(p, 32 * PG, HMM_LOC_DEVICE, a);
 	/* CPU access brings them home; the next device fault moves them
 	 * again. */
 	assert_pattern(p, NP * PG, 41);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
-	device_read(a, p, 0, NP, 41);
+	assert_dev_pattern(a, p, 0, NP, 41);
 	assert_all_loc(p, 32 * PG, HMM_LOC_DEVICE, a);
 
 	/* accessed-by a: a's faults map pages where they are. */
 	assert_pattern(p, NP * PG, 41);
 	cr_assert_eq(hmm_advise(p, 32 * PG, HMM_ADVISE_ACCESSED_BY, a), 0);
-	device_read(a, p, 0, NP, 41);
+	assert_dev_pattern(a, p, 0, NP, 41);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 
 	/* Device memory full: pages that cannot move are used in place. */
@@ -187,7 +169,7 @@ Test(advice, preferred_location_moves_on_device_faults, .timeout = T_SHORT)
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION,
 				small),
 		     0);
-	device_read(small, p, 0, NP, 41);
+	assert_dev_pattern(small, p, 0, NP, 41);
 	cr_assert_leq(count_loc(p, NP * PG, HMM_LOC_DEVICE), 8);
 	assert_pattern(p, NP * PG, 41);
 }
@@ -247,18 +229,18 @@ Test(advice, ping_pong_pins_then_releases, .timeout = T_SHORT)
 		     0);
 	pins0 = stat_of("thrash_pins");
 	for (round = 1; round <= 3; round++) {
-		device_read(a, p, 0, NP, 13);
+		assert_dev_pattern(a, p, 0, NP, 13);
 		assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
 		assert_pattern(p, NP * PG, 13); /* the CPU pulls them back */
 	}
 	/* The fourth move would be the third ping-pong: pinned instead. */
-	device_read(a, p, 0, NP, 13);
+	assert_dev_pattern(a, p, 0, NP, 13);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
 	cr_assert_gt(stat_of("thrash_remote_faults"), 0);
 	/* Still pinned: devices keep mapping it in system memory. */
 	assert_pattern(p, NP * PG, 13);
-	device_read(a, p, 0, NP, 13);
+	assert_dev_pattern(a, p, 0, NP, 13);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	/* The pin runs out: moves resume at the device's next fault there
 	 * (the device keeps its translations of the pinned pages until the
@@ -267,14 +249,14 @@ Test(advice, ping_pong_pins_then_releases, .timeout = T_SHORT)
 	assert_pattern(p, NP * PG, 13);
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
 		     0);
-	device_read(a, p, 0, NP, 13);
+	assert_dev_pattern(a, p, 0, NP, 13);
 	assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
 
 	/* Control off: every round moves. */
 	cr_assert_eq(hmm_option_set("THRASH_COUNT", 0), 0);
 	for (round = 0; round < 6; round++) {
 		assert_pattern(p, NP * PG, 13);
-		device_read(a, p, 0, NP, 13);
+		assert_dev_pattern(a, p, 0, NP, 13);
 		assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
 	}
 	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
@@ -303,22 +285,22 @@ Test(advice, ping_pong_between_devices_pins, .timeout = T_SHORT)
 		     0);
 	pins0 = stat_of("thrash_pins");
 	for (int round = 1; round <= 3; round++) {
-		device_read(a, p, 0, NP, 14);
+		assert_dev_pattern(a, p, 0, NP, 14);
 		assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
-		device_read(b, p, 0, NP, 14); /* home, through the CPU */
+		assert_dev_pattern(b, p, 0, NP, 14); /* home, through the CPU */
 		settle(p, NP * PG);
 		assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	}
 	moved0 = stat_of("advice_migrations");
-	device_read(a, p, 0, NP, 14);
+	assert_dev_pattern(a, p, 0, NP, 14);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	cr_assert_eq(stat_of("thrash_pins") - pins0, 1);
 	cr_assert_eq(stat_of("advice_migrations"), moved0,
 		     "a pinned block moved");
 	/* Pinned: both devices read it in system memory, nothing moves. */
 	for (int round = 0; round < 3; round++) {
-		device_read(b, p, 0, NP, 14);
-		device_read(a, p, 0, NP, 14);
+		assert_dev_pattern(b, p, 0, NP, 14);
+		assert_dev_pattern(a, p, 0, NP, 14);
 	}
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	cr_assert_eq(stat_of("advice_migrations"), moved0);
@@ -344,12 +326,12 @@ Test(advice, ping_pong_throttled_then_moves, .timeout = T_SHORT)
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
 		     0);
 	thr0 = stat_of("thrash_throttled");
-	device_read(a, p, 0, NP, 15);
+	assert_dev_pattern(a, p, 0, NP, 15);
 	assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
 	assert_pattern(p, NP * PG, 15); /* back: a ping-pong */
 	settle(p, NP * PG);
 	/* Right away: held back, read in system memory. */
-	device_read(a, p, 0, NP, 15);
+	assert_dev_pattern(a, p, 0, NP, 15);
 	assert_all_loc(p, NP * PG, HMM_LOC_SYSTEM, NULL);
 	cr_assert_gt(stat_of("thrash_throttled"), thr0);
 	/* After the throttle: it moves (advice given again makes the device
@@ -357,7 +339,7 @@ Test(advice, ping_pong_throttled_then_moves, .timeout = T_SHORT)
 	usleep(350 * 1000);
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_PREFERRED_LOCATION, a),
 		     0);
-	device_read(a, p, 0, NP, 15);
+	assert_dev_pattern(a, p, 0, NP, 15);
 	assert_all_loc(p, NP * PG, HMM_LOC_DEVICE, a);
 	cr_assert_eq(stat_of("thrash_pins"), 0);
 }

@@ -22,24 +22,6 @@ static void need_wp(void)
 		cr_skip_test("no userfaultfd write-protect faults here");
 }
 
-/* The device reads pages [first, first + n) of @p and finds @seed's
- * pattern there. */
-static void dev_sees(hmm_device_t *dev, const char *p, size_t first,
-		     size_t n, uint64_t seed)
-{
-	char *buf = malloc(n * PG);
-	int r;
-
-	cr_assert_not_null(buf);
-	r = hmm_sim_read(dev, p + first * PG, buf, n * PG, NULL);
-	cr_assert_eq(r, 0, "hmm_sim_read = %d", r);
-	cr_assert_eq(pattern_mismatch(buf, n * PG, seed,
-				      first * WORDS_PER_PAGE),
-		     -1, "device %u: pages %zu..%zu differ",
-		     hmm_device_id(dev), first, first + n);
-	free(buf);
-}
-
 /* The device reads the word at @w. */
 static uint64_t dev_word(hmm_device_t *dev, const void *w)
 {
@@ -61,8 +43,8 @@ static void dup_on_both(char *p, uint64_t seed, hmm_device_t *a,
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_READ_MOSTLY, NULL), 0);
 	cr_assert_eq(hmm_advice_get(p, &ai), 0);
 	cr_assert_eq(ai.read_mostly, 1);
-	dev_sees(a, p, 0, NP, seed);
-	dev_sees(b, p, 0, NP, seed);
+	assert_dev_pattern(a, p, 0, NP, seed);
+	assert_dev_pattern(b, p, 0, NP, seed);
 	cr_assert_eq(stat_of("dup_pages_created") - c0, 2 * NP,
 		     "copies made: %" PRIu64 ", expected %d",
 		     stat_of("dup_pages_created") - c0, 2 * NP);
@@ -87,8 +69,8 @@ Test(dup, reads_make_copies_on_each_device, .timeout = T_SHORT)
 	/* Read again: the copies are there, the devices do not fault. */
 	c0 = stat_of("dup_pages_created");
 	d0 = stat_of("device_faults");
-	dev_sees(a, p, 0, NP, 21);
-	dev_sees(b, p, 0, NP, 21);
+	assert_dev_pattern(a, p, 0, NP, 21);
+	assert_dev_pattern(b, p, 0, NP, 21);
 	cr_assert_eq(stat_of("dup_pages_created"), c0);
 	cr_assert_eq(stat_of("device_faults"), d0,
 		     "devices faulted on their own copies");
@@ -123,8 +105,8 @@ Test(dup, cpu_write_collapses_every_copy, .timeout = T_SHORT)
 	/* Every page written: every copy goes, and the devices read what
 	 * the CPU wrote. */
 	fill_pattern(p, NP * PG, 23);
-	dev_sees(a, p, 0, NP, 23);
-	dev_sees(b, p, 0, NP, 23);
+	assert_dev_pattern(a, p, 0, NP, 23);
+	assert_dev_pattern(b, p, 0, NP, 23);
 	assert_pattern(p, NP * PG, 23);
 }
 
@@ -155,7 +137,7 @@ Test(dup, device_write_collapses_every_copy, .timeout = T_SHORT)
 	cr_assert_eq(hmm_sim_read(a, p + 3 * PG, rb, 4 * PG, NULL), 0);
 	cr_assert_eq(memcmp(rb, buf, 4 * PG), 0);
 	/* The rest kept its copies and its data. */
-	dev_sees(b, p, 8, NP - 8, 24);
+	assert_dev_pattern(b, p, 8, NP - 8, 24);
 	free(rb);
 	free(buf);
 }
@@ -180,7 +162,7 @@ Test(dup, drop_and_unmap_free_copies, .timeout = T_SHORT)
 	assert_zero(z, 8 * PG);
 	free(z);
 	assert_zero(p, 8 * PG);
-	dev_sees(a, p, 8, NP - 8, 25);
+	assert_dev_pattern(a, p, 8, NP - 8, 25);
 	/* The copies made of the zeros after the drop go with the unmap. */
 	cr_assert_eq(munmap(p, NP * PG), 0);
 	cr_assert_eq(wait_dev_used(a, 0), 0);
@@ -200,9 +182,9 @@ Test(dup, shared_memory_copies, .timeout = T_SHORT)
 	fill_pattern(s, NP * PG, 26);
 	dup_on_both(s, 26, a, b);
 	fill_pattern(s, 2 * PG, 27);
-	dev_sees(a, s, 0, 2, 27);
-	dev_sees(b, s, 0, 2, 27);
-	dev_sees(b, s, 2, NP - 2, 26);
+	assert_dev_pattern(a, s, 0, 2, 27);
+	assert_dev_pattern(b, s, 0, 2, 27);
+	assert_dev_pattern(b, s, 2, NP - 2, 26);
 	/* A drop (MADV_REMOVE punches shared memory) takes them. */
 	cr_assert_eq(madvise(s + 2 * PG, 2 * PG, MADV_REMOVE), 0);
 	char *z = malloc(2 * PG);
@@ -243,7 +225,7 @@ Test(dup, migrate_and_unset_remove_copies, .timeout = T_SHORT)
 		((uint64_t *)p)[i] = i ^ 29;
 	cr_assert_eq(stat_of("cpu_faults"), f0,
 		     "the write protection stayed after unset");
-	dev_sees(b, p, 16, NP - 16, 29);
+	assert_dev_pattern(b, p, 16, NP - 16, 29);
 	cr_assert_eq(dev_used(b), 0, "copies made without the advice");
 }
 
@@ -263,20 +245,20 @@ Test(dup, device_memory_limits, .timeout = T_SHORT)
 	fill_pattern(p, NP * PG, 30);
 	fill_pattern(q, 8 * PG, 31);
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_READ_MOSTLY, NULL), 0);
-	dev_sees(a, p, 0, NP, 30);
+	assert_dev_pattern(a, p, 0, NP, 30);
 	cr_assert_eq(dev_used(a), 16, "copies beyond the device's memory");
-	dev_sees(a, p, 0, NP, 30);
+	assert_dev_pattern(a, p, 0, NP, 30);
 	/* The room a migration needs comes from the copies. */
 	assert_migrate(q, 8 * PG, a, 8);
 	assert_all_loc(q, 8 * PG, HMM_LOC_DEVICE, a);
-	dev_sees(a, p, 0, NP, 30);
+	assert_dev_pattern(a, p, 0, NP, 30);
 	assert_pattern(q, 8 * PG, 31);
 	/* Close with copies on it: they go, the other device's stay. */
-	dev_sees(b, p, 0, NP, 30);
+	assert_dev_pattern(b, p, 0, NP, 30);
 	cr_assert_eq(dev_used(b), NP);
 	cr_assert_eq(hmm_device_close(a), 0);
 	fill_pattern(p, NP * PG, 32);
-	dev_sees(b, p, 0, NP, 32);
+	assert_dev_pattern(b, p, 0, NP, 32);
 }
 
 Test(dup, fork_child_writes_and_reads, .timeout = T_SHORT)
@@ -310,10 +292,10 @@ Test(dup, fork_child_writes_and_reads, .timeout = T_SHORT)
 		  "child failed (status %#x)", st);
 	/* The parent's copies are intact, and its writes still collapse
 	 * them. */
-	dev_sees(a, p, 0, NP, 33);
+	assert_dev_pattern(a, p, 0, NP, 33);
 	fill_pattern(p, NP * PG, 35);
-	dev_sees(a, p, 0, NP, 35);
-	dev_sees(b, p, 0, NP, 35);
+	assert_dev_pattern(a, p, 0, NP, 35);
+	assert_dev_pattern(b, p, 0, NP, 35);
 }
 
 /*
@@ -410,7 +392,7 @@ Test(dup, prefetch_makes_copies, .timeout = T_SHORT)
 	cr_assert_eq(dev_used(a), 2 * NP);
 	/* The device reads its copies without faulting for them. */
 	f0 = stat_of("device_faults");
-	dev_sees(a, p, 0, NP, 36);
+	assert_dev_pattern(a, p, 0, NP, 36);
 	cr_assert_leq(stat_of("device_faults") - f0, 1);
 	/* Again: in place, done in the call. */
 	in0 = stat_of("prefetches_in_place");
@@ -422,11 +404,11 @@ Test(dup, prefetch_makes_copies, .timeout = T_SHORT)
 	cr_assert_eq(hmm_prefetch_wait(pf, -1), NP);
 	hmm_prefetch_release(pf);
 	cr_assert_eq(dev_used(b), NP);
-	dev_sees(b, p, 0, NP, 36);
+	assert_dev_pattern(b, p, 0, NP, 36);
 	/* A write still reaches every reader. */
 	fill_pattern(p, NP * PG, 37);
-	dev_sees(a, p, 0, NP, 37);
-	dev_sees(b, p, 0, NP, 37);
+	assert_dev_pattern(a, p, 0, NP, 37);
+	assert_dev_pattern(b, p, 0, NP, 37);
 }
 
 /* Shared memory with copies, then a fork: the child writes the shared
@@ -455,8 +437,8 @@ Test(dup, fork_shared_memory_child_writes, .timeout = T_SHORT)
 	}
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	dev_sees(a, s, 0, NP, 42);
-	dev_sees(b, s, 0, NP, 42);
+	assert_dev_pattern(a, s, 0, NP, 42);
+	assert_dev_pattern(b, s, 0, NP, 42);
 	assert_pattern(s, NP * PG, 42);
 }
 
@@ -477,7 +459,7 @@ Test(dup, range_fault_reports_copies, .timeout = T_SHORT)
 	p = map_adopt(NP * PG);
 	fill_pattern(p, NP * PG, 43);
 	cr_assert_eq(hmm_advise(p, NP * PG, HMM_ADVISE_READ_MOSTLY, NULL), 0);
-	dev_sees(a, p, 0, NP, 43);
+	assert_dev_pattern(a, p, 0, NP, 43);
 	for (int mode = 0; mode < 3; mode++) {
 		struct hmm_range r = {
 			.start = (uintptr_t)p,
@@ -485,7 +467,8 @@ Test(dup, range_fault_reports_copies, .timeout = T_SHORT)
 			.hmm_pfns = pfns,
 			/* a snapshot, a read fault, a read fault by b */
 			.default_flags = mode ? HMM_PFN_REQ_FAULT : 0,
-			.dev_private_owner = hmm_device_owner(mode == 2 ? b : a),
+			.dev_private_owner =
+				hmm_device_owner(mode == 2 ? b : a),
 		};
 		int ret;
 		while ((ret = hmm_range_fault(&r)) == -EBUSY)
