@@ -113,10 +113,31 @@ static void *slice_writer(void *arg)
 	return NULL;
 }
 
+/* One round of T threads writing their slices of @p (T * slice bytes),
+ * all on @dev first: every page comes home, with the right data. */
+static void slice_writers_round(hmm_device_t *dev, char *p, size_t slice,
+				uint64_t round, pthread_barrier_t *bar)
+{
+	const size_t len = T * slice;
+	struct worker w[T];
+
+	fill_pattern(p, len, 0x600d);
+	assert_migrate(p, len, dev, len / PG);
+	for (int i = 0; i < T; i++) {
+		w[i] = (struct worker){ .id = i, .base = p, .len = slice,
+					.seed = round, .bar = bar };
+		start(&w[i], slice_writer);
+	}
+	for (int i = 0; i < T; i++)
+		pthread_join(w[i].th, NULL);
+	check_workers(w, T);
+	settle(p, len);
+	cr_assert_eq(wait_dev_used(dev, 0), 0);
+}
+
 Test(concurrency, threads_fault_different_pages, .timeout = T_SHORT)
 {
 	const size_t slice = 64 * PG, len = T * slice;
-	struct worker w[T];
 	pthread_barrier_t bar;
 	hmm_device_t *dev;
 	char *p;
@@ -125,20 +146,8 @@ Test(concurrency, threads_fault_different_pages, .timeout = T_SHORT)
 	dev = open_sim(len);
 	p = alloc_managed(len);
 	pthread_barrier_init(&bar, NULL, T);
-	for (uint64_t round = 1; round <= 5; round++) {
-		fill_pattern(p, len, 0x600d);
-		assert_migrate(p, len, dev, len / PG);
-		for (int i = 0; i < T; i++) {
-			w[i] = (struct worker){ .id = i, .base = p, .len = slice,
-						.seed = round, .bar = &bar };
-			start(&w[i], slice_writer);
-		}
-		for (int i = 0; i < T; i++)
-			pthread_join(w[i].th, NULL);
-		check_workers(w, T);
-		settle(p, len);
-		cr_assert_eq(wait_dev_used(dev, 0), 0);
-	}
+	for (uint64_t round = 1; round <= 5; round++)
+		slice_writers_round(dev, p, slice, round, &bar);
 	pthread_barrier_destroy(&bar);
 }
 
@@ -504,7 +513,6 @@ Test(concurrency, parallel_alloc_migrate_free, .timeout = T_SHORT)
 static void single_page_faults(long workers)
 {
 	const size_t slice = 256 * PG, len = T * slice;
-	struct worker w[T];
 	pthread_barrier_t bar;
 	hmm_device_t *dev;
 	uint64_t off0;
@@ -518,18 +526,7 @@ static void single_page_faults(long workers)
 	pthread_barrier_init(&bar, NULL, T);
 	off0 = stat_of("faultbacks_offloaded");
 	for (uint64_t round = 1; round <= 40; round++) {
-		fill_pattern(p, len, 0x600d);
-		assert_migrate(p, len, dev, len / PG);
-		for (int i = 0; i < T; i++) {
-			w[i] = (struct worker){ .id = i, .base = p, .len = slice,
-						.seed = round, .bar = &bar };
-			start(&w[i], slice_writer);
-		}
-		for (int i = 0; i < T; i++)
-			pthread_join(w[i].th, NULL);
-		check_workers(w, T);
-		settle(p, len);
-		cr_assert_eq(wait_dev_used(dev, 0), 0);
+		slice_writers_round(dev, p, slice, round, &bar);
 		if (workers && round >= 5 &&
 		    stat_of("faultbacks_offloaded") > off0)
 			break;
