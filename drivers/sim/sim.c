@@ -789,30 +789,20 @@ static int sim_fork_child(hmm_device_t *dev)
 	return sd->nengines ? 0 : ret;
 }
 
+#define SIM_OPS                                                             \
+	.name = "sim", .init = sim_init, .fini = sim_fini, .copy = sim_copy, \
+	.zero = sim_zero, .fork_child = sim_fork_child, .tracks_dirty = true
+
 static const struct hmm_driver_ops sim_ops = {
-	.name = "sim",
-	.init = sim_init,
-	.fini = sim_fini,
-	.copy = sim_copy,
-	.zero = sim_zero,
+	SIM_OPS,
 	.host_ptr = sim_host_ptr,
-	.fork_child = sim_fork_child,
-	.tracks_dirty = true,
 };
 
 /* A sim device with a modelled link (HMM_SIM_LINK_GBPS) is a discrete
- * device: libhmm cannot address its memory, so that every transfer
- * between it and system memory (or another device) goes through its copy
- * operation, and over the link. */
-static const struct hmm_driver_ops sim_ops_linked = {
-	.name = "sim",
-	.init = sim_init,
-	.fini = sim_fini,
-	.copy = sim_copy,
-	.zero = sim_zero,
-	.fork_child = sim_fork_child,
-	.tracks_dirty = true,
-};
+ * device: libhmm cannot address its memory (no host_ptr), so that every
+ * transfer between it and system memory (or another device) goes through
+ * its copy operation, and over the link. */
+static const struct hmm_driver_ops sim_ops_linked = { SIM_OPS };
 
 int hmm__sim_register(void)
 {
