@@ -293,8 +293,15 @@ static struct hmm_block **list_copy(size_t *n)
 	return out;
 }
 
-static long collapse(uintptr_t s, uintptr_t e, int only,
-		     enum hmm_notifier_event event, bool blockable, bool quiet)
+/*
+ * @fn on each block with sets, over its part of [s, e) (without the
+ * registry's radix walk: the list is short).  Returns the sum of the
+ * results, stopping at the first nonzero one if @first.
+ */
+static long each_block(uintptr_t s, uintptr_t e, bool first,
+		       long (*fn)(struct hmm_block *, uintptr_t, uintptr_t,
+				  void *),
+		       void *arg)
 {
 	struct hmm_block **bl;
 	size_t n;
@@ -303,38 +310,54 @@ static long collapse(uintptr_t s, uintptr_t e, int only,
 	if (!atomic_load_explicit(&hmm__dup_blocks, memory_order_acquire))
 		return 0;
 	bl = list_copy(&n);
-	for (size_t k = 0; k < n; k++) {
+	for (size_t k = 0; k < n && !(first && total); k++) {
 		uintptr_t bs = HMM_MAX(s, bl[k]->base);
 		uintptr_t be = HMM_MIN(e, bl[k]->base + HMM_BLOCK_SIZE);
 		if (bs < be)
-			total += collapse_block(bl[k], bs, be, only, event,
-						blockable, quiet);
+			total += fn(bl[k], bs, be, arg);
 	}
 	free(bl);
 	return total;
 }
 
+struct collapse_arg {
+	int only;
+	enum hmm_notifier_event event;
+	bool blockable, quiet;
+};
+
+static long collapse_one(struct hmm_block *b, uintptr_t s, uintptr_t e,
+			 void *arg)
+{
+	const struct collapse_arg *ca = arg;
+
+	return collapse_block(b, s, e, ca->only, ca->event, ca->blockable,
+			      ca->quiet);
+}
+
+static long collapse(uintptr_t s, uintptr_t e, int only,
+		     enum hmm_notifier_event event, bool blockable, bool quiet)
+{
+	struct collapse_arg ca = { only, event, blockable, quiet };
+
+	return each_block(s, e, false, collapse_one, &ca);
+}
+
+static long any_in(struct hmm_block *b, uintptr_t s, uintptr_t e, void *arg)
+{
+	bool any;
+
+	(void)arg;
+	pthread_mutex_lock(&b->lock);
+	any = hmm__dups_any_locked(b, hmm__block_index(s),
+				   hmm__block_index(e - 1) + 1);
+	pthread_mutex_unlock(&b->lock);
+	return any;
+}
+
 bool hmm__dups_in(uintptr_t s, uintptr_t e)
 {
-	struct hmm_block **bl;
-	size_t n;
-	bool any = false;
-
-	if (!atomic_load_explicit(&hmm__dup_blocks, memory_order_acquire))
-		return false;
-	bl = list_copy(&n);
-	for (size_t k = 0; k < n && !any; k++) {
-		uintptr_t bs = HMM_MAX(s, bl[k]->base);
-		uintptr_t be = HMM_MIN(e, bl[k]->base + HMM_BLOCK_SIZE);
-		if (bs >= be)
-			continue;
-		pthread_mutex_lock(&bl[k]->lock);
-		any = hmm__dups_any_locked(bl[k], hmm__block_index(bs),
-					   hmm__block_index(be - 1) + 1);
-		pthread_mutex_unlock(&bl[k]->lock);
-	}
-	free(bl);
-	return any;
+	return each_block(s, e, true, any_in, NULL) != 0;
 }
 
 long hmm__dups_collapse(uintptr_t s, uintptr_t e, hmm_device_t *dev,
@@ -422,6 +445,19 @@ static bool dup_kind(uintptr_t va, uintptr_t *end)
 	return ok;
 }
 
+/* Whether page @i, answered @f by hmm_range_fault, may get a copy on the
+ * device of set @d (may be NULL): a readable, not writable system page,
+ * in system memory, held by no device, without a copy there yet.
+ * b->lock held. */
+static bool candidate(const struct hmm_block *b, const struct hmm_dupset *d,
+		      unsigned i, uint64_t f)
+{
+	return (f & (HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR |
+		     HMM_PFN_DEVICE | HMM_PFN_ZERO)) == HMM_PFN_VALID &&
+	       b->state[i] == PS_SYSTEM && !b->mod[i] &&
+	       !(d && d->dpfn[i] != DUP_NONE);
+}
+
 /*
  * Copies on @dev of the pages of [s, e) (one block) that range->hmm_pfns
  * reports as readable system pages: reserve (pending entries, and the
@@ -449,17 +485,8 @@ static void make_block(struct hmm_range *range, hmm_device_t *dev,
 		return;
 	}
 	d = set_of(b, dev->id);
-	for (size_t k = 0; k < n; k++) {
-		uint64_t f = pfns[k];
-		unsigned i = i0 + (unsigned)k;
-		if ((f & (HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR |
-			  HMM_PFN_DEVICE | HMM_PFN_ZERO)) != HMM_PFN_VALID)
-			continue;
-		if (b->state[i] != PS_SYSTEM || b->mod[i] ||
-		    (d && d->dpfn[i] != DUP_NONE))
-			continue;
-		want++;
-	}
+	for (size_t k = 0; k < n; k++)
+		want += candidate(b, d, i0 + (unsigned)k, pfns[k]);
 	pthread_mutex_unlock(&b->lock);
 	/* What fits: copies never make room for themselves (the device
 	 * reads the system pages the others). */
@@ -472,12 +499,8 @@ static void make_block(struct hmm_range *range, hmm_device_t *dev,
 	pthread_mutex_lock(&b->lock);
 	d = b->dup_quiet_ns > hmm__now_ns() ? NULL : set_get(b, dev->id);
 	for (size_t k = 0; d && k < n && used < want; k++) {
-		uint64_t f = pfns[k];
 		unsigned i = i0 + (unsigned)k;
-		if ((f & (HMM_PFN_VALID | HMM_PFN_WRITE | HMM_PFN_ERROR |
-			  HMM_PFN_DEVICE | HMM_PFN_ZERO)) != HMM_PFN_VALID ||
-		    b->state[i] != PS_SYSTEM || b->mod[i] ||
-		    d->dpfn[i] != DUP_NONE)
+		if (!candidate(b, d, i, pfns[k]))
 			continue;
 		/* Fresh: no copy is ready, so a device may still have a
 		 * writable translation (see below). */
