@@ -101,6 +101,32 @@ static hmm_device_t *open_sim(size_t mem)
 	return dev;
 }
 
+/* @len bytes of private anonymous memory, written once and managed. */
+static char *map_adopted(size_t len)
+{
+	char *p = map_anon(len);
+	int r;
+
+	populate(p, len);
+	if ((r = hmm_range_adopt(p, len, 0)))
+		die("hmm_range_adopt", r);
+	return p;
+}
+
+/* --size, but at most @cap_mib MiB. */
+static size_t size_capped(size_t cap_mib)
+{
+	return opt_size < (cap_mib << 20) ? opt_size : cap_mib << 20;
+}
+
+static void advise(void *p, size_t len, int advice, hmm_device_t *dev)
+{
+	int r = hmm_advise(p, len, advice, dev);
+
+	if (r)
+		die("hmm_advise", r);
+}
+
 /* memcpy of @len bytes, GB/s, median of repeats. */
 static double memcpy_gbs(size_t len)
 {
@@ -391,6 +417,15 @@ static void sum_kernel(void *dptr, size_t off, size_t n, void *arg)
 	*(uint64_t *)arg += s0 + s1 + s2 + s3;
 }
 
+/* The device reads all of [p, p + len) (sum_kernel into *@sink). */
+static void dev_sum(hmm_device_t *dev, char *p, size_t len, uint64_t *sink)
+{
+	int r = hmm_sim_launch(dev, p, len, 0, sum_kernel, sink, NULL);
+
+	if (r)
+		die("hmm_sim_launch", r);
+}
+
 static void bench_stream_read(void)
 {
 	size_t len = opt_size;
@@ -398,12 +433,10 @@ static void bench_stream_read(void)
 	char *p = map_anon(len);
 	double v[16], c[16];
 	uint64_t sum = 0;
-	int r;
 
 	populate(p, len);
 	/* The first pass fills the mirror; the figure is the warm pass. */
-	if ((r = hmm_sim_launch(dev, p, len, 0, sum_kernel, &sum, NULL)))
-		die("hmm_sim_launch", r);
+	dev_sum(dev, p, len, &sum);
 	for (int k = 0; k < opt_repeat; k++) {
 		double t = now_s();
 		hmm_sim_launch(dev, p, len, 0, sum_kernel, &sum, NULL);
@@ -938,14 +971,11 @@ static void bench_dma(void)
 static void bench_prefetch(void)
 {
 	size_t len = opt_size;
-	char *p = map_anon(len);
+	char *p = map_adopted(len);
 	hmm_device_t *dev = open_sim(len + (64 << 20));
 	double v[16], b[16];
 	long r;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	if ((r = hmm_migrate(p, len, dev, 0)) < 0)
 		die("hmm_migrate", (int)r);
 	for (int k = 0; k < opt_repeat; k++) {
@@ -976,14 +1006,11 @@ static void bench_prefetch(void)
 static void bench_discard(void)
 {
 	size_t len = opt_size;
-	char *p = map_anon(len);
+	char *p = map_adopted(len);
 	hmm_device_t *dev = open_sim(len + (64 << 20));
 	double v[16], b[16];
 	long r;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	for (int k = 0; k < opt_repeat; k++) {
 		for (int with = 0; with < 2; with++) {
 			if ((r = hmm_migrate(p, len, dev, 0)) < 0)
@@ -1012,15 +1039,12 @@ static void bench_discard(void)
 static void bench_peer(void)
 {
 	size_t len = opt_size;
-	char *p = map_anon(len);
+	char *p = map_adopted(len);
 	hmm_device_t *d[2] = { open_sim(len + (64 << 20)),
 			       open_sim(len + (64 << 20)) };
 	double v[16], b[16];
 	long r;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	if ((r = hmm_migrate(p, len, d[0], 0)) < 0)
 		die("hmm_migrate", (int)r);
 	for (int k = 0, at = 0; k < opt_repeat; k++) {
@@ -1052,29 +1076,22 @@ static void bench_peer(void)
  * every round moves it both ways. */
 static void bench_thrash(void)
 {
-	size_t len = opt_size < (64 << 20) ? opt_size : (size_t)64 << 20;
-	char *p = map_anon(len);
+	size_t len = size_capped(64);
+	char *p = map_adopted(len);
 	hmm_device_t *dev = open_sim(2 * len);
 	double v[16], b[16];
 	uint64_t sink = 0;
 	long r;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	for (int k = 0; k < opt_repeat; k++) {
 		for (int on = 0; on < 2; on++) {
 			hmm_option_set("THRASH_COUNT", on ? 3 : 0);
 			/* advice again: a fresh start for the counters'
 			 * effect (and the device faults again) */
-			if ((r = hmm_advise(p, len, HMM_ADVISE_PREFERRED_LOCATION,
-					    dev)))
-				die("hmm_advise", (int)r);
+			advise(p, len, HMM_ADVISE_PREFERRED_LOCATION, dev);
 			double t = now_s();
 			for (int round = 0; round < 10; round++) {
-				if ((r = hmm_sim_launch(dev, p, len, 0,
-							sum_kernel, &sink, NULL)))
-					die("hmm_sim_launch", (int)r);
+				dev_sum(dev, p, len, &sink);
 				for (size_t i = 0; i < len; i += PG)
 					sink += ((volatile char *)p)[i];
 			}
@@ -1100,31 +1117,24 @@ static void bench_thrash(void)
  * as fast as a local read unless --link models a bus). */
 static void bench_preferred(void)
 {
-	size_t len = opt_size < ((size_t)256 << 20) ? opt_size
-						    : (size_t)256 << 20;
-	char *p = map_anon(len);
+	size_t len = size_capped(256);
+	char *p = map_adopted(len);
 	hmm_device_t *dev = open_sim(2 * len);
 	double v[16], b[16];
 	uint64_t sink = 0;
 	long r;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	for (int k = 0; k < opt_repeat; k++) {
 		for (int adv = 0; adv < 2; adv++) {
 			if ((r = hmm_migrate(p, len, NULL, 0)) < 0)
 				die("hmm_migrate", (int)r);
-			if ((r = hmm_advise(p, len,
-					    adv ? HMM_ADVISE_PREFERRED_LOCATION
-						: HMM_ADVISE_UNSET_PREFERRED_LOCATION,
-					    adv ? dev : NULL)))
-				die("hmm_advise", (int)r);
+			advise(p, len,
+			       adv ? HMM_ADVISE_PREFERRED_LOCATION
+				   : HMM_ADVISE_UNSET_PREFERRED_LOCATION,
+			       adv ? dev : NULL);
 			double t = now_s();
 			for (int round = 0; round < 10; round++)
-				if ((r = hmm_sim_launch(dev, p, len, 0,
-							sum_kernel, &sink, NULL)))
-					die("hmm_sim_launch", (int)r);
+				dev_sum(dev, p, len, &sink);
 			(adv ? v : b)[k] = (now_s() - t) * 1e3;
 		}
 	}
@@ -1147,33 +1157,25 @@ static void bench_preferred(void)
  * is and nothing moves. */
 static void bench_accessed_by(void)
 {
-	size_t len = opt_size < ((size_t)64 << 20) ? opt_size
-						   : (size_t)64 << 20;
-	char *p = map_anon(len);
+	size_t len = size_capped(64);
+	char *p = map_adopted(len);
 	hmm_device_t *dev = open_sim(2 * len);
 	double v[16], b[16];
 	uint64_t sink = 0;
-	long r, thr = 3;
+	long thr = 3;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	hmm_option_get("THRASH_COUNT", &thr);
 	hmm_option_set("THRASH_COUNT", 0);
-	if ((r = hmm_advise(p, len, HMM_ADVISE_PREFERRED_LOCATION, dev)))
-		die("hmm_advise", (int)r);
+	advise(p, len, HMM_ADVISE_PREFERRED_LOCATION, dev);
 	for (int k = 0; k < opt_repeat; k++) {
 		for (int acc = 0; acc < 2; acc++) {
-			if ((r = hmm_advise(p, len,
-					    acc ? HMM_ADVISE_ACCESSED_BY
-						: HMM_ADVISE_UNSET_ACCESSED_BY,
-					    dev)))
-				die("hmm_advise", (int)r);
+			advise(p, len,
+			       acc ? HMM_ADVISE_ACCESSED_BY
+				   : HMM_ADVISE_UNSET_ACCESSED_BY,
+			       dev);
 			double t = now_s();
 			for (int round = 0; round < 10; round++) {
-				if ((r = hmm_sim_launch(dev, p, len, 0,
-							sum_kernel, &sink, NULL)))
-					die("hmm_sim_launch", (int)r);
+				dev_sum(dev, p, len, &sink);
 				for (size_t i = 0; i < len; i += PG)
 					((volatile char *)p)[i]++;
 			}
@@ -1200,37 +1202,29 @@ static void bench_accessed_by(void)
  * A, straight to B, then home on the CPU's faults, every round). */
 static void bench_read_mostly(void)
 {
-	size_t len = opt_size < ((size_t)256 << 20) ? opt_size
-						    : (size_t)256 << 20;
-	char *p = map_anon(len);
+	size_t len = size_capped(256);
+	char *p = map_adopted(len);
 	hmm_device_t *d[2] = { open_sim(2 * len), open_sim(2 * len) };
 	double v[16], b[16], rm[16];
 	uint64_t sink = 0;
 	long r;
 
-	populate(p, len);
-	if ((r = hmm_range_adopt(p, len, 0)))
-		die("hmm_range_adopt", (int)r);
 	/* mode 0: migrate to each reader; 1: read-mostly copies; 2: no
 	 * advice, every device reads system memory where it is. */
 	for (int k = 0; k < opt_repeat; k++) {
 		for (int mode = 0; mode < 3; mode++) {
 			bool dup = mode == 1;
-			if ((r = hmm_advise(p, len,
-					    dup ? HMM_ADVISE_READ_MOSTLY
-						: HMM_ADVISE_UNSET_READ_MOSTLY,
-					    NULL)))
-				die("hmm_advise", (int)r);
+			advise(p, len,
+			       dup ? HMM_ADVISE_READ_MOSTLY
+				   : HMM_ADVISE_UNSET_READ_MOSTLY,
+			       NULL);
 			double t = now_s();
 			for (int round = 0; round < 10; round++) {
 				for (int i = 0; i < 2; i++) {
 					if (!mode && (r = hmm_migrate(p, len, d[i],
 								      0)) < 0)
 						die("hmm_migrate", (int)r);
-					if ((r = hmm_sim_launch(d[i], p, len, 0,
-								sum_kernel,
-								&sink, NULL)))
-						die("hmm_sim_launch", (int)r);
+					dev_sum(d[i], p, len, &sink);
 				}
 				for (size_t i = 0; i < len; i += PG)
 					sink += ((volatile char *)p)[i];
