@@ -634,15 +634,24 @@ static void report(struct hmm_range *range, hmm_device_t *owner)
 	}
 }
 
-void hmm__dups_range_fault(struct hmm_range *range, hmm_device_t *owner)
+void hmm__dups_range_fault(struct hmm_range *range)
 {
 	struct hmm_span runs[16];
+	hmm_device_t *owner;
 	size_t nr = 0;
+	bool any = atomic_load_explicit(&hmm__dup_blocks,
+					memory_order_acquire);
 
-	if (owner && (range->default_flags & HMM_PFN_REQ_FAULT) &&
+	if (range->dev_private_owner &&
+	    (range->default_flags & HMM_PFN_REQ_FAULT) &&
 	    (hmm__ctx.caps & HMM_CAP_WP))
 		nr = hmm__advice_read_mostly(range->start, range->end, runs, 16);
-	if (nr) {
+	/* Nothing read-mostly here and no copy anywhere (most faults): not
+	 * even the owner's device is looked up. */
+	if (!nr && !any)
+		return;
+	owner = hmm__device_of_owner(range->dev_private_owner);
+	if (nr && owner) {
 		/* Not across a fork: the child would get entries for pages
 		 * the write protection does not follow to. */
 		pthread_rwlock_rdlock(&hmm__ctx.fork_lock);
@@ -663,7 +672,8 @@ void hmm__dups_range_fault(struct hmm_range *range, hmm_device_t *owner)
 		}
 		pthread_rwlock_unlock(&hmm__ctx.fork_lock);
 	}
-	if (atomic_load_explicit(&hmm__dup_blocks, memory_order_acquire))
+	if (any || atomic_load_explicit(&hmm__dup_blocks,
+					memory_order_acquire))
 		report(range, owner);
 }
 

@@ -857,10 +857,12 @@ long hmm__dups_collapse(uintptr_t s, uintptr_t e, hmm_device_t *dev,
  * memory any more, or it is absent and needs filling), or -EAGAIN (try
  * again later). */
 int hmm__dups_cpu_fault(struct hmm_block *b, uintptr_t page, bool wp);
-/* hmm_range_fault's last step, for @owner's device (may be NULL): read
- * faults in read-mostly ranges get duplicates in its memory; pages with
- * duplicates are reported as @owner's copy, or without write access. */
-void hmm__dups_range_fault(struct hmm_range *range, hmm_device_t *owner);
+/* hmm_range_fault's last step, for the device that is the range's
+ * dev_private_owner (if any): read faults in read-mostly ranges get
+ * duplicates in its memory; pages with duplicates are reported as its
+ * copy, or without write access.  Costs two atomic loads when there is
+ * no read-mostly advice and no copy. */
+void hmm__dups_range_fault(struct hmm_range *range);
 /* Under b->lock: page @i has a ready copy on device @dev. */
 bool hmm__dup_ready_locked(const struct hmm_block *b, unsigned i,
 			   unsigned dev);

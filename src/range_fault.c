@@ -405,7 +405,7 @@ int hmm_range_fault(struct hmm_range *range)
 	/* Read-mostly pages: copies in the faulting device's memory, and
 	 * no write access where copies exist (dup.c). */
 	if (!ret)
-		hmm__dups_range_fault(range, hmm__device_of_owner(owner));
+		hmm__dups_range_fault(range);
 	if (!ret && range->notifier &&
 	    hmm_interval_check_retry(range->notifier, range->notifier_seq))
 		ret = -EBUSY;
