@@ -885,11 +885,15 @@ static void *service_main(void *arg)
 						   : 0;
 				if (!cnt)
 					break;
+				size_t faults = 0;
+				for (size_t i = 0; i < cnt; i++)
+					faults += msgs[i].event ==
+						  UFFD_EVENT_PAGEFAULT;
 				for (size_t i = 0; i < cnt; i++) {
-					fb_more = false;
-					for (size_t k = i + 1; k < cnt && !fb_more; k++)
-						fb_more = msgs[k].event ==
-							  UFFD_EVENT_PAGEFAULT;
+					/* Faults after this one in the round. */
+					faults -= msgs[i].event ==
+						  UFFD_EVENT_PAGEFAULT;
+					fb_more = faults > 0;
 					handle_msg(&msgs[i], &rl);
 				}
 				fb_more = false;
