@@ -164,6 +164,34 @@ void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n)
 	hmm__stat_sub(HMM_STAT_device_bytes_in_use, n * HMM_PAGE_SIZE);
 }
 
+bool hmm__devpages_add(struct hmm_devpages *dp, unsigned dev, uint32_t dpfn)
+{
+	if (dp->n == dp->cap) {
+		size_t cap = dp->cap ? 2 * dp->cap : 64;
+		uint32_t *p = realloc(dp->dpfn, cap * sizeof(*p));
+		if (!p)
+			return false;
+		dp->dpfn = p;
+		uint8_t *d = realloc(dp->dev, cap);
+		if (!d)
+			return false;
+		dp->dev = d;
+		dp->cap = cap;
+	}
+	dp->dpfn[dp->n] = dpfn;
+	dp->dev[dp->n++] = (uint8_t)dev;
+	return true;
+}
+
+void hmm__devpages_free(struct hmm_devpages *dp)
+{
+	for (size_t k = 0; k < dp->n; k++)
+		hmm__devmem_free(hmm__device_get(dp->dev[k]), &dp->dpfn[k], 1);
+	free(dp->dpfn);
+	free(dp->dev);
+	*dp = (struct hmm_devpages){ 0 };
+}
+
 int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
 		    hmm_device_t **out)
 {

@@ -154,28 +154,9 @@ bool hmm__dups_any_locked(const struct hmm_block *b, unsigned i0,
 	return false;
 }
 
-static bool bag_add(struct hmm_dupbag *bag, unsigned dev, uint32_t dpfn)
-{
-	if (bag->n == bag->cap) {
-		size_t cap = bag->cap ? 2 * bag->cap : 64;
-		uint32_t *p = realloc(bag->dpfn, cap * sizeof(*p));
-		if (!p)
-			return false;
-		bag->dpfn = p;
-		uint8_t *d = realloc(bag->dev, cap);
-		if (!d)
-			return false;
-		bag->dev = d;
-		bag->cap = cap;
-	}
-	bag->dpfn[bag->n] = dpfn;
-	bag->dev[bag->n++] = (uint8_t)dev;
-	return true;
-}
-
 /* Remove the entries of @only (all devices if < 0) in [i0, i1). */
 static bool detach(struct hmm_block *b, unsigned i0, unsigned i1, int only,
-		   struct hmm_dupbag *bag)
+		   struct hmm_devpages *bag)
 {
 	bool ok = true;
 
@@ -186,7 +167,7 @@ static bool detach(struct hmm_block *b, unsigned i0, unsigned i1, int only,
 			if (d->dpfn[i] == DUP_NONE)
 				continue;
 			/* A pending page is its maker's to free. */
-			if (is_ready(d, i) && !bag_add(bag, d->dev, d->dpfn[i])) {
+			if (is_ready(d, i) && !hmm__devpages_add(bag, d->dev, d->dpfn[i])) {
 				ok = false; /* it stays, consistent */
 				continue;
 			}
@@ -200,22 +181,17 @@ static bool detach(struct hmm_block *b, unsigned i0, unsigned i1, int only,
 }
 
 bool hmm__dups_detach_locked(struct hmm_block *b, unsigned i0, unsigned i1,
-			     struct hmm_dupbag *bag)
+			     struct hmm_devpages *bag)
 {
 	if (!b->dups)
 		return true;
 	return detach(b, i0, i1, -1, bag);
 }
 
-void hmm__dupbag_release(struct hmm_dupbag *bag)
+void hmm__dupbag_release(struct hmm_devpages *bag)
 {
-	for (size_t k = 0; k < bag->n; k++)
-		hmm__devmem_free(hmm__device_get(bag->dev[k]), &bag->dpfn[k],
-				 1);
 	hmm__stat_add(HMM_STAT_dup_pages_collapsed, bag->n);
-	free(bag->dpfn);
-	free(bag->dev);
-	*bag = (struct hmm_dupbag){ 0 };
+	hmm__devpages_free(bag);
 }
 
 /*
@@ -252,7 +228,7 @@ static long collapse_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 			   int only, enum hmm_notifier_event event,
 			   bool blockable, bool quiet)
 {
-	struct hmm_dupbag bag = { 0 };
+	struct hmm_devpages bag = { 0 };
 	unsigned i0 = hmm__block_index(s);
 	unsigned i1 = i0 + (unsigned)((e - s) >> HMM_PAGE_SHIFT);
 	long n;
@@ -378,7 +354,7 @@ int hmm__dups_cpu_fault(struct hmm_block *b, uintptr_t page, bool wp)
 	unsigned i = hmm__block_index(page);
 
 	for (int round = 0; round < 4; round++) {
-		struct hmm_dupbag bag = { 0 };
+		struct hmm_devpages bag = { 0 };
 		int r = 0;
 
 		pthread_mutex_lock(&b->lock);

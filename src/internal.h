@@ -627,6 +627,17 @@ hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
 hmm_device_t *hmm__device_of_owner(const void *owner);
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
+/* Device pages of any devices, gathered under block locks to be freed
+ * once their translations are invalidated (a drop, copies removed). */
+struct hmm_devpages {
+	uint32_t *dpfn;
+	uint8_t *dev;
+	size_t n, cap;
+};
+/* false: out of memory, nothing added. */
+bool hmm__devpages_add(struct hmm_devpages *dp, unsigned dev, uint32_t dpfn);
+/* Free the pages (to their devices) and the arrays. */
+void hmm__devpages_free(struct hmm_devpages *dp);
 void hmm__devices_close_all(void);
 /* fork: whether no page lives on a device that cannot follow a fork (one
  * without fork_child), bringing such pages home first if @evict; and, in
@@ -827,13 +838,6 @@ extern __thread bool hmm__own_thread;
  * read-only copies in devices' memory.  Anything that would change the
  * system page or take it out of PS_SYSTEM removes them first.
  */
-/* Ready duplicates taken out of blocks, to free once their pages are
- * invalidated. */
-struct hmm_dupbag {
-	uint32_t *dpfn;
-	uint8_t *dev;
-	size_t n, cap;
-};
 /* Blocks with duplicates exist (a hint for the fast paths). */
 extern _Atomic long hmm__dup_blocks;
 /* Under b->lock: whether a page of [i0, i1) has a duplicate (ready or
@@ -843,9 +847,10 @@ bool hmm__dups_any_locked(const struct hmm_block *b, unsigned i0,
 /* Under b->lock: remove the duplicates of pages [i0, i1); the ready ones
  * go into @bag (false: out of memory, some stayed). */
 bool hmm__dups_detach_locked(struct hmm_block *b, unsigned i0, unsigned i1,
-			     struct hmm_dupbag *bag);
-/* After the invalidation of their pages: free the device pages. */
-void hmm__dupbag_release(struct hmm_dupbag *bag);
+			     struct hmm_devpages *bag);
+/* After the invalidation of their pages: free the device pages (and
+ * count them as collapsed). */
+void hmm__dupbag_release(struct hmm_devpages *bag);
 /* Remove the duplicates in [s, e) (of device @dev, or all if NULL):
  * detached, invalidated (@event), freed, and the system pages left with
  * none lose their write protection.  Returns pages freed. */

@@ -625,12 +625,10 @@ struct drop_arg {
 	bool unmap;	/* pages become unmanaged */
 	bool keep_data;	/* shared memory after MADV_DONTNEED: data stays */
 	bool pending;	/* the kernel has not zapped yet (REMOVE event) */
-	uint32_t *freed;	/* device pages to free once invalidated */
-	uint8_t *freed_dev;
-	size_t nfreed, cap;
+	struct hmm_devpages freed; /* device pages to free once invalidated */
 	bool zero;		/* a page locked to its device: zeroed there */
 	bool wake;		/* a hold ended: CPU writes may be waiting */
-	struct hmm_dupbag dups;	/* read-only copies, freed once invalidated */
+	struct hmm_devpages dups; /* read-only copies, freed once invalidated */
 };
 
 static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
@@ -666,20 +664,9 @@ static void drop_block(struct hmm_block *b, uintptr_t s, uintptr_t e,
 				break;
 			}
 			b->mod[i] = PMOD_UNHOLD(b->mod[i]);
-			if (da->nfreed == da->cap) {
-				size_t cap = da->cap ? 2 * da->cap : 512;
-				uint32_t *f = realloc(da->freed, cap * 4);
-				uint8_t *d = realloc(da->freed_dev, cap);
-				if (f)
-					da->freed = f;
-				if (d)
-					da->freed_dev = d;
-				if (!f || !d)
-					break; /* keep it: a leak, not a loss */
-				da->cap = cap;
-			}
-			da->freed[da->nfreed] = b->dpfn[i];
-			da->freed_dev[da->nfreed++] = PDEV_ID(b->dev[i]);
+			if (!hmm__devpages_add(&da->freed, PDEV_ID(b->dev[i]),
+					       b->dpfn[i]))
+				break; /* keep it: a leak, not a loss */
 			b->ndev--;
 			/* A file's page cache still has the old data until
 			 * the kernel drops it: a migration meanwhile must not
@@ -777,11 +764,7 @@ void hmm__pages_drop(uintptr_t start, uintptr_t end, bool unmap,
 		hmm__blocks_for_each(start, end, zero_locked, NULL);
 	if (da.wake)
 		hmm__uffd_wake(hmm__ctx.uffd, start, end - start);
-	for (size_t i = 0; i < da.nfreed; i++)
-		hmm__devmem_free(hmm__device_get(da.freed_dev[i]), &da.freed[i],
-				 1);
-	free(da.freed);
-	free(da.freed_dev);
+	hmm__devpages_free(&da.freed);
 	hmm__dupbag_release(&da.dups);
 }
 
