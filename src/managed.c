@@ -190,13 +190,13 @@ static int unmanage(uintptr_t s, uintptr_t e)
 			return (int)r;
 		if (!hmm__range_busy(s, e)) {
 			int ret = hmm__pages_set_state(s, e, PS_NONE);
-			/* Read-only copies on devices go too: no copy is
-			 * made of an unmanaged page. */
-			if (ret != -EAGAIN)
+			if (ret != -EAGAIN) {
+				/* Read-only copies on devices go too: no copy
+				 * is made of an unmanaged page. */
 				hmm__dups_collapse(s, e, NULL, HMM_NOTIFY_UNMAP,
 						   true);
-			if (ret != -EAGAIN)
 				return ret;
+			}
 		}
 		sched_yield();
 	}
