@@ -46,6 +46,7 @@ struct retry_list {
 #define FB_MAX 8
 
 struct fb_job {
+	struct hmm_block *b;	/* the block of page */
 	uintptr_t page, s, e;	/* the fault, and the window to bring home */
 	int from;		/* the device it was on (tracing) */
 };
@@ -64,19 +65,28 @@ static struct hmm_thread fb_threads[FB_MAX];
  * it in its round, so a free worker may take it. */
 static bool fb_more;
 
-static void fb_run(const struct fb_job *j)
+/* A CPU fault's fault-back: the window [s, e) around a page of block @b
+ * comes home from device @from (traced; counted for thrashing control). */
+static long fault_back(struct hmm_block *b, uintptr_t s, uintptr_t e,
+		       int from, int flags)
 {
 	uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
-	long r = hmm__migrate_to_system(j->s, j->e, NULL, 0);
-	struct hmm_block *b = hmm__block_lookup(j->page);
+	long r = hmm__migrate_to_system(s, e, NULL, flags);
 
 	if (t)
-		hmm__trace_span("migrate_to_system", "migrate", t, j->s,
-				(j->e - j->s) >> HMM_PAGE_SHIFT,
-				r > 0 ? (uint64_t)r : 0, j->from);
-	if (r > 0 && b)
+		hmm__trace_span("migrate_to_system", "migrate", t, s,
+				(e - s) >> HMM_PAGE_SHIFT,
+				r > 0 ? (uint64_t)r : 0, from);
+	if (r > 0)
 		atomic_fetch_add_explicit(&b->cpu_backs, 1,
 					  memory_order_relaxed);
+	return r;
+}
+
+static void fb_run(const struct fb_job *j)
+{
+	long r = fault_back(j->b, j->s, j->e, j->from, 0);
+
 	if (r < 0 && r != -ETIMEDOUT && r != -EBUSY && r != -EAGAIN)
 		hmm__debug("offloaded fault-back at %#lx: %s",
 			   (unsigned long)j->page, strerror((int)-r));
@@ -109,9 +119,10 @@ static void *fb_main(void *arg)
 	return NULL;
 }
 
-/* Service thread: hand the fault-back of [s, e) for @page to a worker
+/* Service thread: hand the fault-back of [s, e) for @page (in @b) to a worker
  * that is free (starting one if allowed).  False: serve it here. */
-static bool fb_offload(uintptr_t page, uintptr_t s, uintptr_t e, int from)
+static bool fb_offload(struct hmm_block *b, uintptr_t page, uintptr_t s,
+		       uintptr_t e, int from)
 {
 	long max = hmm__option(HMM_OPT_FAULT_WORKERS);
 	bool ok = false;
@@ -131,7 +142,7 @@ static bool fb_offload(uintptr_t page, uintptr_t s, uintptr_t e, int from)
 		}
 	}
 	if (ok) {
-		fb_jobs[fb_n++] = (struct fb_job){ page, s, e, from };
+		fb_jobs[fb_n++] = (struct fb_job){ b, page, s, e, from };
 		pthread_cond_signal(&fb_cond);
 		hmm__stat_add(HMM_STAT_faultbacks_offloaded, 1);
 	}
@@ -515,15 +526,9 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			 * device accesses in flight (a little), and the
 			 * engine's may be one. */
 			if (first && !own_fault(m) &&
-			    fb_offload(page, s, e, from))
+			    fb_offload(b, page, s, e, from))
 				return 0;
-			uint64_t t = hmm__tracing() ? hmm__now_ns() : 0;
-			r = hmm__migrate_to_system(s, e, NULL,
-						   HMM_MIG_NONBLOCK);
-			if (t)
-				hmm__trace_span("migrate_to_system", "migrate",
-						t, s, (e - s) >> HMM_PAGE_SHIFT,
-						r > 0 ? (uint64_t)r : 0, from);
+			r = fault_back(b, s, e, from, HMM_MIG_NONBLOCK);
 			if (r == -EAGAIN)
 				return -EAGAIN;
 			if (r < 0 && r != -EINPROGRESS) {
@@ -537,9 +542,6 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			 * left to do.  Looking at the page again would cost
 			 * a UFFDIO_ZEROPAGE that fails and a wake. */
 			unsigned char vec = 0;
-			if (r > 0)
-				atomic_fetch_add_explicit(&b->cpu_backs, 1,
-							  memory_order_relaxed);
 			if (r > 0 && !mincore((void *)page, HMM_PAGE_SIZE, &vec) &&
 			    (vec & 1))
 				return 0;
