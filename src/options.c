@@ -54,10 +54,10 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 		"once a block ping-pongs, its next move to the preferred "
 		"device waits this long after the last one, devices mapping "
 		"it where it is meanwhile (0: no throttle)" },
-	[HMM_OPT_FAULT_WORKERS] = { "HMM_FAULT_WORKERS", 1, 0, 8,
+	[HMM_OPT_FAULT_WORKERS] = { "HMM_FAULT_WORKERS", 0, 0, 8,
 		"threads that bring device pages home for CPU faults next to "
 		"the fault-service thread, when several faults wait at once "
-		"(0: the service thread alone)" },
+		"(0, the default: the service thread alone)" },
 	[HMM_OPT_SIM_LINK_GBPS] = { "HMM_SIM_LINK_GBPS", 0, 0, 100000,
 		"sim devices opened from now on reach system memory over a "
 		"link of this many GB/s (their reads and writes of system "
