@@ -127,10 +127,50 @@ static void advise(void *p, size_t len, int advice, hmm_device_t *dev)
 		die("hmm_advise", r);
 }
 
-/* memcpy of @len bytes, GB/s, median of repeats. */
-static double memcpy_gbs(size_t len)
+/* AnonHugePages of this process, bytes. */
+static size_t anon_huge_bytes(void)
 {
-	char *a = map_anon(len), *b = map_anon(len);
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	char line[256];
+	size_t kb = 0;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %zu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb << 10;
+}
+
+/*
+ * @len bytes (a multiple of 2 MiB) of private anonymous memory, 2 MiB
+ * aligned, asked to be backed by huge pages (MADV_HUGEPAGE) and written
+ * once.  *@huge tells whether they all are (THP "never", or no free huge
+ * pages: 4 KiB pages).  munmap with unmap_thp.
+ */
+static char *map_thp(size_t len, bool *huge)
+{
+	char *raw = map_anon(len + (2 << 20));
+	char *p = (char *)(((uintptr_t)raw + (2 << 20) - 1) &
+			   ~(uintptr_t)((2 << 20) - 1));
+	size_t before = anon_huge_bytes();
+
+	if (p > raw)
+		munmap(raw, (size_t)(p - raw));
+	munmap(p + len, (size_t)(raw + len + (2 << 20) - (p + len)));
+	madvise(p, len, MADV_HUGEPAGE);
+	populate(p, len);
+	*huge = anon_huge_bytes() - before >= len;
+	return p;
+}
+
+/* memcpy of @len bytes, GB/s, median of repeats; between buffers backed
+ * by huge pages if @thp. */
+static double memcpy_gbs_kind(size_t len, bool thp)
+{
+	bool huge;
+	char *a = thp ? map_thp(len, &huge) : map_anon(len);
+	char *b = thp ? map_thp(len, &huge) : map_anon(len);
 	double v[16];
 
 	populate(a, len);
@@ -145,19 +185,36 @@ static double memcpy_gbs(size_t len)
 	return median(v, opt_repeat);
 }
 
+static double memcpy_gbs(size_t len)
+{
+	return memcpy_gbs_kind(len, false);
+}
+
 /* ---- migrate_to_device / migrate_to_system ----------------------------- */
 
-static void bench_migrate(void)
+/*
+ * Application memory backed by 2 MiB huge pages (populated before it is
+ * adopted, as a runtime's large buffers are) moves whole to the sim
+ * device and back: page tables only.  The _4k variants adopt first and
+ * fill through libhmm's first touches: 4 KiB pages, copied.  Each is
+ * compared with memcpy over the same kind of memory.
+ */
+static void migrate_kind(bool thp)
 {
 	size_t len = opt_size;
 	hmm_device_t *dev = open_sim(len);
-	char *p = map_anon(len);
+	bool huge = false;
+	char *p = thp ? map_thp(len, &huge) : map_anon(len);
 	double to_dev[16], to_sys[16];
 	long r;
 
 	if ((r = hmm_range_adopt(p, len, 0)))
 		die("hmm_range_adopt", r);
-	populate(p, len);
+	if (thp && !huge)
+		fprintf(stderr, "hmm-bench: no huge pages here (THP off or "
+				"none free): migrate_to_* ran on 4 KiB pages\n");
+	if (!thp)
+		populate(p, len);
 	for (int i = 0; i < opt_repeat; i++) {
 		double t = now_s();
 		if ((r = hmm_migrate(p, len, dev, 0)) != (long)(len / PG))
@@ -168,13 +225,21 @@ static void bench_migrate(void)
 			die("hmm_migrate to system", r);
 		to_sys[i] = len / (now_s() - t) / 1e9;
 	}
-	double mc = memcpy_gbs(len);
-	report(&(struct result){ "migrate_to_device", "GB/s", "memcpy",
+	double mc = memcpy_gbs_kind(len, thp);
+	report(&(struct result){ thp ? "migrate_to_device" : "migrate_to_device_4k",
+				 "GB/s", thp ? "memcpy (huge pages)" : "memcpy",
 				 median(to_dev, opt_repeat), mc, false, NULL });
-	report(&(struct result){ "migrate_to_system", "GB/s", "memcpy",
+	report(&(struct result){ thp ? "migrate_to_system" : "migrate_to_system_4k",
+				 "GB/s", thp ? "memcpy (huge pages)" : "memcpy",
 				 median(to_sys, opt_repeat), mc, false, NULL });
 	munmap(p, len);
 	hmm_device_close(dev);
+}
+
+static void bench_migrate(void)
+{
+	migrate_kind(true);
+	migrate_kind(false);
 }
 
 /* ---- bare userfaultfd round trip (the baseline of CPU fault-back) ------ */
@@ -294,17 +359,23 @@ static void bench_faultback_4k(void)
 
 /* ---- cpu_faultback_bulk ------------------------------------------------ */
 
-static void bench_faultback_bulk(void)
+/* As migrate_kind: the device-resident data is huge pages that come
+ * back whole (and, along a sequential stream, several at a time), or 4
+ * KiB pages copied back in fault-around windows (_4k). */
+static void faultback_bulk_kind(bool thp)
 {
 	size_t len = opt_size;
 	hmm_device_t *dev = open_sim(len);
-	char *p = map_anon(len), *dst = map_anon(len);
+	bool huge = false;
+	char *p = thp ? map_thp(len, &huge) : map_anon(len);
+	char *dst = thp ? map_thp(len, &huge) : map_anon(len);
 	double v[16];
 	long r;
 
 	if ((r = hmm_range_adopt(p, len, 0)))
 		die("hmm_range_adopt", r);
-	populate(p, len);
+	if (!thp)
+		populate(p, len);
 	populate(dst, len);
 	for (int k = 0; k < opt_repeat; k++) {
 		if ((r = hmm_migrate(p, len, dev, 0)) != (long)(len / PG))
@@ -313,12 +384,19 @@ static void bench_faultback_bulk(void)
 		memcpy(dst, p, len); /* the sequential CPU pass */
 		v[k] = len / (now_s() - t) / 1e9;
 	}
-	report(&(struct result){ "cpu_faultback_bulk", "GB/s", "memcpy",
-				 median(v, opt_repeat), memcpy_gbs(len), false,
-				 NULL });
+	report(&(struct result){ thp ? "cpu_faultback_bulk" : "cpu_faultback_bulk_4k",
+				 "GB/s", thp ? "memcpy (huge pages)" : "memcpy",
+				 median(v, opt_repeat), memcpy_gbs_kind(len, thp),
+				 false, NULL });
 	munmap(p, len);
 	munmap(dst, len);
 	hmm_device_close(dev);
+}
+
+static void bench_faultback_bulk(void)
+{
+	faultback_bulk_kind(true);
+	faultback_bulk_kind(false);
 }
 
 /* ---- file_faultback_bulk, file_sync ----------------------------------- */
@@ -1369,7 +1447,9 @@ static void usage(FILE *f)
 		   "[--link GB/s] [SCENARIO...]\nscenarios:");
 	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
 		fprintf(f, " %s", scenarios[i].name);
-	fprintf(f, "\n(migrate runs migrate_to_device and migrate_to_system)\n");
+	fprintf(f, "\n(migrate runs migrate_to_device and migrate_to_system, "
+		   "on huge pages, and their _4k variants; cpu_faultback_bulk "
+		   "runs cpu_faultback_bulk_4k too)\n");
 }
 
 int main(int argc, char **argv)

@@ -74,6 +74,56 @@ hmm_device_t *hmm__device_get(unsigned int id)
 	return d;
 }
 
+/*
+ * A movable device's memory (host_movable) is registered with libhmm's
+ * userfaultfd, write-protect mode only, so that UFFDIO_MOVE may take
+ * whole huge pages into it and out of it (thp.c).  Anything missing
+ * leaves the device copying, as others do.
+ */
+static void pool_register(hmm_device_t *dev, struct hmm_devmem *m)
+{
+	size_t nchunks = dev->mem_pages / HMM_BLOCK_PAGES;
+	uintptr_t pool;
+	int ret;
+
+	if (!dev->ops->host_movable || !dev->ops->host_ptr || !nchunks ||
+	    !hmm__option(HMM_OPT_THP_MOVE))
+		return;
+	if ((hmm__ctx.caps & (HMM_CAP_MOVE | HMM_CAP_WP)) !=
+	    (HMM_CAP_MOVE | HMM_CAP_WP)) {
+		hmm__info("device %u: this kernel has no UFFDIO_MOVE or no "
+			  "userfaultfd write-protection: huge pages are copied",
+			  dev->id);
+		return;
+	}
+	pool = (uintptr_t)dev->ops->host_ptr(dev, 0);
+	if (pool & (HMM_BLOCK_SIZE - 1))
+		return;
+	m->clean = malloc(nchunks * sizeof(uint32_t));
+	if (!m->clean)
+		return;
+	ret = hmm__uffd_register_wp(hmm__ctx.uffd, pool,
+				    dev->mem_pages << HMM_PAGE_SHIFT);
+	if (ret) {
+		hmm__info("device %u: its memory cannot be registered (%s): "
+			  "huge pages are copied", dev->id, strerror(-ret));
+		free(m->clean);
+		m->clean = NULL;
+		return;
+	}
+	m->movable = true;
+}
+
+static void pool_unregister(hmm_device_t *dev)
+{
+	if (!dev->mem->movable)
+		return;
+	dev->mem->movable = false;
+	hmm__uffd_unregister(hmm__ctx.uffd,
+			     (uintptr_t)dev->ops->host_ptr(dev, 0),
+			     dev->mem_pages << HMM_PAGE_SHIFT);
+}
+
 static int devmem_init(hmm_device_t *dev)
 {
 	struct hmm_devmem *m = calloc(1, sizeof(*m));
@@ -97,13 +147,87 @@ static int devmem_init(hmm_device_t *dev)
 	hmm__stat_add(HMM_STAT_metadata_bytes,
 		      dev->mem_pages * (sizeof(*m->owner) + sizeof(*m->ref) +
 					sizeof(*m->dirty)));
-	/* Hand out low page numbers first. */
-	for (size_t i = 0; i < dev->mem_pages; i++)
-		m->free[i] = (uint32_t)(dev->mem_pages - 1 - i);
-	m->nfree = m->npages = dev->mem_pages;
+	m->npages = dev->mem_pages;
+	pool_register(dev, m);
+	if (m->movable) {
+		/* Whole chunks on the chunk stack, the tail on the page
+		 * stack; low numbers first. */
+		size_t nchunks = dev->mem_pages / HMM_BLOCK_PAGES;
+		for (size_t c = 0; c < nchunks; c++)
+			m->clean[c] = (uint32_t)(nchunks - 1 - c);
+		m->nclean = nchunks;
+		for (size_t i = dev->mem_pages; i-- > nchunks * HMM_BLOCK_PAGES;)
+			m->free[m->nfree++] = (uint32_t)i;
+	} else {
+		/* Hand out low page numbers first. */
+		for (size_t i = 0; i < dev->mem_pages; i++)
+			m->free[i] = (uint32_t)(dev->mem_pages - 1 - i);
+		m->nfree = dev->mem_pages;
+	}
 	pthread_mutex_init(&m->lock, NULL);
 	dev->mem = m;
 	return 0;
+}
+
+/* Pages free on the page stack and in clean chunks.  m->lock. */
+static size_t devmem_free_locked(const struct hmm_devmem *m)
+{
+	return m->nfree + m->nclean * HMM_BLOCK_PAGES;
+}
+
+size_t hmm__devmem_used(hmm_device_t *dev)
+{
+	struct hmm_devmem *m = dev->mem;
+	size_t used;
+
+	pthread_mutex_lock(&m->lock);
+	used = m->npages - devmem_free_locked(m);
+	pthread_mutex_unlock(&m->lock);
+	return used;
+}
+
+/* Pages of the chunk on top of the clean stack go onto the page stack
+ * (low numbers on top), for good.  m->lock. */
+static void chunk_to_pages(struct hmm_devmem *m)
+{
+	uint32_t base = m->clean[--m->nclean] * (uint32_t)HMM_BLOCK_PAGES;
+
+	for (size_t i = 0; i < HMM_BLOCK_PAGES; i++)
+		m->free[m->nfree++] =
+			base + (uint32_t)(HMM_BLOCK_PAGES - 1 - i);
+}
+
+int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *base)
+{
+	struct hmm_devmem *m = dev->mem;
+
+	if (hmm__inject(HMM_INJ_DEVMEM_ALLOC))
+		return -ENOMEM;
+	pthread_mutex_lock(&m->lock);
+	if (!m->movable || !m->nclean || (m->fail & HMM_FAIL_DEVMEM)) {
+		pthread_mutex_unlock(&m->lock);
+		return -ENOSPC; /* the caller allocates pages instead */
+	}
+	*base = m->clean[--m->nclean] * (uint32_t)HMM_BLOCK_PAGES;
+	for (size_t i = 0; i < HMM_BLOCK_PAGES; i++)
+		atomic_store_explicit(&m->dirty[*base + i], 0,
+				      memory_order_relaxed);
+	pthread_mutex_unlock(&m->lock);
+	hmm__stat_add(HMM_STAT_device_bytes_in_use, HMM_BLOCK_SIZE);
+	return 0;
+}
+
+void hmm__devmem_free_chunk(hmm_device_t *dev, uint32_t base)
+{
+	struct hmm_devmem *m = dev->mem;
+
+	pthread_mutex_lock(&m->lock);
+	for (size_t i = 0; i < HMM_BLOCK_PAGES; i++)
+		atomic_store_explicit(&m->owner[base + i], 0,
+				      memory_order_relaxed);
+	m->clean[m->nclean++] = base / (uint32_t)HMM_BLOCK_PAGES;
+	pthread_mutex_unlock(&m->lock);
+	hmm__stat_sub(HMM_STAT_device_bytes_in_use, HMM_BLOCK_SIZE);
 }
 
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
@@ -113,11 +237,13 @@ int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out)
 	if (hmm__inject(HMM_INJ_DEVMEM_ALLOC))
 		return -ENOMEM;
 	pthread_mutex_lock(&m->lock);
-	if (m->nfree < n || (m->fail & HMM_FAIL_DEVMEM)) {
+	if (devmem_free_locked(m) < n || (m->fail & HMM_FAIL_DEVMEM)) {
 		m->fail &= ~HMM_FAIL_DEVMEM;
 		pthread_mutex_unlock(&m->lock);
 		return -ENOMEM;
 	}
+	while (m->nfree < n)
+		chunk_to_pages(m);
 	for (size_t i = 0; i < n; i++) {
 		out[i] = m->free[--m->nfree];
 		/* arriving data is the system copy's */
@@ -252,9 +378,7 @@ static bool evict_all(hmm_device_t *dev)
 {
 	for (int round = 0; round < 1000; round++) {
 		size_t used;
-		pthread_mutex_lock(&dev->mem->lock);
-		used = dev->mem->npages - dev->mem->nfree;
-		pthread_mutex_unlock(&dev->mem->lock);
+		used = hmm__devmem_used(dev);
 		if (!used)
 			return true;
 		hmm__dups_reclaim(dev);
@@ -321,6 +445,7 @@ int hmm_device_close(hmm_device_t *dev)
 	if (busy)
 		return 0; /* exiting: the memory and threads go with the process */
 	hmm__host_regions_detach(dev);
+	pool_unregister(dev);
 	if (dev->ops->fini)
 		dev->ops->fini(dev);
 	pthread_mutex_lock(&hmm__ctx.dev_lock);
@@ -332,6 +457,7 @@ int hmm_device_close(hmm_device_t *dev)
 			      (sizeof(*dev->mem->owner) + sizeof(*dev->mem->ref) +
 			       sizeof(*dev->mem->dirty)));
 	free(dev->mem->free);
+	free(dev->mem->clean);
 	free((void *)dev->mem->owner);
 	free((void *)dev->mem->ref);
 	free((void *)dev->mem->dirty);
@@ -348,7 +474,7 @@ int hmm_device_mem_usage(hmm_device_t *dev, size_t *used, size_t *total)
 		return -ENODEV;
 	pthread_mutex_lock(&dev->mem->lock);
 	if (used)
-		*used = dev->mem->npages - dev->mem->nfree;
+		*used = dev->mem->npages - devmem_free_locked(dev->mem);
 	if (total)
 		*total = dev->mem->npages;
 	pthread_mutex_unlock(&dev->mem->lock);
@@ -384,7 +510,7 @@ bool hmm__devices_fork_ready(bool evict)
 		if (evict)
 			hmm__migrate_all_to_system(d);
 		pthread_mutex_lock(&d->mem->lock);
-		used = d->mem->npages - d->mem->nfree;
+		used = d->mem->npages - devmem_free_locked(d->mem);
 		pthread_mutex_unlock(&d->mem->lock);
 		ready &= used == 0;
 	}
@@ -403,6 +529,10 @@ void hmm__devices_fork_child(void)
 		if (atomic_load((_Atomic int *)&d->closed))
 			continue; /* kept for pages that name it */
 		pthread_mutex_init(&d->mem->lock, NULL);
+		/* The child's userfaultfd is a new one, and its device
+		 * memory is shared with the parent's until written: it
+		 * copies (clean chunks still serve as pages). */
+		d->mem->movable = false;
 		if (forkable(d))
 			ret = d->ops->fork_child(d);
 		if (ret) {

@@ -81,6 +81,7 @@ enum hmm_option {
 	HMM_OPT_MIGRATE_TIMEOUT_MS,
 	HMM_OPT_FORCE_USER_MODE,
 	HMM_OPT_USE_MOVE,
+	HMM_OPT_THP_MOVE,
 	HMM_OPT_EVICT,
 	HMM_OPT_FILE_SYNC_EACH,
 	HMM_OPT_THRASH_COUNT,
@@ -110,6 +111,9 @@ long hmm__option(enum hmm_option opt);
 	X(migration_failures, 0, "migrations rolled back")                 \
 	X(pages_evicted, 0, "device pages evicted to make room")          \
 	X(pages_peer, 0, "pages migrated from one device to another directly") \
+	X(thp_moves_to_device, 0, "2 MiB huge pages moved whole to a device (no copy)") \
+	X(thp_moves_to_system, 0, "2 MiB huge pages moved whole back (no copy)") \
+	X(thp_moves_failed, 0, "whole huge-page moves that fell back to copying") \
 	X(invalidations, 0, "notifier invalidations delivered")            \
 	X(prefetches, 0, "hmm_prefetch_start calls that started")         \
 	X(advice_migrations, 0, "pages moved to their preferred device on its faults") \
@@ -178,6 +182,10 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp);
  * the events: for ranges locked to a device. */
 int hmm__uffd_open_sigbus(int *fd);
 int hmm__uffd_unregister(int fd, uintptr_t start, size_t len);
+/* Register for write-protect faults only: missing pages are the
+ * kernel's to fill (a movable device's memory, a destination of
+ * UFFDIO_MOVE that nobody must wait for). */
+int hmm__uffd_register_wp(int fd, uintptr_t start, size_t len);
 /* Register for MINOR faults (shmem files whose page cache stays). */
 int hmm__uffd_register_minor(int fd, uintptr_t start, size_t len);
 /* UFFDIO_CONTINUE: pages mapped (>= 0) or -errno. */
@@ -191,6 +199,11 @@ int hmm__uffd_wake(int fd, uintptr_t start, size_t len);
 long hmm__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
 		    bool holes);
 int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp);
+
+/* ---- thp.c ---------------------------------------------------------- */
+/* Whether [@va, @va + 2 MiB) (aligned) is mapped by one huge page that
+ * is not the huge zero page (PAGEMAP_SCAN; false where it is missing). */
+bool hmm__thp_mapped(uintptr_t va);
 
 /* ---- vma.c ---------------------------------------------------------- */
 struct hmm_vma {
@@ -327,6 +340,11 @@ struct hmm_block {
 	 * here (a write collapsed some: CLOCK_MONOTONIC ns).  Both lock. */
 	struct hmm_dupset *dups;
 	uint64_t dup_quiet_ns;
+	/* The block's huge page moved out whole (thp.c): the application's
+	 * PMD is empty since, so the huge page may move back whole.  A hint
+	 * (a wrong one costs speed, not data); cleared when pages come home
+	 * another way.  lock. */
+	bool thp_out;
 };
 
 /*
@@ -582,9 +600,20 @@ void hmm__host_regions_detach(hmm_device_t *dev);
 
 /* ---- device.c ------------------------------------------------------- */
 struct hmm_devmem {
-	pthread_mutex_t lock;	/* protects free/nfree/fail/hand */
+	pthread_mutex_t lock;	/* protects free/nfree/clean/nclean/fail/hand */
 	uint32_t *free;		/* stack of free device page numbers */
 	size_t nfree, npages;
+	/*
+	 * Movable devices (host_movable, thp.c): free 2 MiB chunks of device
+	 * memory with nothing mapped in them (the pool's PMD is empty: never
+	 * touched, or its huge page moved out whole), kept apart from the
+	 * page stack so that whole huge pages can move in.  A chunk leaves
+	 * this stack whole: for a huge page moving in, or (pages short) onto
+	 * the page stack, for good.  NULL on other devices.
+	 */
+	uint32_t *clean;	/* stack of chunk numbers */
+	size_t nclean;
+	bool movable;		/* set at open; the pool is registered */
 	unsigned int fail;	/* HMM_FAIL_* armed: each fails once */
 	/*
 	 * Eviction (oversubscription): for each device page, the user
@@ -627,6 +656,14 @@ hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
 hmm_device_t *hmm__device_of_owner(const void *owner);
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
+/* Device pages in use (under no lock: a snapshot). */
+size_t hmm__devmem_used(hmm_device_t *dev);
+/* A clean 2 MiB chunk of a movable device: its first page number in
+ * *@base (its pages are base + 0..511).  0, or -ENOSPC if none. */
+int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *base);
+/* Free the 512 pages of the chunk at @base, which is clean again: its
+ * huge page moved out whole. */
+void hmm__devmem_free_chunk(hmm_device_t *dev, uint32_t base);
 /* Device pages of any devices, gathered under block locks to be freed
  * once their translations are invalidated (a drop, copies removed). */
 struct hmm_devpages {

@@ -500,6 +500,64 @@ static int copy_from_stash(struct hmm_block *b, hmm_device_t *dev,
 	return ret;
 }
 
+/* ---- whole huge pages (thp.c) ------------------------------------------ */
+
+/* Put back the first @len bytes of a huge-page move that stopped short
+ * (the huge page was split meanwhile: the kernel moved 4 KiB entries):
+ * from the device's memory at @pool to the application's @va.  The
+ * pages are MIGRATING: nothing was installed at @va meanwhile. */
+static void thp_unmove(uintptr_t va, uintptr_t pool, size_t len)
+{
+	size_t done = 0;
+
+	for (int tries = 0; done < len && tries < 1000; tries++) {
+		long m = hmm__uffd_move(hmm__ctx.uffd, va + done, pool + done,
+					len - done, true);
+		if (m > 0) {
+			done += (size_t)m;
+		} else if (m == -EAGAIN) {
+			hmm__service_sync();
+		} else {
+			return_page(va + done, pool + done, (int)m);
+			done += HMM_PAGE_SIZE;
+		}
+	}
+}
+
+/*
+ * Phase 2 of a whole block that is one huge page, into the clean chunk
+ * of sel->dpfn[0]: one UFFDIO_MOVE of 2 MiB.  Atomic for the CPU: an
+ * access before it moves with the page, one after it faults (MISSING)
+ * and waits for the commit, as the pages are MIGRATING.  Returns 0 (the
+ * data is in the device's memory, the application's PMD is empty),
+ * -errno with nothing moved (the chunk is still clean), or 1: it moved
+ * part and put it back (something is mapped in the chunk now).  The
+ * caller copies in both cases.
+ */
+static int thp_move_in(struct hmm_block *b, hmm_device_t *dev,
+		       const struct sel *sel, const struct timespec *deadline)
+{
+	uintptr_t to = (uintptr_t)dev->ops->host_ptr(dev, sel->dpfn[0]);
+
+	for (;;) {
+		long m = hmm__uffd_move(hmm__ctx.uffd, to, b->base,
+					HMM_BLOCK_SIZE, false);
+		if (m == (long)HMM_BLOCK_SIZE)
+			return 0;
+		if (m > 0) {
+			thp_unmove(b->base, to, (size_t)m);
+			return 1;
+		}
+		if (m != -EAGAIN)
+			return m ? (int)m : -EIO;
+		/* The address space is changing: let the service thread
+		 * read the event first. */
+		if (past(deadline))
+			return -ETIMEDOUT;
+		hmm__service_sync();
+	}
+}
+
 /* ---- to device --------------------------------------------------------- */
 
 /* Undo phase 1 (and the allocation) for the pages of @s. */
@@ -1114,6 +1172,7 @@ static long block_to_device(const struct hmm_mrange *r, uintptr_t s,
 	struct timespec deadline;
 	size_t nzaps = 0, moved, peered = 0;
 	int evictions = 0;
+	bool thp = false;
 	char *stash;
 	int ret;
 
@@ -1130,7 +1189,17 @@ again:
 		return (long)peered;
 	if (atomic_load(&hmm__ctx.prot_gen) != prot_gen)
 		reprotect(s, e);
-	ret = hmm__devmem_alloc(dev, sel->n, sel->dpfn);
+	/* A whole block mapped by one huge page moves whole to a movable
+	 * device that has a clean chunk for it (thp.c). */
+	thp = r->kind == HMM_MK_ANON && sel->n == HMM_BLOCK_PAGES &&
+	      dev->mem->movable && hmm__thp_mapped(b->base);
+	if (thp) {
+		uint32_t base;
+		thp = hmm__devmem_alloc_chunk(dev, &base) == 0;
+		for (size_t k = 0; thp && k < sel->n; k++)
+			sel->dpfn[k] = base + (uint32_t)k;
+	}
+	ret = thp ? 0 : hmm__devmem_alloc(dev, sel->n, sel->dpfn);
 	if (ret == -ENOMEM && evictions < 8) {
 		/* Device memory is full: make room (least recently used
 		 * pages go home), then collect again. */
@@ -1158,8 +1227,11 @@ again:
 			     sel_va(b, sel->idx[sel->n - 1]) + HMM_PAGE_SIZE,
 			     HMM_NOTIFY_MIGRATE, dev, true)) {
 		/* A device access could not finish (it may be waiting for
-		 * one of these pages): back off, which wakes it, and retry. */
-		rollback_to_system(b, sel, dev, true, fprot);
+		 * one of these pages): back off, which wakes it, and retry.
+		 * A chunk for a huge page is still clean. */
+		rollback_to_system(b, sel, dev, !thp, fprot);
+		if (thp)
+			hmm__devmem_free_chunk(dev, sel->dpfn[0]);
 		if (past(&deadline))
 			return -EBUSY;
 		usleep(1000);
@@ -1185,6 +1257,40 @@ again:
 			return ret;
 		}
 		goto commit;
+	}
+	if (thp) {
+		ret = thp_move_in(b, dev, sel, &deadline);
+		if (!ret) {
+			memset(sel->flag, 1, sel->n);
+			goto commit;
+		}
+		/* Shared with a child since fork, mlocked, read-only, split
+		 * meanwhile: copy it, into the same chunk. */
+		hmm__stat_add(HMM_STAT_thp_moves_failed, 1);
+		hmm__debug("huge page at %#lx not moved (%s): copying",
+			   (unsigned long)b->base,
+			   ret > 0 ? "split" : strerror(-ret));
+		thp = false;
+		if (ret < 0 && ret != -ETIMEDOUT) {
+			/* Nothing moved: keep the chunk clean for another
+			 * huge page, and copy into other pages if there are
+			 * (into the chunk otherwise). */
+			uint32_t pages[HMM_BLOCK_PAGES], base = sel->dpfn[0];
+			if (!hmm__devmem_alloc(dev, sel->n, pages)) {
+				memcpy(sel->dpfn, pages, sizeof(pages));
+				pthread_mutex_lock(&b->lock);
+				for (size_t k = 0; k < sel->n; k++)
+					b->dpfn[sel->idx[k]] = sel->dpfn[k];
+				pthread_mutex_unlock(&b->lock);
+				hmm__devmem_free_chunk(dev, base);
+			}
+		}
+		if (ret == -ETIMEDOUT) {
+			/* Nothing moved: the chunk is still clean. */
+			rollback_to_system(b, sel, dev, false, fprot);
+			hmm__devmem_free_chunk(dev, sel->dpfn[0]);
+			return ret;
+		}
 	}
 	if (r->kind == HMM_MK_ANON && (hmm__ctx.caps & HMM_CAP_MOVE) &&
 	    hmm__option(HMM_OPT_USE_MOVE) && (stash = stash_get())) {
@@ -1253,6 +1359,14 @@ commit:
 	moved = commit_to_device(b, dev, sel, &waiters,
 				 r->kind == HMM_MK_FPROT,
 				 r->kind == HMM_MK_SHMEM);
+	if (thp) {
+		/* The application's PMD is empty: the huge page can come
+		 * back whole (migrate_sys.c). */
+		pthread_mutex_lock(&b->lock);
+		b->thp_out = true;
+		pthread_mutex_unlock(&b->lock);
+		hmm__stat_add(HMM_STAT_thp_moves_to_device, 1);
+	}
 	for (size_t z = 0; z < nzaps; z++)
 		hmm__rec_pop(&hmm__ctx.zaps, &zaps[z]);
 	if (waiters)

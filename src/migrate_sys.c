@@ -77,8 +77,52 @@ enum { INST_NOT_DONE = 0, INST_DONE = 1, INST_GONE = 2 };
  * page.  Returns 0 (some pages may be INST_NOT_DONE after EAGAIN), or
  * -errno.
  */
+/*
+ * A whole block whose huge page moved out whole (thp_out: the
+ * application's PMD is empty) and sits whole in one chunk of a movable
+ * device's memory comes back with one UFFDIO_MOVE of 2 MiB (thp.c).
+ * Returns the pages installed (512: the chunk is clean again; fewer: the
+ * kernel split the huge page and moved 4 KiB entries, the rest is to
+ * copy), 0 to copy them all, or -EAGAIN (nothing moved).
+ */
+static long thp_move_out(hmm_device_t *dev, struct hmm_block *b,
+			 const struct sel *sel, void *src)
+{
+	bool ok;
+	long m;
+
+	if (!dev->mem->movable || sel->n != HMM_BLOCK_PAGES ||
+	    (sel->dpfn[0] & (HMM_BLOCK_PAGES - 1)) ||
+	    !hmm__thp_mapped((uintptr_t)src))
+		return 0;
+	pthread_mutex_lock(&b->lock);
+	ok = b->thp_out;
+	for (size_t k = 0; ok && k < sel->n; k++)
+		ok = !(b->state[k] & PSF_CLEARED) &&
+		     PMOD_KIND(b->mod[k]) != PMOD_EXCL_RO;
+	if (!ok) {
+		pthread_mutex_unlock(&b->lock);
+		return 0;
+	}
+	/* Under the lock, as the copies below: ordered with drop marks. */
+	m = hmm__uffd_move(hmm__ctx.uffd, b->base, (uintptr_t)src,
+			   HMM_BLOCK_SIZE, false);
+	b->thp_out = false;
+	pthread_mutex_unlock(&b->lock);
+	if (m == (long)HMM_BLOCK_SIZE) {
+		hmm__stat_add(HMM_STAT_thp_moves_to_system, 1);
+		return HMM_BLOCK_PAGES;
+	}
+	hmm__stat_add(HMM_STAT_thp_moves_failed, 1);
+	if (m > 0)
+		return m >> HMM_PAGE_SHIFT;
+	hmm__debug("huge page at %#lx not moved back (%s): copying",
+		   (unsigned long)b->base, strerror((int)-m));
+	return m == -EAGAIN ? -EAGAIN : 0;
+}
+
 static int install_run(hmm_device_t *dev, struct hmm_block *b,
-		       struct sel *sel, size_t k0, size_t n)
+		       struct sel *sel, size_t k0, size_t n, bool *thp)
 {
 	uintptr_t va0 = sel_va(b, sel->idx[k0]);
 	size_t done = 0, chunk = n;
@@ -93,7 +137,16 @@ static int install_run(hmm_device_t *dev, struct hmm_block *b,
 	for (size_t k = 1; contiguous && k < n; k++)
 		contiguous = sel->dpfn[k0 + k] == sel->dpfn[k0] + k;
 	if (contiguous) {
+		long m;
 		src = dev->ops->host_ptr(dev, sel->dpfn[k0]);
+		m = n == HMM_BLOCK_PAGES ? thp_move_out(dev, b, sel, src) : 0;
+		if (m == -EAGAIN)
+			return 0; /* all stays INST_NOT_DONE */
+		if (m > 0) {
+			memset(sel->flag, INST_DONE, (size_t)m);
+			done = (size_t)m;
+			*thp = done == HMM_BLOCK_PAGES;
+		}
 	} else {
 		struct hmm_copy_desc d[HMM_BLOCK_PAGES];
 		char *bb = bounce_get();
@@ -360,7 +413,8 @@ static int collect_to_system(struct hmm_block *b, uintptr_t s, uintptr_t e,
  */
 static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 			       struct sel *sel, struct sel *rezap, bool can_rezap,
-			       bool *waiters, size_t *rolled, bool fprot)
+			       bool *waiters, size_t *rolled, bool fprot,
+			       bool thp)
 {
 	uint32_t freed[HMM_BLOCK_PAGES];
 	size_t moved = 0, nfree = 0;
@@ -430,9 +484,16 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 		hmm__fprot_restore_locked(b, sel_va(b, sel->idx[0]),
 					  sel_va(b, sel->idx[sel->n - 1]) +
 						  HMM_PAGE_SIZE);
+	/* Pages came home: the application's PMD is not empty any more
+	 * (thp.c). */
+	b->thp_out = false;
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
-	hmm__devmem_free(dev, freed, nfree);
+	/* A huge page that moved back whole leaves its chunk clean. */
+	if (thp && nfree == HMM_BLOCK_PAGES)
+		hmm__devmem_free_chunk(dev, sel->dpfn[0]);
+	else
+		hmm__devmem_free(dev, freed, nfree);
 	return moved;
 }
 
@@ -505,7 +566,7 @@ static long block_to_system(const struct hmm_mrange *r, uintptr_t s,
 		return 0;
 	deadline_in(&deadline, hmm__option(HMM_OPT_MIGRATE_TIMEOUT_MS));
 	for (;;) {
-		bool waiters = false;
+		bool waiters = false, thp = false;
 		size_t moved, rolled;
 		hmm_device_t *dev;
 		int busy, ret = 0;
@@ -531,14 +592,14 @@ static long block_to_system(const struct hmm_mrange *r, uintptr_t s,
 			ret = file ? install_file_run(r, dev, b, sel, k0,
 						      sel_run(sel, k0))
 				   : install_run(dev, b, sel, k0,
-						 sel_run(sel, k0));
+						 sel_run(sel, k0), &thp);
 
 		/* FPROT pages need no second drop: a hole is the file's. */
 		moved = commit_to_system(b, dev, sel, rezap,
 					 !(flags & HMM_MIG_NONBLOCK) &&
 						 r->kind != HMM_MK_FPROT,
 					 &waiters, &rolled,
-					 r->kind == HMM_MK_FPROT);
+					 r->kind == HMM_MK_FPROT, thp);
 		if (rezap->n)
 			drop_again(b, rezap);
 		/* Pages were installed without waking (DONTWAKE): a thread

@@ -33,6 +33,9 @@ static const struct hmm_option_desc option_table[HMM_OPT__COUNT] = {
 	[HMM_OPT_USE_MOVE] = { "HMM_USE_MOVE", 0, 0, 1,
 		"isolate anonymous pages with UFFDIO_MOVE when migrating "
 		"(experimental: a hang under racing drops is open)" },
+	[HMM_OPT_THP_MOVE] = { "HMM_THP_MOVE", 1, 0, 1,
+		"move whole 2 MiB huge pages between the application and a "
+		"movable device's memory (sim) instead of copying them" },
 	[HMM_OPT_EVICT] = { "HMM_EVICT", 1, 0, 1,
 		"when a migration finds device memory full, move the least "
 		"recently used device pages to system memory first" },

@@ -237,10 +237,40 @@ static struct {
 static unsigned streams_oldest;	/* streams_lock */
 static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static void stream_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
+/*
+ * Blocks whose huge pages moved out whole (thp.c) come back whole, and a
+ * sequential stream over them brings several at once: a move costs about
+ * what a 4 KiB copy does, the round trip of a fault far more.
+ */
+#define THP_AHEAD (64UL << 20)
+
+/* The end of the run of thp_out blocks from @from (block aligned) up to
+ * @e (rounded up to a block). */
+static uintptr_t thp_ahead(uintptr_t from, uintptr_t e)
+{
+	e = (e + HMM_BLOCK_SIZE - 1) & ~(HMM_BLOCK_SIZE - 1);
+	for (uintptr_t p = from; p < e; p += HMM_BLOCK_SIZE) {
+		struct hmm_block *nb = hmm__block_lookup(p);
+		bool out = false;
+		if (nb) {
+			pthread_mutex_lock(&nb->lock);
+			out = nb->thp_out;
+			pthread_mutex_unlock(&nb->lock);
+		}
+		if (!out)
+			return p;
+	}
+	return e;
+}
+
+static void stream_window(uintptr_t page, uintptr_t *s, uintptr_t *e,
+			  uintptr_t max)
 {
 	uintptr_t bend = (page & ~(HMM_BLOCK_SIZE - 1)) + HMM_BLOCK_SIZE;
 	unsigned slot = STREAMS;
+
+	if (max > HMM_BLOCK_SIZE)
+		bend = UINTPTR_MAX; /* whole huge pages: the caller aligns */
 
 	fault_window(page, s, e);
 	if (*e - *s <= HMM_PAGE_SIZE &&
@@ -254,8 +284,7 @@ static void stream_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 		}
 	}
 	if (slot < STREAMS) {
-		uintptr_t size = HMM_MIN(2 * streams[slot].size,
-					 (uintptr_t)HMM_BLOCK_SIZE);
+		uintptr_t size = HMM_MIN(2 * streams[slot].size, max);
 		*s = page;
 		*e = HMM_MIN(page + size, bend);
 		streams[slot].size = size;
@@ -266,6 +295,22 @@ static void stream_window(uintptr_t page, uintptr_t *s, uintptr_t *e)
 	}
 	streams[slot].next = *e;
 	pthread_mutex_unlock(&streams_lock);
+	if (max > HMM_BLOCK_SIZE) {
+		/* Whole blocks, as many as the stream asks for that are
+		 * whole huge pages out (block locks: not under
+		 * streams_lock, which fill_begin takes under one). */
+		uintptr_t old = *e;
+		*s = page & ~(HMM_BLOCK_SIZE - 1);
+		*e = thp_ahead(*s + HMM_BLOCK_SIZE,
+			       HMM_MAX(*e, *s + HMM_BLOCK_SIZE));
+		pthread_mutex_lock(&streams_lock);
+		if (streams[slot].next == old) {
+			streams[slot].next = *e;
+			streams[slot].size =
+				HMM_MAX(streams[slot].size, *e - *s);
+		}
+		pthread_mutex_unlock(&streams_lock);
+	}
 }
 
 /* Fill untouched pages [page, end) with zeros, @page first.  Returns the
@@ -310,7 +355,9 @@ static uintptr_t fill_begin(struct hmm_block *b, uintptr_t page)
 {
 	uintptr_t s, e, end = page;
 
-	stream_window(page, &s, &e);
+	/* Pages appear in the application's PMD (thp.c). */
+	b->thp_out = false;
+	stream_window(page, &s, &e, HMM_BLOCK_SIZE);
 	/* A page with read-only copies on devices is not filled behind
 	 * them: its own fault removes them first (dup.c). */
 	while (end < e &&
@@ -502,6 +549,7 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			long r;
 			uint8_t mod = b->mod[idx];
 			int from = (int)PDEV_ID(b->dev[idx]);
+			bool whole = b->thp_out;
 			pthread_mutex_unlock(&b->lock);
 			/* Locked: a fault that came before the range was
 			 * switched to the SIGBUS descriptor; the switch wakes
@@ -519,7 +567,15 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 				hmm__hold_write_parked(page);
 				return 0;
 			}
-			stream_window(page, &s, &e);
+			/* A huge page that moved out whole comes back whole:
+			 * one UFFDIO_MOVE, as cheap as a 4 KiB copy (thp.c);
+			 * a sequential stream over such blocks takes the next
+			 * ones too, up to THP_AHEAD.  Not with fault-around
+			 * off. */
+			whole &= hmm__option(HMM_OPT_FAULT_AROUND) >=
+				 (long)HMM_PAGE_SIZE;
+			stream_window(page, &s, &e,
+				      whole ? THP_AHEAD : HMM_BLOCK_SIZE);
 			/* Other faults wait behind this one: a worker may
 			 * copy while this thread serves them.  Not a device
 			 * engine's fault: the worker's migration waits for

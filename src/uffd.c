@@ -188,6 +188,21 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
 	return 0;
 }
 
+int hmm__uffd_register_wp(int fd, uintptr_t start, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+	int inj = hmm__inject(HMM_INJ_UFFD_REGISTER);
+
+	if (inj)
+		return inj;
+	if (ioctl(fd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	return 0;
+}
+
 int hmm__uffd_register_minor(int fd, uintptr_t start, size_t len)
 {
 	struct uffdio_register reg = {

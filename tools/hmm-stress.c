@@ -127,7 +127,7 @@ static struct {
 	unsigned long seconds, hang_seconds, size_mib;
 	uint64_t seed;
 	unsigned int threads, devices, regions;
-	bool fork, verbose, files;
+	bool fork, verbose, files, thp;
 } opt = {
 	.seconds = 10, .hang_seconds = 30, .size_mib = 64,
 	.threads = 4, .devices = 2, .regions = 8, .fork = true,
@@ -859,6 +859,12 @@ static void *migrator(void *arg)
 		}
 		n = n < pages ? n : pages;
 		p = rnd(t, pages - n + 1);
+		if (opt.thp && rnd(t, 32)) {
+			/* Whole 2 MiB blocks: huge pages move whole. */
+			size_t blocks = pages / 512;
+			n = 512 * (1 + rnd(t, blocks < 4 ? blocks : 4));
+			p = 512 * rnd(t, blocks - n / 512 + 1);
+		}
 		if (locked) {
 			act(t, "region read lock", -1, r, -1);
 			pthread_rwlock_rdlock(&g->lock);
@@ -952,6 +958,41 @@ static void refill(struct thr *t, int r)
 }
 
 /*
+ * A private anonymous region (zeros), near @hint if it is free.  With
+ * --thp: 2 MiB aligned, asked to be huge pages, and written (zeros) before
+ * libhmm adopts it, as a runtime's large buffers are; libhmm then moves
+ * its blocks whole (src/thp.c).
+ */
+static void *map_private(void *hint)
+{
+	size_t over = region_len + (2 << 20);
+	char *raw, *p;
+
+	if (!opt.thp) {
+		p = mmap(hint, region_len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS |
+				 (hint ? MAP_FIXED_NOREPLACE : 0),
+			 -1, 0);
+		if (p == MAP_FAILED && hint)
+			p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		return p;
+	}
+	raw = mmap(NULL, over, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return raw;
+	p = (char *)(((uintptr_t)raw + (2 << 20) - 1) &
+		     ~(uintptr_t)((2 << 20) - 1));
+	if (p > raw)
+		munmap(raw, (size_t)(p - raw));
+	munmap(p + region_len, (size_t)(raw + over - (p + region_len)));
+	madvise(p, region_len, MADV_HUGEPAGE);
+	memset(p, 0, region_len);
+	return p;
+}
+
+/*
  * hmm_range_adopt, retried: an error it does not document is a failure, but
  * the run goes on with the region managed if a retry succeeds.
  */
@@ -1017,12 +1058,7 @@ static void dis_remap(struct thr *t, int r)
 		if (munmap(old, region_len))
 			failure(t, "munmap region %d: %s", r, strerror(errno));
 		/* The same address if nobody took it meanwhile. */
-		p = mmap(old, region_len, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-			 -1, 0);
-		if (p == MAP_FAILED)
-			p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		p = map_private(old);
 		if (p == MAP_FAILED) {
 			fatal(t, "mmap region %d: %s", r,
 				strerror(errno));
@@ -1573,13 +1609,15 @@ static void usage(FILE *f)
 	fprintf(f,
 "usage: hmm-stress [--seconds N] [--seed S] [--threads T] [--devices D]\n"
 "                  [--size MiB] [--regions R] [--hang-seconds N] [--no-fork]\n"
-"                  [--skip KIND,...] [--files] [--verbose]\n"
+"                  [--skip KIND,...] [--files] [--thp] [--verbose]\n"
 "\n"
 "T worker threads (default 4) and D sim devices (default 2) read, write and\n"
 "atomically add over --size MiB (default 64) of managed memory in R regions\n"
 "(default 8; half private anonymous memory, half hmm_mem_alloc; with --files\n"
 "a quarter each of those, of memfd files and of files in /var/tmp, managed\n"
-"with hmm_file_adopt), while other\n"
+"with hmm_file_adopt; with --thp, private anonymous regions are 2 MiB\n"
+"huge pages, written before they are adopted, so that migrations move them\n"
+"whole), while other\n"
 "threads migrate it, madvise, unmap and remap, mprotect it and fork children\n"
 "that check it.  Every word is checked against a shadow copy.  Progress is\n"
 "printed each second; the last line is 'operations: N mismatches: M'.\n"
@@ -1641,6 +1679,7 @@ static int parse_args(int argc, char **argv)
 		{ "skip", required_argument, NULL, 'x' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "files", no_argument, NULL, 'f' },
+		{ "thp", no_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -1648,7 +1687,7 @@ static int parse_args(int argc, char **argv)
 	bool seeded = false, ok;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "s:S:t:d:m:r:H:Fx:vfh", opts,
+	while ((c = getopt_long(argc, argv, "s:S:t:d:m:r:H:Fx:vfTh", opts,
 				NULL)) != -1) {
 		ok = true;
 		switch (c) {
@@ -1672,6 +1711,7 @@ static int parse_args(int argc, char **argv)
 		case 'x': ok = parse_skip(optarg); break;
 		case 'v': opt.verbose = true; break;
 		case 'f': opt.files = true; break;
+		case 'T': opt.thp = true; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); return -1;
 		}
@@ -1688,6 +1728,8 @@ static int parse_args(int argc, char **argv)
 	if (!seeded)
 		opt.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	region_len = (opt.size_mib << 20) / opt.regions / PG * PG;
+	if (opt.thp) /* whole huge pages */
+		region_len &= ~(size_t)((2 << 20) - 1);
 	region_words = region_len / 8;
 	if (region_len < 4 * PG || region_words / RUN_WORDS < opt.threads) {
 		fprintf(stderr, "hmm-stress: regions of %zu bytes are too "
@@ -1759,8 +1801,7 @@ static int setup(void)
 		} else if (g->shared) {
 			ret = hmm_mem_alloc(region_len, 0, &p);
 		} else {
-			p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			p = map_private(NULL);
 			ret = p == MAP_FAILED ? -errno : 0;
 			if (!ret)
 				ret = hmm_range_adopt(p, region_len, 0);

@@ -455,6 +455,24 @@ struct hmm_driver_ops {
 	 */
 	int (*host_register)(hmm_device_t *dev, void *addr, size_t len);
 	void (*host_unregister)(hmm_device_t *dev, void *addr, size_t len);
+	/*
+	 * host_movable: the device's memory is ordinary private anonymous
+	 * memory of this process, host_ptr(0) to host_ptr(mem_pages - 1)
+	 * in one mapping (2 MiB aligned, so that whole huge pages fit), and
+	 * libhmm may move pages into and out of it instead of copying them
+	 * (UFFDIO_MOVE: page tables change, data does not move).  libhmm
+	 * registers the mapping with its userfaultfd (write-protect mode
+	 * only: missing pages stay the kernel's to fill) after init and
+	 * unregisters it before fini.  A device page that libhmm freed may
+	 * read as zeros afterwards (its page moved out); the driver must
+	 * not madvise, mprotect, mlock or remap that mapping while the
+	 * device is open.  libhmm moves a 2 MiB block only when the
+	 * application's block is one huge page (THP) and a whole 2 MiB
+	 * chunk of device memory is free with nothing mapped in it; every
+	 * other case copies.  (Added in 0.2: drivers built against 0.1 must
+	 * be rebuilt.)
+	 */
+	bool host_movable;
 };
 
 /* The device as drivers see it.  Fields marked (core) are libhmm's. */
