@@ -263,3 +263,84 @@ Test(thp, no_clean_chunk_copies)
 	assert_pattern(p, len, 0x7b);
 	assert_pattern(small, BLK + PG, 0x7a);
 }
+
+/* Blocks on the device when the range is unmapped, moved by mremap, or
+ * released, and when the device closes: nothing is lost, nothing leaks. */
+Test(thp, unmap_remap_release_close)
+{
+	const size_t len = 4 * BLK;
+	hmm_device_t *dev = open_sim(len);
+	char *p = map_thp(len, 0x7c), *q;
+
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	assert_migrate(p, len, dev, len / PG);
+	/* Unmap one block: its device memory is freed. */
+	cr_assert_eq(munmap(p + 3 * BLK, BLK), 0);
+	cr_assert_eq(wait_dev_used(dev, 3 * BLK / PG), 3 * BLK / PG);
+	/* Move one block elsewhere (2 MiB aligned): its data follows. */
+	q = mmap(NULL, 2 * BLK, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	cr_assert_neq(q, MAP_FAILED);
+	q = (char *)(((uintptr_t)q + BLK - 1) & ~(uintptr_t)(BLK - 1));
+	cr_assert_eq(mremap(p + 2 * BLK, BLK, BLK, MREMAP_MAYMOVE | MREMAP_FIXED,
+			    q), q);
+	for (size_t off = 0; off < BLK; off += PG)
+		cr_assert_eq(((uint64_t *)(q + off))[0],
+			     ((2 * BLK + off) / 8) ^ 0x7c, "moved page %zu",
+			     off / PG);
+	/* Release one block: it comes home first. */
+	cr_assert_eq(hmm_range_release(p + BLK, BLK), 0);
+	cr_assert_eq(count_loc(p + BLK, BLK, HMM_LOC_DEVICE), 0);
+	for (size_t off = BLK; off < 2 * BLK; off += PG)
+		cr_assert_eq(((uint64_t *)(p + off))[0], (off / 8) ^ 0x7c);
+	/* Close with block 0 on the device: it comes home. */
+	cr_assert_eq(hmm_device_close(dev), 0);
+	assert_pattern(p, BLK, 0x7c);
+}
+
+/* Oversubscription: huge pages evicted to make room come home whole or
+ * copied, with their data. */
+Test(thp, eviction_keeps_data)
+{
+	const size_t len = 8 * BLK;
+	hmm_device_t *dev = open_sim(4 * BLK);
+	char *p = map_thp(len, 0x7d);
+
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	for (int round = 0; round < 3; round++)
+		for (size_t b = 0; b < 8; b += 2)
+			assert_migrate(p + b * BLK, 2 * BLK, dev, 2 * BLK / PG);
+	assert_migrate(p, len, NULL, 4 * BLK / PG);
+	assert_pattern(p, len, 0x7d);
+	cr_assert_eq(dev_used(dev), 0);
+}
+
+/* fork with huge pages on the device: the child reads them from its copy
+ * of the device memory, the parent still moves them back whole. */
+Test(thp, fork_with_blocks_on_device)
+{
+	const size_t len = 2 * BLK;
+	hmm_device_t *dev = open_sim(len);
+	char *p = map_thp(len, 0x7e);
+	uint64_t out0;
+	int st;
+	pid_t pid;
+
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	assert_migrate(p, len, dev, len / PG);
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0)
+		_exit(pattern_mismatch(p, len, 0x7e, 0) == -1 ? 0 : 4);
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		  "child saw other data (status %#x)", st);
+	out0 = stat_of("thp_moves_to_system") + stat_of("thp_moves_failed");
+	assert_migrate(p, len, NULL, len / PG);
+	assert_pattern(p, len, 0x7e);
+	/* The fork made the pool's huge pages shared; the kernel moves them
+	 * again only once a write made them the parent's alone: until then
+	 * each is tried, refused and copied. */
+	cr_assert_eq(stat_of("thp_moves_to_system") +
+			     stat_of("thp_moves_failed") - out0, 2);
+	cr_assert_eq(wait_dev_used(dev, 0), 0);
+}
