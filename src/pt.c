@@ -169,20 +169,29 @@ int hmm_pt_set(struct hmm_pt *pt, uint64_t vpn, uint64_t n,
 			pthread_mutex_unlock(&pt->lock);
 			return -ENOMEM;
 		}
+	/* Plain loads and release stores, no locked instruction per entry:
+	 * writers hold pt->lock, readers only need each entry whole, and
+	 * the one lock-free writer (hmm_pt_mark_dirty) changes only entries
+	 * that are not empty, so whether a slot was empty cannot change
+	 * under us. */
+	uint64_t added = 0;
 	for (uint64_t v = vpn; v < end;) {
 		struct pt_dir *leaf = leaf_get(pt, v);
 		uint64_t stop = HMM_MIN(end, (v | (LVL_SIZE - 1)) + 1);
+		unsigned fresh = 0;
 		for (; v < stop; v++) {
-			uint64_t old = atomic_exchange_explicit(
-				&leaf->slot[slot_of(v, LEVELS - 1)],
-				entries[v - vpn], memory_order_release);
-			if (!old) {
-				leaf->used++;
-				atomic_fetch_add_explicit(&pt->entries, 1,
-							  memory_order_relaxed);
-			}
+			_Atomic uint64_t *e =
+				&leaf->slot[slot_of(v, LEVELS - 1)];
+			fresh += !atomic_load_explicit(e, memory_order_relaxed);
+			atomic_store_explicit(e, entries[v - vpn],
+					      memory_order_release);
 		}
+		leaf->used += fresh;
+		added += fresh;
 	}
+	if (added)
+		atomic_fetch_add_explicit(&pt->entries, added,
+					  memory_order_relaxed);
 	pthread_mutex_unlock(&pt->lock);
 	return 0;
 }
