@@ -676,7 +676,7 @@ static bool drop_pending(struct hmm_block *b, unsigned i, uintptr_t va)
  */
 static size_t peer_settle(struct hmm_block *b, const struct sel *sel,
 			  hmm_device_t *src, hmm_device_t *dev,
-			  const uint32_t *to)
+			  const uint32_t *to, bool src_clean)
 {
 	uint32_t freed[HMM_BLOCK_PAGES], gone[HMM_BLOCK_PAGES];
 	size_t nfree = 0, ngone = 0, moved = 0;
@@ -722,7 +722,10 @@ static size_t peer_settle(struct hmm_block *b, const struct sel *sel,
 	pthread_mutex_unlock(&b->lock);
 	if (nfree)
 		hmm__devmem_free(dev, freed, nfree);
-	if (src)
+	/* A huge page that moved whole leaves its source chunk clean. */
+	if (src && src_clean && ngone == HMM_BLOCK_PAGES)
+		hmm__devmem_free_chunk(src, sel->dpfn[0]);
+	else if (src)
 		hmm__devmem_free(src, gone, ngone);
 	if (waiters)
 		for (size_t k = 0; k < sel->n; k += sel_run(sel, k))
@@ -792,6 +795,65 @@ static int peer_copy(hmm_device_t *src, hmm_device_t *dst,
  * system memory), or -errno (-ENOMEM, or a copy failed: the pages stay on
  * their device).
  */
+/* Whether @sel is a whole block in one chunk of @src, mapped there by a
+ * huge page, that may move whole to @dev. */
+static bool peer_thp_ok(hmm_device_t *src, hmm_device_t *dev,
+			const struct sel *sel)
+{
+	if (sel->n != HMM_BLOCK_PAGES || !src->mem->movable ||
+	    !dev->mem->movable || (sel->dpfn[0] & (HMM_BLOCK_PAGES - 1)))
+		return false;
+	for (size_t k = 1; k < sel->n; k++)
+		if (sel->dpfn[k] != sel->dpfn[0] + k)
+			return false;
+	return hmm__thp_mapped((uintptr_t)src->ops->host_ptr(src,
+							      sel->dpfn[0]));
+}
+
+/*
+ * Move the huge page of @sel from @src's memory into @dev's clean chunk
+ * @to: one UFFDIO_MOVE between the two pools.  True if it moved whole.
+ * Otherwise nothing has moved (a part that did is put back, by a move or
+ * a copy, into the source pages, which are still @sel's), and the caller
+ * copies.
+ */
+static bool peer_thp_move(hmm_device_t *src, hmm_device_t *dev,
+			  const struct sel *sel, const uint32_t *to)
+{
+	uintptr_t from = (uintptr_t)src->ops->host_ptr(src, sel->dpfn[0]);
+	uintptr_t dst = (uintptr_t)dev->ops->host_ptr(dev, to[0]);
+	long m = -EAGAIN;
+
+	for (int tries = 0; m == -EAGAIN && tries < 100; tries++) {
+		m = hmm__uffd_move(hmm__ctx.uffd, dst, from, HMM_BLOCK_SIZE,
+				   false);
+		if (m == -EAGAIN)
+			hmm__service_sync();
+	}
+	if (m == (long)HMM_BLOCK_SIZE) {
+		hmm__stat_add(HMM_STAT_thp_moves_to_device, 1);
+		return true;
+	}
+	for (size_t done = 0, tries = 0; m > 0 && done < (size_t)m;) {
+		/* Split meanwhile: put the moved part back (by a copy once
+		 * moves keep failing: both sides are libhmm's pools). */
+		long r = tries++ < 100 ? hmm__uffd_move(hmm__ctx.uffd,
+							from + done, dst + done,
+							(size_t)m - done, true)
+				       : -EIO;
+		if (r > 0) {
+			done += (size_t)r;
+		} else if (r == -EAGAIN) {
+			hmm__service_sync();
+		} else {
+			memcpy((void *)(from + done), (void *)(dst + done),
+			       HMM_PAGE_SIZE);
+			done += HMM_PAGE_SIZE;
+		}
+	}
+	return false;
+}
+
 static size_t free_pages(hmm_device_t *dev)
 {
 	size_t used = 0, total = 0;
@@ -806,6 +868,7 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 {
 	uint32_t to[HMM_BLOCK_PAGES];
 	hmm_device_t *src;
+	bool thp = false;
 	size_t moved;
 	int ret;
 
@@ -832,12 +895,20 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	if (!sel->n)
 		return room ? 0 : -ENOMEM;
 	src = hmm__device_get(sel->dev);
-	ret = src ? hmm__devmem_alloc(dev, sel->n, to) : -ENODEV;
+	/* A whole huge page in a chunk of a movable device moves whole into
+	 * a clean chunk of another (thp.c). */
+	if (src && peer_thp_ok(src, dev, sel)) {
+		uint32_t base;
+		thp = hmm__devmem_alloc_chunk(dev, &base) == 0;
+		for (size_t k = 0; thp && k < sel->n; k++)
+			to[k] = base + (uint32_t)k;
+	}
+	ret = thp ? 0 : src ? hmm__devmem_alloc(dev, sel->n, to) : -ENODEV;
 	if (ret) {
 		/* Taken meanwhile by another migration: the pages stay;
 		 * no source cannot happen (close brings its pages home
 		 * first). */
-		peer_settle(b, sel, src, dev, NULL);
+		peer_settle(b, sel, src, dev, NULL, false);
 		return ret == -ENODEV ? 0 : ret;
 	}
 	uintptr_t span_s = sel_va(b, sel->idx[0]);
@@ -845,18 +916,23 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	/* The source's translations go, and so would any of @dev's (the
 	 * owner tells drivers that @dev asked). */
 	if (!hmm__invalidate(span_s, span_e, HMM_NOTIFY_MIGRATE, dev, true)) {
-		peer_settle(b, sel, src, dev, NULL);
-		hmm__devmem_free(dev, to, sel->n);
+		peer_settle(b, sel, src, dev, NULL, false);
+		if (thp)
+			hmm__devmem_free_chunk(dev, to[0]);
+		else
+			hmm__devmem_free(dev, to, sel->n);
 		return 0;
 	}
-	ret = peer_copy(src, dev, sel, to);
+	if (thp && !(thp = peer_thp_move(src, dev, sel, to)))
+		hmm__stat_add(HMM_STAT_thp_moves_failed, 1);
+	ret = thp ? 0 : peer_copy(src, dev, sel, to);
 	if (ret) {
-		peer_settle(b, sel, src, dev, NULL);
+		peer_settle(b, sel, src, dev, NULL, false);
 		hmm__devmem_free(dev, to, sel->n);
 		hmm__stat_add(HMM_STAT_migration_failures, 1);
 		return ret;
 	}
-	moved = peer_settle(b, sel, src, dev, to);
+	moved = peer_settle(b, sel, src, dev, to, thp);
 	hmm__stat_add(HMM_STAT_pages_peer, moved);
 	return (long)moved;
 }

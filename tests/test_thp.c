@@ -344,3 +344,28 @@ Test(thp, fork_with_blocks_on_device)
 			     stat_of("thp_moves_failed") - out0, 2);
 	cr_assert_eq(wait_dev_used(dev, 0), 0);
 }
+
+/* From one sim device to another, a huge page moves whole between their
+ * memories; the data follows, and both devices' memory is free after. */
+Test(thp, peer_move_between_devices)
+{
+	const size_t len = 2 * BLK;
+	hmm_device_t *a = open_sim(len), *b = open_sim(len);
+	char *p = map_thp(len, 0x7f);
+	uint64_t in0;
+
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	assert_migrate(p, len, a, len / PG);
+	in0 = stat_of("thp_moves_to_device");
+	assert_migrate(p, len, b, len / PG);
+	cr_assert_eq(stat_of("thp_moves_to_device") - in0, 2);
+	assert_all_loc(p, len, HMM_LOC_DEVICE, b);
+	cr_assert_eq(dev_used(a), 0);
+	assert_dev_pattern(b, p, 0, len / PG, 0x7f);
+	/* And back to the first, then home: the chunks were left clean. */
+	assert_migrate(p, len, a, len / PG);
+	cr_assert_eq(stat_of("thp_moves_to_device") - in0, 4);
+	assert_pattern(p, len, 0x7f);
+	cr_assert_eq(wait_dev_used(a, 0), 0);
+	cr_assert_eq(dev_used(b), 0);
+}
