@@ -254,3 +254,71 @@ Test(pt, readers_during_updates, .timeout = T_LONG)
 	hmm_pt_destroy(r.pt);
 	free(buf);
 }
+
+static void sum_fn(uint64_t vpn, uint64_t entry, void *arg)
+{
+	(void)vpn;
+	*(uint64_t *)arg += entry & HMM_PTE_ADDR_MASK;
+}
+
+/* Entries whose addresses run on (an IOMMU's links, a device's window)
+ * are kept compact (a quarter of the memory); one that does not fit
+ * turns its leaf into a full one and changes nothing else; dirty marks,
+ * harvests, walks and clears see the same entries either way. */
+Test(pt, compact_leaves_behave_as_full_ones)
+{
+	const uint64_t v0 = (1ULL << 20) + 100, n = 3 * 512;
+	uint64_t *buf = malloc(n * sizeof(*buf)), sum = 0, want = 0, dirty = 0;
+	struct hmm_pt *pt;
+	size_t compact_bytes;
+
+	cr_assert_eq(hmm_pt_create(&pt), 0);
+	for (uint64_t i = 0; i < n; i++) {
+		buf[i] = HMM_PTE_VALID | ((i & 1) ? HMM_PTE_WRITE : 0) |
+			 (0x40000 + i);
+		want += 0x40000 + i;
+	}
+	cr_assert_eq(hmm_pt_set(pt, v0, n, buf), 0);
+	compact_bytes = hmm_pt_bytes(pt);
+	for (uint64_t i = 0; i < n; i++)
+		cr_assert_eq(hmm_pt_lookup(pt, v0 + i), buf[i], "page %lu",
+			     (unsigned long)i);
+	cr_assert_eq(hmm_pt_walk(pt, v0, v0 + n, sum_fn, &sum), (long)n);
+	cr_assert_eq(sum, want);
+	hmm_pt_read_lock();
+	cr_assert_eq(hmm_pt_mark_dirty(pt, v0 + 7), 0);
+	cr_assert_eq(hmm_pt_mark_dirty(pt, v0 + 600), 0);
+	hmm_pt_read_unlock();
+	cr_assert_eq(hmm_pt_lookup(pt, v0 + 7), buf[7] | HMM_PTE_DIRTY);
+	cr_assert_eq(hmm_pt_harvest_dirty(pt, v0, v0 + n, count_fn, &dirty), 2);
+	cr_assert_eq(dirty, 2);
+	cr_assert_eq(hmm_pt_lookup(pt, v0 + 7), buf[7]);
+
+	/* A device page in the middle of the second leaf: that leaf goes
+	 * full, nothing else changes. */
+	hmm_pt_read_lock();
+	cr_assert_eq(hmm_pt_mark_dirty(pt, v0 + 601), 0);
+	hmm_pt_read_unlock();
+	uint64_t devpage = HMM_PTE_VALID | HMM_PTE_DEVICE | 0x99;
+	cr_assert_eq(hmm_pt_set(pt, v0 + 700, 1, &devpage), 0);
+	/* A full leaf is 4 KiB, a compact one about 1 KiB. */
+	cr_assert_gt(hmm_pt_bytes(pt), compact_bytes + 4096 / 2, "%zu -> %zu",
+		     compact_bytes, hmm_pt_bytes(pt));
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t e = hmm_pt_lookup(pt, v0 + i);
+		if (i == 700)
+			cr_assert_eq(e, devpage);
+		else if (i == 601)
+			cr_assert_eq(e, buf[i] | HMM_PTE_DIRTY);
+		else
+			cr_assert_eq(e, buf[i], "page %lu",
+				     (unsigned long)i);
+	}
+	dirty = 0;
+	cr_assert_eq(hmm_pt_clear(pt, v0, v0 + n, count_fn, &dirty), (long)n);
+	cr_assert_eq(dirty, 1);
+	cr_assert_eq(hmm_pt_count(pt), 0);
+	hmm_pt_reclaim(pt);
+	hmm_pt_destroy(pt);
+	free(buf);
+}
