@@ -21,6 +21,11 @@
  *    may be called where waiting is not allowed (a non-blockable
  *    invalidation).
  *
+ * Memory: 4 KiB per 512 entries; about 1 KiB where the 512 entries'
+ * addresses run on from one base (an IOMMU's links of a DMA map, a
+ * device's translations through an IOVA window), which the table keeps
+ * compact until an entry that does not fit arrives.
+ *
  * Dirty tracking: a device that writes through an entry calls
  * hmm_pt_mark_dirty (an atomic OR of HMM_PTE_DIRTY); hmm_pt_harvest_dirty
  * and hmm_pt_clear report dirty entries and clear the bit atomically, so
