@@ -208,6 +208,9 @@ static void migrate_kind(bool thp)
 	double to_dev[16], to_sys[16];
 	long r;
 
+	if (!thp) /* 4 KiB pages, whatever the system's THP setting */
+		madvise(p, len, MADV_NOHUGEPAGE);
+
 	if ((r = hmm_range_adopt(p, len, 0)))
 		die("hmm_range_adopt", r);
 	if (thp && !huge)
@@ -371,6 +374,9 @@ static void faultback_bulk_kind(bool thp)
 	char *dst = thp ? map_thp(len, &huge) : map_anon(len);
 	double v[16];
 	long r;
+
+	if (!thp)
+		madvise(p, len, MADV_NOHUGEPAGE);
 
 	if ((r = hmm_range_adopt(p, len, 0)))
 		die("hmm_range_adopt", r);

@@ -333,6 +333,7 @@ static void atfork_child(void)
 	hmm__holds_fork_child();
 	hmm__devices_fork_child();
 	hmm__dups_fork_child();
+	hmm__thp_fork_child();
 	hmm__prefetch_fork_child();
 	hmm__advice_fork_child();
 	hmm__trace_fork_child();

@@ -114,6 +114,7 @@ long hmm__option(enum hmm_option opt);
 	X(thp_moves_to_device, 0, "2 MiB huge pages moved whole to a device (no copy)") \
 	X(thp_moves_to_system, 0, "2 MiB huge pages moved whole back (no copy)") \
 	X(thp_moves_failed, 0, "whole huge-page moves that fell back to copying") \
+	X(thp_fills, 0, "first writes that got a whole huge page") \
 	X(invalidations, 0, "notifier invalidations delivered")            \
 	X(prefetches, 0, "hmm_prefetch_start calls that started")         \
 	X(advice_migrations, 0, "pages moved to their preferred device on its faults") \
@@ -204,6 +205,15 @@ int hmm__uffd_writeprotect(int fd, uintptr_t start, size_t len, bool wp);
 /* Whether [@va, @va + 2 MiB) (aligned) is mapped by one huge page that
  * is not the huge zero page (PAGEMAP_SCAN; false where it is missing). */
 bool hmm__thp_mapped(uintptr_t va);
+/* A private anonymous range was adopted: mark its untouched blocks for a
+ * huge page on first write where the kernel would give one. */
+void hmm__thp_adopted(uintptr_t s, uintptr_t e);
+void hmm__thp_fork_child(void);
+/* The first write into a block marked thp_fill (b->lock held): one whole
+ * zeroed huge page.  1 done (the thread woken), 0 fill the usual way,
+ * -EAGAIN an event first. */
+struct hmm_block;
+int hmm__thp_fill_locked(struct hmm_block *b, uintptr_t page);
 
 /* ---- vma.c ---------------------------------------------------------- */
 struct hmm_vma {
@@ -345,6 +355,10 @@ struct hmm_block {
 	 * (a wrong one costs speed, not data); cleared when pages come home
 	 * another way.  lock. */
 	bool thp_out;
+	/* Nothing was ever mapped here since it was adopted, and its
+	 * mapping takes huge pages: the first write gets one (thp.c).  A
+	 * hint, cleared by any fill.  lock. */
+	bool thp_fill;
 };
 
 /*

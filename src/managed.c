@@ -176,6 +176,8 @@ out:
 		hmm__munmap_own(a->alias, len);
 		free(a);
 	}
+	if (!ret && !shared)
+		hmm__thp_adopted(s, e);
 	return ret;
 }
 

@@ -487,6 +487,7 @@ static size_t commit_to_system(struct hmm_block *b, hmm_device_t *dev,
 	/* Pages came home: the application's PMD is not empty any more
 	 * (thp.c). */
 	b->thp_out = false;
+	b->thp_fill = false;
 	pthread_cond_broadcast(&b->cond);
 	pthread_mutex_unlock(&b->lock);
 	/* A huge page that moved back whole leaves its chunk clean. */

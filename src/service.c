@@ -357,6 +357,7 @@ static uintptr_t fill_begin(struct hmm_block *b, uintptr_t page)
 
 	/* Pages appear in the application's PMD (thp.c). */
 	b->thp_out = false;
+	b->thp_fill = false;
 	stream_window(page, &s, &e, HMM_BLOCK_SIZE);
 	/* A page with read-only copies on devices is not filled behind
 	 * them: its own fault removes them first (dup.c). */
@@ -668,6 +669,16 @@ static int handle_fault(const struct uffd_msg *m, bool first)
 			 * and with migrations.  UFFDIO_COPY and ZEROPAGE wait
 			 * for no thread of libhmm. */
 			pthread_mutex_lock(&b->lock);
+			if (b->thp_fill && write &&
+			    hmm__option(HMM_OPT_FAULT_AROUND) >=
+				    (long)HMM_PAGE_SIZE) {
+				/* A whole huge page, zeroed (thp.c). */
+				int r = hmm__thp_fill_locked(b, page);
+				pthread_mutex_unlock(&b->lock);
+				if (r)
+					return HMM_MIN(r, 0);
+				pthread_mutex_lock(&b->lock);
+			}
 			uintptr_t end = fill_begin(b, page);
 			if (end == page) {
 				pthread_mutex_unlock(&b->lock);

@@ -369,3 +369,45 @@ Test(thp, peer_move_between_devices)
 	cr_assert_eq(wait_dev_used(a, 0), 0);
 	cr_assert_eq(dev_used(b), 0);
 }
+
+/* Memory managed before it is touched, with MADV_HUGEPAGE: the first
+ * write into each block gets a whole zeroed huge page (as the kernel
+ * would give), which then moves whole.  Reads first get the zero page;
+ * MADV_NOHUGEPAGE gets 4 KiB pages. */
+Test(thp, first_write_gets_a_huge_page)
+{
+	const size_t len = 4 * BLK;
+	hmm_device_t *dev = open_sim(len);
+	char *raw = map_anon(len + BLK);
+	char *p = (char *)(((uintptr_t)raw + BLK - 1) & ~(uintptr_t)(BLK - 1));
+	uint64_t f0, in0;
+	size_t huge0;
+
+	cr_assert_eq(madvise(p, len, MADV_HUGEPAGE), 0);
+	cr_assert_eq(hmm_range_adopt(p, len, 0), 0);
+	f0 = stat_of("thp_fills");
+	huge0 = anon_huge_bytes();
+	/* Block 3 is read first: the zero page, then 4 KiB pages. */
+	cr_assert_eq(((volatile uint64_t *)(p + 3 * BLK))[5], 0);
+	fill_pattern(p, len, 0x81);
+	if (stat_of("thp_fills") == f0)
+		cr_skip_test("no huge page for the first writes (THP off, "
+			     "or none free)");
+	cr_assert_eq(stat_of("thp_fills") - f0, 3);
+	cr_assert_geq(anon_huge_bytes() - huge0, 3 * BLK);
+	in0 = stat_of("thp_moves_to_device");
+	assert_migrate(p, len, dev, len / PG);
+	cr_assert_eq(stat_of("thp_moves_to_device") - in0, 3);
+	assert_dev_pattern(dev, p, 0, len / PG, 0x81);
+	assert_pattern(p, len, 0x81);
+
+	/* Not for mappings that say no. */
+	char *raw2 = map_anon(2 * BLK + BLK);
+	char *q = (char *)(((uintptr_t)raw2 + BLK - 1) & ~(uintptr_t)(BLK - 1));
+	cr_assert_eq(madvise(q, 2 * BLK, MADV_NOHUGEPAGE), 0);
+	cr_assert_eq(hmm_range_adopt(q, 2 * BLK, 0), 0);
+	f0 = stat_of("thp_fills");
+	fill_pattern(q, 2 * BLK, 0x82);
+	cr_assert_eq(stat_of("thp_fills"), f0);
+	assert_pattern(q, 2 * BLK, 0x82);
+}

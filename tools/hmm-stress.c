@@ -959,9 +959,9 @@ static void refill(struct thr *t, int r)
 
 /*
  * A private anonymous region (zeros), near @hint if it is free.  With
- * --thp: 2 MiB aligned, asked to be huge pages, and written (zeros) before
- * libhmm adopts it, as a runtime's large buffers are; libhmm then moves
- * its blocks whole (src/thp.c).
+ * --thp: 2 MiB aligned, asked to be huge pages, and (every other time)
+ * written with zeros before libhmm adopts it, as a runtime's large
+ * buffers are; libhmm then moves its blocks whole (src/thp.c).
  */
 static void *map_private(void *hint)
 {
@@ -988,7 +988,11 @@ static void *map_private(void *hint)
 		munmap(raw, (size_t)(p - raw));
 	munmap(p + region_len, (size_t)(raw + over - (p + region_len)));
 	madvise(p, region_len, MADV_HUGEPAGE);
-	memset(p, 0, region_len);
+	/* Every other time, left untouched: libhmm then gives the first
+	 * write into each block a whole huge page. */
+	static atomic_uint turn;
+	if (atomic_fetch_add(&turn, 1) & 1)
+		memset(p, 0, region_len);
 	return p;
 }
 
