@@ -950,6 +950,10 @@ void hmm__protect_range(uintptr_t s, uintptr_t e, int prot);
 /* libhmm's own mappings, which the munmap/madvise/mprotect wrappers spare
  * when an application call covers them. */
 void *hmm__mmap_own(size_t len, int prot, int flags, int fd, off_t off);
+/* @len bytes of private anonymous read/write memory of libhmm's, 2 MiB
+ * aligned (whole huge pages fit), reserved only as used; MAP_FAILED if
+ * none.  hmm__munmap_own frees it. */
+void *hmm__mmap_own_aligned(size_t len);
 void hmm__own_add(void *p, size_t len);	/* a mapping made otherwise */
 void hmm__munmap_own(void *p, size_t len);
 /* Call @fn on each piece of [s, e) outside libhmm's mappings; returns the

@@ -343,29 +343,21 @@ __attribute__((destructor)) static void stash_key_fini(void)
 
 static char *stash_get(void)
 {
-	char *p, *raw;
-	uintptr_t a;
+	char *p;
 
 	pthread_once(&stash_once, stash_key_init);
 	p = pthread_getspecific(stash_key);
 	if (p)
 		return p;
-	raw = mmap(NULL, 2 * HMM_BLOCK_SIZE, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (raw == MAP_FAILED)
+	p = hmm__mmap_own_aligned(HMM_BLOCK_SIZE);
+	if (p == MAP_FAILED)
 		return NULL;
 	/* 2 MiB aligned, so that a whole huge page can move as one. */
-	a = ((uintptr_t)raw + HMM_BLOCK_SIZE - 1) & ~(HMM_BLOCK_SIZE - 1);
-	if (a > (uintptr_t)raw)
-		hmm__sys_munmap(raw, a - (uintptr_t)raw);
-	hmm__sys_munmap((char *)a + HMM_BLOCK_SIZE,
-			(uintptr_t)raw + HMM_BLOCK_SIZE - a);
-	p = (char *)a;
-	if (hmm__uffd_register(hmm__ctx.uffd, a, HMM_BLOCK_SIZE, false)) {
-		hmm__sys_munmap(p, HMM_BLOCK_SIZE);
+	if (hmm__uffd_register(hmm__ctx.uffd, (uintptr_t)p, HMM_BLOCK_SIZE,
+			       false)) {
+		hmm__munmap_own(p, HMM_BLOCK_SIZE);
 		return NULL;
 	}
-	hmm__own_add(p, HMM_BLOCK_SIZE);
 	pthread_setspecific(stash_key, p);
 	return p;
 }

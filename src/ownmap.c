@@ -61,6 +61,23 @@ void *hmm__mmap_own(size_t len, int prot, int flags, int fd, off_t off)
 	return p;
 }
 
+void *hmm__mmap_own_aligned(size_t len)
+{
+	size_t over = len + HMM_BLOCK_SIZE;
+	char *raw = mmap(NULL, over, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uintptr_t a;
+
+	if (raw == MAP_FAILED)
+		return MAP_FAILED;
+	a = ((uintptr_t)raw + HMM_BLOCK_SIZE - 1) & ~(HMM_BLOCK_SIZE - 1);
+	if (a > (uintptr_t)raw)
+		hmm__sys_munmap(raw, a - (uintptr_t)raw);
+	hmm__sys_munmap((char *)a + len, (uintptr_t)raw + over - (a + len));
+	hmm__own_add((void *)a, len);
+	return (void *)a;
+}
+
 void hmm__munmap_own(void *p, size_t len)
 {
 	own_del(p, len);

@@ -183,21 +183,12 @@ static pthread_mutex_t fill_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static char *stash_map(void)
 {
-	size_t over = 2 * HMM_BLOCK_SIZE;
-	char *raw = mmap(NULL, over, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	uintptr_t a;
+	char *p = hmm__mmap_own_aligned(HMM_BLOCK_SIZE);
 
-	if (raw == MAP_FAILED)
+	if (p == MAP_FAILED)
 		return NULL;
-	a = ((uintptr_t)raw + HMM_BLOCK_SIZE - 1) & ~(HMM_BLOCK_SIZE - 1);
-	if (a > (uintptr_t)raw)
-		hmm__sys_munmap(raw, a - (uintptr_t)raw);
-	hmm__sys_munmap((char *)a + HMM_BLOCK_SIZE,
-			(uintptr_t)raw + over - (a + HMM_BLOCK_SIZE));
-	hmm__sys_madvise((void *)a, HMM_BLOCK_SIZE, MADV_HUGEPAGE);
-	hmm__own_add((void *)a, HMM_BLOCK_SIZE);
-	return (char *)a;
+	hmm__sys_madvise(p, HMM_BLOCK_SIZE, MADV_HUGEPAGE);
+	return p;
 }
 
 int hmm__thp_fill_locked(struct hmm_block *b, uintptr_t page)

@@ -171,14 +171,13 @@ done:
 	return 0;
 }
 
-int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
+/* UFFDIO_REGISTER of [start, start + len) in @mode. */
+static int register_mode(int fd, uintptr_t start, size_t len, uint64_t mode)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING |
-			(wp ? UFFDIO_REGISTER_MODE_WP : 0),
+		.mode = mode,
 	};
-
 	int inj = hmm__inject(HMM_INJ_UFFD_REGISTER);
 
 	if (inj)
@@ -186,36 +185,23 @@ int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
 	if (ioctl(fd, UFFDIO_REGISTER, &reg))
 		return -errno;
 	return 0;
+}
+
+int hmm__uffd_register(int fd, uintptr_t start, size_t len, bool wp)
+{
+	return register_mode(fd, start, len,
+			     UFFDIO_REGISTER_MODE_MISSING |
+				     (wp ? UFFDIO_REGISTER_MODE_WP : 0));
 }
 
 int hmm__uffd_register_wp(int fd, uintptr_t start, size_t len)
 {
-	struct uffdio_register reg = {
-		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_WP,
-	};
-	int inj = hmm__inject(HMM_INJ_UFFD_REGISTER);
-
-	if (inj)
-		return inj;
-	if (ioctl(fd, UFFDIO_REGISTER, &reg))
-		return -errno;
-	return 0;
+	return register_mode(fd, start, len, UFFDIO_REGISTER_MODE_WP);
 }
 
 int hmm__uffd_register_minor(int fd, uintptr_t start, size_t len)
 {
-	struct uffdio_register reg = {
-		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MINOR,
-	};
-	int inj = hmm__inject(HMM_INJ_UFFD_REGISTER);
-
-	if (inj)
-		return inj;
-	if (ioctl(fd, UFFDIO_REGISTER, &reg))
-		return -errno;
-	return 0;
+	return register_mode(fd, start, len, UFFDIO_REGISTER_MODE_MINOR);
 }
 
 /*

@@ -620,25 +620,6 @@ static void *engine_main(void *arg)
 
 /* ---- driver ops ---------------------------------------------------------- */
 
-/* The pool: reserved, committed on use, 2 MiB aligned so that whole huge
- * pages can move into it (host_movable). */
-static char *pool_map(size_t size)
-{
-	size_t over = size + HMM_BLOCK_SIZE;
-	char *raw = mmap(NULL, over, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	uintptr_t a;
-
-	if (raw == MAP_FAILED)
-		return MAP_FAILED;
-	a = ((uintptr_t)raw + HMM_BLOCK_SIZE - 1) & ~(HMM_BLOCK_SIZE - 1);
-	if (a > (uintptr_t)raw)
-		hmm__sys_munmap(raw, a - (uintptr_t)raw);
-	hmm__sys_munmap((char *)a + size, (uintptr_t)raw + over - (a + size));
-	hmm__own_add((void *)a, size);
-	return (char *)a;
-}
-
 static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 {
 	struct sim_dev *sd = calloc(1, sizeof(*sd));
@@ -660,7 +641,9 @@ static int sim_init(hmm_device_t *dev, const struct hmm_device_attr *attr)
 	sd->link_gbps = hmm__option(HMM_OPT_SIM_LINK_GBPS);
 	if (sd->link_gbps)
 		dev->ops = &sim_ops_linked;
-	sd->pool = pool_map(size);
+	/* Reserved, committed on use; 2 MiB aligned so that whole huge
+	 * pages can move into it (host_movable). */
+	sd->pool = hmm__mmap_own_aligned(size);
 	if (sd->pool == MAP_FAILED) {
 		free(sd);
 		return -ENOMEM;
