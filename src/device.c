@@ -197,9 +197,10 @@ static void chunk_to_pages(struct hmm_devmem *m)
 			base + (uint32_t)(HMM_BLOCK_PAGES - 1 - i);
 }
 
-int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *base)
+int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *out)
 {
 	struct hmm_devmem *m = dev->mem;
+	uint32_t base;
 
 	if (hmm__inject(HMM_INJ_DEVMEM_ALLOC))
 		return -ENOMEM;
@@ -208,10 +209,12 @@ int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *base)
 		pthread_mutex_unlock(&m->lock);
 		return -ENOSPC; /* the caller allocates pages instead */
 	}
-	*base = m->clean[--m->nclean] * (uint32_t)HMM_BLOCK_PAGES;
-	for (size_t i = 0; i < HMM_BLOCK_PAGES; i++)
-		atomic_store_explicit(&m->dirty[*base + i], 0,
+	base = m->clean[--m->nclean] * (uint32_t)HMM_BLOCK_PAGES;
+	for (size_t i = 0; i < HMM_BLOCK_PAGES; i++) {
+		out[i] = base + (uint32_t)i;
+		atomic_store_explicit(&m->dirty[base + i], 0,
 				      memory_order_relaxed);
+	}
 	pthread_mutex_unlock(&m->lock);
 	hmm__stat_add(HMM_STAT_device_bytes_in_use, HMM_BLOCK_SIZE);
 	return 0;
@@ -377,9 +380,7 @@ int hmm_device_open(const char *driver, const struct hmm_device_attr *attr,
 static bool evict_all(hmm_device_t *dev)
 {
 	for (int round = 0; round < 1000; round++) {
-		size_t used;
-		used = hmm__devmem_used(dev);
-		if (!used)
+		if (!hmm__devmem_used(dev))
 			return true;
 		hmm__dups_reclaim(dev);
 		hmm__migrate_all_to_system(dev);
@@ -504,15 +505,11 @@ bool hmm__devices_fork_ready(bool evict)
 
 	for (unsigned i = 0; i < HMM_MAX_DEVICES; i++) {
 		hmm_device_t *d = hmm__device_get(i);
-		size_t used;
 		if (!d || forkable(d) || atomic_load((_Atomic int *)&d->closed))
 			continue;
 		if (evict)
 			hmm__migrate_all_to_system(d);
-		pthread_mutex_lock(&d->mem->lock);
-		used = d->mem->npages - devmem_free_locked(d->mem);
-		pthread_mutex_unlock(&d->mem->lock);
-		ready &= used == 0;
+		ready &= hmm__devmem_used(d) == 0;
 	}
 	return ready;
 }

@@ -670,11 +670,11 @@ hmm_device_t *hmm__device_get(unsigned int id);	/* NULL if none */
 hmm_device_t *hmm__device_of_owner(const void *owner);
 int hmm__devmem_alloc(hmm_device_t *dev, size_t n, uint32_t *out);
 void hmm__devmem_free(hmm_device_t *dev, const uint32_t *dpfns, size_t n);
-/* Device pages in use (under no lock: a snapshot). */
+/* Device pages in use (a snapshot: taken under the allocator's lock). */
 size_t hmm__devmem_used(hmm_device_t *dev);
-/* A clean 2 MiB chunk of a movable device: its first page number in
- * *@base (its pages are base + 0..511).  0, or -ENOSPC if none. */
-int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *base);
+/* A clean 2 MiB chunk of a movable device: its 512 page numbers, in
+ * order, in @out.  0, or -ENOSPC if none. */
+int hmm__devmem_alloc_chunk(hmm_device_t *dev, uint32_t *out);
 /* Free the 512 pages of the chunk at @base, which is clean again: its
  * huge page moved out whole. */
 void hmm__devmem_free_chunk(hmm_device_t *dev, uint32_t base);

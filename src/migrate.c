@@ -792,12 +792,8 @@ static int peer_copy(hmm_device_t *src, hmm_device_t *dst,
 static bool peer_thp_ok(hmm_device_t *src, hmm_device_t *dev,
 			const struct sel *sel)
 {
-	if (sel->n != HMM_BLOCK_PAGES || !src->mem->movable ||
-	    !dev->mem->movable || (sel->dpfn[0] & (HMM_BLOCK_PAGES - 1)))
+	if (!src->mem->movable || !dev->mem->movable || !sel_whole_chunk(sel))
 		return false;
-	for (size_t k = 1; k < sel->n; k++)
-		if (sel->dpfn[k] != sel->dpfn[0] + k)
-			return false;
 	return hmm__thp_mapped((uintptr_t)src->ops->host_ptr(src,
 							      sel->dpfn[0]));
 }
@@ -889,12 +885,8 @@ static long peer_move(struct hmm_block *b, uintptr_t s, uintptr_t e,
 	src = hmm__device_get(sel->dev);
 	/* A whole huge page in a chunk of a movable device moves whole into
 	 * a clean chunk of another (thp.c). */
-	if (src && peer_thp_ok(src, dev, sel)) {
-		uint32_t base;
-		thp = hmm__devmem_alloc_chunk(dev, &base) == 0;
-		for (size_t k = 0; thp && k < sel->n; k++)
-			to[k] = base + (uint32_t)k;
-	}
+	thp = src && peer_thp_ok(src, dev, sel) &&
+	      hmm__devmem_alloc_chunk(dev, to) == 0;
 	ret = thp ? 0 : src ? hmm__devmem_alloc(dev, sel->n, to) : -ENODEV;
 	if (ret) {
 		/* Taken meanwhile by another migration: the pages stay;
@@ -1260,13 +1252,8 @@ again:
 	/* A whole block mapped by one huge page moves whole to a movable
 	 * device that has a clean chunk for it (thp.c). */
 	thp = r->kind == HMM_MK_ANON && sel->n == HMM_BLOCK_PAGES &&
-	      dev->mem->movable && hmm__thp_mapped(b->base);
-	if (thp) {
-		uint32_t base;
-		thp = hmm__devmem_alloc_chunk(dev, &base) == 0;
-		for (size_t k = 0; thp && k < sel->n; k++)
-			sel->dpfn[k] = base + (uint32_t)k;
-	}
+	      dev->mem->movable && hmm__thp_mapped(b->base) &&
+	      hmm__devmem_alloc_chunk(dev, sel->dpfn) == 0;
 	ret = thp ? 0 : hmm__devmem_alloc(dev, sel->n, sel->dpfn);
 	if (ret == -ENOMEM && evictions < 8) {
 		/* Device memory is full: make room (least recently used

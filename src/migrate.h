@@ -19,6 +19,19 @@ struct sel {
 			 * changes under it meanwhile) */
 };
 
+/* Whether @sel is a whole block whose page k is device page dpfn[0] + k,
+ * dpfn[0] starting a 2 MiB chunk: one huge page's worth (thp.c). */
+static inline bool sel_whole_chunk(const struct sel *sel)
+{
+	if (sel->n != HMM_BLOCK_PAGES ||
+	    (sel->dpfn[0] & (HMM_BLOCK_PAGES - 1)))
+		return false;
+	for (size_t k = 1; k < sel->n; k++)
+		if (sel->dpfn[k] != sel->dpfn[0] + k)
+			return false;
+	return true;
+}
+
 static inline uintptr_t sel_va(const struct hmm_block *b, unsigned idx)
 {
 	return b->base + ((uintptr_t)idx << HMM_PAGE_SHIFT);

@@ -91,8 +91,7 @@ static long thp_move_out(hmm_device_t *dev, struct hmm_block *b,
 	bool ok;
 	long m;
 
-	if (!dev->mem->movable || sel->n != HMM_BLOCK_PAGES ||
-	    (sel->dpfn[0] & (HMM_BLOCK_PAGES - 1)) ||
+	if (!dev->mem->movable || !sel_whole_chunk(sel) ||
 	    !hmm__thp_mapped((uintptr_t)src))
 		return 0;
 	pthread_mutex_lock(&b->lock);

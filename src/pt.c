@@ -281,19 +281,10 @@ static int leaf_prepare(struct hmm_pt *pt, uint64_t v, uint64_t stop,
 	return 0;
 }
 
-static void reclaim_locked(struct hmm_pt *pt)
+/* Free the unlinked directories and compact leaves of @list and @clist. */
+static void garbage_free(struct hmm_pt *pt, struct pt_dir *list,
+			 struct pt_cleaf *clist)
 {
-	struct pt_dir *list = pt->garbage;
-
-	if (!list && !pt->cgarbage)
-		return;
-	struct pt_cleaf *clist = pt->cgarbage;
-
-	pt->garbage = NULL;
-	pt->cgarbage = NULL;
-	pt->ngarbage = 0;
-	urcu_bp_synchronize_rcu();
-	RCU_GRACE_DONE();
 	while (list) {
 		struct pt_dir *next = list->next;
 		dir_free(pt, list);
@@ -304,6 +295,21 @@ static void reclaim_locked(struct hmm_pt *pt)
 		cleaf_free(pt, clist);
 		clist = next;
 	}
+}
+
+static void reclaim_locked(struct hmm_pt *pt)
+{
+	struct pt_dir *list = pt->garbage;
+	struct pt_cleaf *clist = pt->cgarbage;
+
+	if (!list && !clist)
+		return;
+	pt->garbage = NULL;
+	pt->cgarbage = NULL;
+	pt->ngarbage = 0;
+	urcu_bp_synchronize_rcu();
+	RCU_GRACE_DONE();
+	garbage_free(pt, list, clist);
 }
 
 int hmm_pt_set(struct hmm_pt *pt, uint64_t vpn, uint64_t n,
@@ -668,16 +674,7 @@ void hmm_pt_destroy(struct hmm_pt *pt)
 		return;
 	visit_range(pt, 0, 1ULL << HMM_PT_VPN_BITS, &v);
 	/* No reader is left (the caller's promise): free at once. */
-	while (pt->garbage) {
-		struct pt_dir *next = pt->garbage->next;
-		dir_free(pt, pt->garbage);
-		pt->garbage = next;
-	}
-	while (pt->cgarbage) {
-		struct pt_cleaf *next = pt->cgarbage->next;
-		cleaf_free(pt, pt->cgarbage);
-		pt->cgarbage = next;
-	}
+	garbage_free(pt, pt->garbage, pt->cgarbage);
 	pthread_mutex_destroy(&pt->lock);
 	free(pt);
 }
