@@ -145,10 +145,10 @@ static size_t anon_huge_bytes(void)
 /*
  * @len bytes (a multiple of 2 MiB) of private anonymous memory, 2 MiB
  * aligned, asked to be backed by huge pages (MADV_HUGEPAGE) and written
- * once.  *@huge tells whether they all are (THP "never", or no free huge
- * pages: 4 KiB pages).  munmap with unmap_thp.
+ * once.  Says so on stderr where they are not all huge pages (THP
+ * "never", or none free): the figures are then 4 KiB ones.
  */
-static char *map_thp(size_t len, bool *huge)
+static char *map_thp(size_t len)
 {
 	char *raw = map_anon(len + (2 << 20));
 	char *p = (char *)(((uintptr_t)raw + (2 << 20) - 1) &
@@ -160,7 +160,9 @@ static char *map_thp(size_t len, bool *huge)
 	munmap(p + len, (size_t)(raw + len + (2 << 20) - (p + len)));
 	madvise(p, len, MADV_HUGEPAGE);
 	populate(p, len);
-	*huge = anon_huge_bytes() - before >= len;
+	if (anon_huge_bytes() - before < len)
+		fprintf(stderr, "hmm-bench: no huge pages here (THP off or "
+				"none free): 4 KiB pages instead\n");
 	return p;
 }
 
@@ -168,13 +170,14 @@ static char *map_thp(size_t len, bool *huge)
  * by huge pages if @thp. */
 static double memcpy_gbs_kind(size_t len, bool thp)
 {
-	bool huge;
-	char *a = thp ? map_thp(len, &huge) : map_anon(len);
-	char *b = thp ? map_thp(len, &huge) : map_anon(len);
+	char *a = thp ? map_thp(len) : map_anon(len);
+	char *b = thp ? map_thp(len) : map_anon(len);
 	double v[16];
 
-	populate(a, len);
-	populate(b, len);
+	if (!thp) { /* map_thp wrote them already */
+		populate(a, len);
+		populate(b, len);
+	}
 	for (int i = 0; i < opt_repeat; i++) {
 		double t = now_s();
 		memcpy(b, a, len);
@@ -203,8 +206,7 @@ static void migrate_kind(bool thp)
 {
 	size_t len = opt_size;
 	hmm_device_t *dev = open_sim(len);
-	bool huge = false;
-	char *p = thp ? map_thp(len, &huge) : map_anon(len);
+	char *p = thp ? map_thp(len) : map_anon(len);
 	double to_dev[16], to_sys[16];
 	long r;
 
@@ -213,9 +215,6 @@ static void migrate_kind(bool thp)
 
 	if ((r = hmm_range_adopt(p, len, 0)))
 		die("hmm_range_adopt", r);
-	if (thp && !huge)
-		fprintf(stderr, "hmm-bench: no huge pages here (THP off or "
-				"none free): migrate_to_* ran on 4 KiB pages\n");
 	if (!thp)
 		populate(p, len);
 	for (int i = 0; i < opt_repeat; i++) {
@@ -369,9 +368,8 @@ static void faultback_bulk_kind(bool thp)
 {
 	size_t len = opt_size;
 	hmm_device_t *dev = open_sim(len);
-	bool huge = false;
-	char *p = thp ? map_thp(len, &huge) : map_anon(len);
-	char *dst = thp ? map_thp(len, &huge) : map_anon(len);
+	char *p = thp ? map_thp(len) : map_anon(len);
+	char *dst = thp ? map_thp(len) : map_anon(len);
 	double v[16];
 	long r;
 
